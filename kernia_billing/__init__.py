@@ -1,0 +1,28 @@
+"""kernia-billing: enforceable product entitlements on top of a Stripe catalog.
+
+The public Python API (``check``, ``track``, ``customer_state`` ...) lives in
+:mod:`kernia_billing.api_python` and is re-exported here lazily, so importing the
+package does not import Django models before the app registry is ready.
+"""
+
+from typing import Any
+
+__version__ = "0.1.0.dev0"
+
+_PUBLIC = {
+    "check": "kernia_billing.services.entitlements",
+    "track": "kernia_billing.services.entitlements",
+    "track_batch": "kernia_billing.services.entitlements",
+    "customer_state": "kernia_billing.services.customers",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    module_path = _PUBLIC.get(name)
+    if module_path is None:
+        raise AttributeError(f"module 'kernia_billing' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module_path), name)

@@ -1,0 +1,111 @@
+"""System checks. Ids are stable: ``kernia_billing.E001`` ... (errors), ``W001`` ... (warnings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import DEFAULTS
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    if not apps.is_installed("djstripe"):
+        errors.append(
+            Error(
+                "dj-stripe is not installed.",
+                hint='Add "djstripe" to INSTALLED_APPS before "kernia_billing".',
+                id="kernia_billing.E001",
+            )
+        )
+    if getattr(settings, "DJSTRIPE_FOREIGN_KEY_TO_FIELD", None) != "id":
+        errors.append(
+            Error(
+                'DJSTRIPE_FOREIGN_KEY_TO_FIELD must be "id".',
+                hint='Set DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id" in your settings.',
+                id="kernia_billing.E002",
+            )
+        )
+    user_settings = getattr(settings, "KERNIA_BILLING", {})
+    if not isinstance(user_settings, dict):
+        errors.append(
+            Error("KERNIA_BILLING must be a dict.", id="kernia_billing.E003")
+        )
+        return errors
+    unknown = sorted(set(user_settings) - set(DEFAULTS))
+    if unknown:
+        errors.append(
+            Error(
+                f"Unknown KERNIA_BILLING keys: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="kernia_billing.E003",
+            )
+        )
+    org_model = user_settings.get("ORGANIZATION_MODEL")
+    if org_model:
+        try:
+            apps.get_model(org_model)
+        except (LookupError, ValueError):
+            errors.append(
+                Error(
+                    f"KERNIA_BILLING['ORGANIZATION_MODEL'] = {org_model!r} is not an "
+                    "installed model.",
+                    hint='Use "app_label.ModelName".',
+                    id="kernia_billing.E004",
+                )
+            )
+        if not user_settings.get("IS_ORGANIZATION_MEMBER"):
+            errors.append(
+                Error(
+                    "ORGANIZATION_MODEL is set but IS_ORGANIZATION_MEMBER is not.",
+                    hint="Point IS_ORGANIZATION_MEMBER at a callable(user, organization) "
+                    "-> bool that says who may act for an organization.",
+                    id="kernia_billing.E005",
+                )
+            )
+    member_path = user_settings.get("IS_ORGANIZATION_MEMBER")
+    if isinstance(member_path, str):
+        try:
+            import_string(member_path)
+        except ImportError:
+            errors.append(
+                Error(
+                    f"IS_ORGANIZATION_MEMBER {member_path!r} cannot be imported.",
+                    id="kernia_billing.E006",
+                )
+            )
+    return errors
+
+
+@register(Tags.database)
+def check_mapped_prices(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    """Mapped prices that Stripe archived or deleted (``check --database default``)."""
+    from django.db import DatabaseError
+
+    from .selectors import flagged_mapped_prices
+
+    warnings: list[Warning] = []
+    for alias in databases or ():
+        try:
+            flagged = list(flagged_mapped_prices().using(alias))
+        except DatabaseError:
+            continue  # not migrated yet: nothing can be mapped
+        for price in flagged:
+            state = "deleted" if price.deleted_in_stripe else "archived"
+            warnings.append(
+                Warning(
+                    f"Stripe price {price.stripe_id} is mapped to plan "
+                    f"{price.plan_mapping.plan.key!r} but is {state} in Stripe.",
+                    hint="Map a current price to the plan, or unmap this one in the admin.",
+                    obj=price,
+                    id="kernia_billing.W001",
+                )
+            )
+    return warnings

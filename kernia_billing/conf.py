@@ -1,0 +1,98 @@
+"""Settings for kernia_billing, read lazily from ``settings.KERNIA_BILLING``.
+
+Every value is looked up when it is used, never at import time, so
+``override_settings(KERNIA_BILLING=...)`` works in tests.
+
+    KERNIA_BILLING = {
+        "ORGANIZATION_MODEL": "accounts.Organization",
+        "IS_ORGANIZATION_MEMBER": "accounts.billing.is_member",
+        "PAST_DUE_GRACE": True,
+    }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # "app_label.ModelName" of the host project's organization model, or None when
+    # only users own billing customers.
+    "ORGANIZATION_MODEL": None,
+    # Dotted path to ``callable(user, organization) -> bool``: may ``user`` act for
+    # ``organization``? Required when ORGANIZATION_MODEL is set.
+    "IS_ORGANIZATION_MEMBER": None,
+    # Keep entitlements while a subscription is ``past_due`` (Stripe is retrying).
+    "PAST_DUE_GRACE": True,
+    # Subscription statuses that entitle, besides ``past_due`` (see PAST_DUE_GRACE).
+    "ENTITLING_STATUSES": ("active", "trialing"),
+    # Permission (app_label.codename) that lets staff act for any customer.
+    "MANAGE_PERMISSION": "kernia_billing.manage_billing",
+    # Largest absolute amount one track may carry.
+    "MAX_TRACK_AMOUNT": 1_000_000_000,
+    # Largest number of events in one batch track.
+    "MAX_BATCH_SIZE": 1000,
+    # ``track_usage`` decorator: count attempts that failed (non-2xx) too.
+    "BILL_FAILED_ATTEMPTS": False,
+    # Hosts that checkout/portal return URLs may point at, besides ALLOWED_HOSTS.
+    "REDIRECT_ALLOWED_HOSTS": (),
+}
+
+
+class BillingSettings:
+    """Typed, lazy access to ``settings.KERNIA_BILLING`` with documented defaults."""
+
+    def _get(self, name: str) -> Any:
+        user_settings = getattr(settings, "KERNIA_BILLING", {}) or {}
+        return user_settings.get(name, DEFAULTS[name])
+
+    @property
+    def ORGANIZATION_MODEL(self) -> str | None:
+        return self._get("ORGANIZATION_MODEL")
+
+    @property
+    def IS_ORGANIZATION_MEMBER(self) -> Callable[[Any, Any], bool] | None:
+        return _resolve_callable(self._get("IS_ORGANIZATION_MEMBER"))
+
+    @property
+    def PAST_DUE_GRACE(self) -> bool:
+        return bool(self._get("PAST_DUE_GRACE"))
+
+    @property
+    def ENTITLING_STATUSES(self) -> frozenset[str]:
+        statuses = set(self._get("ENTITLING_STATUSES"))
+        if self.PAST_DUE_GRACE:
+            statuses.add("past_due")
+        return frozenset(statuses)
+
+    @property
+    def MANAGE_PERMISSION(self) -> str:
+        return str(self._get("MANAGE_PERMISSION"))
+
+    @property
+    def MAX_TRACK_AMOUNT(self) -> int:
+        return int(self._get("MAX_TRACK_AMOUNT"))
+
+    @property
+    def MAX_BATCH_SIZE(self) -> int:
+        return int(self._get("MAX_BATCH_SIZE"))
+
+    @property
+    def BILL_FAILED_ATTEMPTS(self) -> bool:
+        return bool(self._get("BILL_FAILED_ATTEMPTS"))
+
+    @property
+    def REDIRECT_ALLOWED_HOSTS(self) -> tuple[str, ...]:
+        return tuple(self._get("REDIRECT_ALLOWED_HOSTS"))
+
+
+def _resolve_callable(value: Any) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return value
+    return import_string(value)  # type: ignore[no-any-return]
+
+
+billing_settings = BillingSettings()

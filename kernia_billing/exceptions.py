@@ -1,0 +1,95 @@
+"""Domain errors. Each door translates them: the REST API maps ``code`` and ``status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillingError(Exception):
+    """Base class. ``code`` is stable and machine-readable; ``status`` is the HTTP status."""
+
+    code = "billing_error"
+    status = 400
+    default_message = "The billing request could not be completed."
+
+    def __init__(self, message: str | None = None, *, fields: dict[str, Any] | None = None):
+        self.message = message or self.default_message
+        self.fields = fields or {}
+        super().__init__(self.message)
+
+
+class InvalidRequest(BillingError):
+    code = "invalid_request"
+    status = 400
+    default_message = "The request is not valid."
+
+
+class UnknownFeature(BillingError):
+    code = "unknown_feature"
+    status = 404
+    default_message = "No such feature."
+
+
+class UnknownCustomer(BillingError):
+    code = "unknown_customer"
+    status = 404
+    default_message = "No such billing customer."
+
+
+class UnknownPlan(BillingError):
+    code = "unknown_plan"
+    status = 404
+    default_message = "No such plan."
+
+
+class NoPlan(BillingError):
+    """The customer has no plan at all (no entitling subscription and no default plan)."""
+
+    code = "no_plan"
+    status = 402
+    default_message = "The customer has no plan."
+
+
+class NotIncluded(BillingError):
+    code = "not_included"
+    status = 402
+    default_message = "The customer's plan does not include this feature."
+
+
+class InsufficientBalance(BillingError):
+    code = "insufficient_balance"
+    status = 402
+    default_message = "Not enough balance left for this amount."
+
+    def __init__(self, message: str | None = None, *, balance: int | None = None, **kwargs: Any):
+        self.balance = balance
+        super().__init__(message, **kwargs)
+
+
+class NotTrackable(BillingError):
+    code = "not_trackable"
+    status = 400
+    default_message = "Boolean features are switched on or off; they cannot be tracked."
+
+
+class UsageBelowZero(BillingError):
+    code = "usage_below_zero"
+    status = 409
+    default_message = "Usage cannot go below zero."
+
+
+class IdempotencyConflict(BillingError):
+    code = "idempotency_conflict"
+    status = 409
+    default_message = "This idempotency key was already used with a different payload."
+
+
+class StripeUnavailable(BillingError):
+    code = "stripe_error"
+    status = 502
+    default_message = "Stripe could not be reached or refused the request."
+
+
+class CatalogError(BillingError):
+    code = "catalog_error"
+    status = 400

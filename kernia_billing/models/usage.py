@@ -1,0 +1,47 @@
+"""The usage ledger: one append-only row per accepted track."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from .catalog import Feature
+from .customers import BillingCustomer
+
+
+class UsageEvent(models.Model):
+    customer = models.ForeignKey(
+        BillingCustomer, on_delete=models.CASCADE, related_name="usage_events"
+    )
+    feature = models.ForeignKey(
+        Feature, on_delete=models.PROTECT, related_name="kernia_usage_events"
+    )
+    amount = models.BigIntegerField(_("amount"))
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # Hash of (feature, amount, properties): a replay with another payload is a conflict.
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(_("time"), db_index=True)
+    balance_after = models.BigIntegerField(_("balance after"))
+    usage_after = models.BigIntegerField(_("usage after"))
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("usage event")
+        verbose_name_plural = _("usage events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="kernia_billing_usage_idempotency_key",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["customer", "feature", "created_at"], name="kernia_usage_cust_feat_time"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.feature_id} {self.amount:+d} @ {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,215 @@
+"""Billing customers: who owns them, which plan they are on, and applying Stripe state.
+
+Every door (REST, admin, webhooks, commands, Python API) goes through here to
+find or create a customer and to change its plan or subscription state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .. import signals
+from ..conf import billing_settings
+from ..models import BillingCustomer, Plan
+from ..types import CustomerState, SubscriptionState
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSnapshot:
+    """What kernia needs of a Stripe subscription, parsed from any API version."""
+
+    id: str
+    stripe_customer_id: str
+    status: str
+    price_ids: tuple[str, ...]
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    interval: str = ""
+    interval_count: int = 1
+    cancel_at_period_end: bool = False
+    trial_end: datetime | None = None
+    # Quantity of the subscription item whose price maps to the plan (seats).
+    quantity: int | None = None
+    livemode: bool = False
+
+
+def owner_ref(owner: Any) -> tuple[int, str]:
+    """``(content type id, primary key)`` of a user or organization; no query once cached."""
+    if isinstance(owner, BillingCustomer):
+        return owner.owner_type_id, owner.owner_id
+    if owner is None or getattr(owner, "pk", None) is None:
+        raise ValueError("A billing owner must be a saved model instance.")
+    content_type = ContentType.objects.get_for_model(owner, for_concrete_model=True)
+    return content_type.pk, str(owner.pk)
+
+
+def get_customer(owner: Any) -> BillingCustomer | None:
+    if isinstance(owner, BillingCustomer):
+        return owner
+    owner_type_id, owner_id = owner_ref(owner)
+    return (
+        BillingCustomer.objects.select_related("plan")
+        .filter(owner_type_id=owner_type_id, owner_id=owner_id)
+        .first()
+    )
+
+
+def get_or_create_customer(owner: Any) -> BillingCustomer:
+    """The owner's billing customer, created on the default plan on first use."""
+    customer = get_customer(owner)
+    if customer is not None:
+        return customer
+    owner_type_id, owner_id = owner_ref(owner)
+    try:
+        with transaction.atomic():
+            customer = BillingCustomer.objects.create(
+                owner_type_id=owner_type_id, owner_id=owner_id, plan=default_plan()
+            )
+            from .entitlements import sync_entitlements
+
+            sync_entitlements(customer)
+    except IntegrityError:
+        # Another request created it first: the unique (owner_type, owner_id) says so.
+        customer = BillingCustomer.objects.select_related("plan").get(
+            owner_type_id=owner_type_id, owner_id=owner_id
+        )
+    return customer
+
+
+def default_plan() -> Plan | None:
+    return Plan.objects.filter(is_default=True, active=True).first()
+
+
+def plan_for_prices(price_ids: tuple[str, ...] | list[str]) -> Plan | None:
+    """The plan that the given Stripe prices map to (the highest-ordered one if several)."""
+    if not price_ids:
+        return None
+    return (
+        Plan.objects.filter(plan_prices__price__stripe_id__in=list(price_ids))
+        .order_by("-display_order", "key")
+        .first()
+    )
+
+
+def status_entitles(status: str) -> bool:
+    return status in billing_settings.ENTITLING_STATUSES
+
+
+def resolve_plan(snapshot: SubscriptionSnapshot | None) -> Plan | None:
+    """Plan from the subscription's mapped prices when its status entitles, else default."""
+    if snapshot is not None and status_entitles(snapshot.status):
+        plan = plan_for_prices(snapshot.price_ids)
+        if plan is not None:
+            return plan
+    return default_plan()
+
+
+def apply_subscription(
+    customer: BillingCustomer,
+    snapshot: SubscriptionSnapshot | None,
+    *,
+    state_at: datetime | None = None,
+) -> bool:
+    """Make the customer reflect ``snapshot`` (None: no subscription). Idempotent.
+
+    ``state_at`` is when Stripe produced this state (the event's ``created``);
+    state older than what was already applied is ignored, so out-of-order
+    deliveries never roll a customer back. Returns whether anything was applied.
+    A new billing period resets ``billing`` entitlements exactly once.
+    """
+    from .entitlements import reset_for_new_period, sync_entitlements
+
+    with transaction.atomic():
+        locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
+        if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
+            return False
+        previous_plan_id = locked.plan_id
+        previous_status = locked.subscription_status
+        previous_period_start = locked.current_period_start
+        plan = resolve_plan(snapshot)
+
+        if snapshot is None:
+            locked.stripe_subscription_id = ""
+            locked.subscription_status = ""
+            locked.cancel_at_period_end = False
+            locked.trial_end = None
+            locked.seat_quantity = None
+            locked.current_period_start = None
+            locked.current_period_end = None
+        else:
+            if snapshot.stripe_customer_id and not locked.stripe_customer_id:
+                locked.stripe_customer_id = snapshot.stripe_customer_id
+            locked.stripe_subscription_id = snapshot.id
+            locked.subscription_status = snapshot.status
+            locked.current_period_start = snapshot.current_period_start
+            locked.current_period_end = snapshot.current_period_end
+            locked.billing_interval = snapshot.interval
+            locked.billing_interval_count = snapshot.interval_count or 1
+            locked.cancel_at_period_end = snapshot.cancel_at_period_end
+            locked.trial_end = snapshot.trial_end
+            locked.seat_quantity = snapshot.quantity
+            locked.livemode = snapshot.livemode
+        locked.plan = plan
+        if state_at is not None:
+            locked.stripe_state_at = state_at
+        locked.save()
+
+        if (
+            snapshot is not None
+            and snapshot.current_period_start is not None
+            and previous_period_start is not None
+            and snapshot.current_period_start > previous_period_start
+        ):
+            reset_for_new_period(locked, snapshot.current_period_start)
+        sync_entitlements(locked)
+
+        if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
+            transaction.on_commit(
+                lambda: signals.subscription_changed.send(
+                    sender=BillingCustomer,
+                    customer=locked,
+                    previous_plan_id=previous_plan_id,
+                    plan=locked.plan,
+                    status=locked.subscription_status,
+                )
+            )
+    customer.refresh_from_db()
+    return True
+
+
+def customer_state(owner: Any) -> CustomerState:
+    """Everything a billing page shows: subscription, plan, entitlements (resets applied)."""
+    from .entitlements import refresh_entitlements
+
+    customer = get_or_create_customer(owner)
+    entitlements = refresh_entitlements(customer)
+    subscription = None
+    if customer.stripe_subscription_id:
+        subscription = SubscriptionState(
+            id=customer.stripe_subscription_id,
+            status=customer.subscription_status,
+            current_period_start=customer.current_period_start,
+            current_period_end=customer.current_period_end,
+            cancel_at_period_end=customer.cancel_at_period_end,
+            trial_end=customer.trial_end,
+            seat_quantity=customer.seat_quantity,
+        )
+    return CustomerState(
+        customer_id=customer.pk,
+        stripe_customer_id=customer.stripe_customer_id,
+        plan=customer.plan.key if customer.plan else None,
+        plan_name=customer.plan.name if customer.plan else None,
+        subscription=subscription,
+        portal_available=bool(customer.stripe_customer_id),
+        entitlements=tuple(entitlements),
+    )
+
+
+def now() -> datetime:
+    return timezone.now()

@@ -1,0 +1,607 @@
+"""check, track and resets: the only code that writes usage.
+
+Correctness rests on three rules:
+
+1. Usage changes only through one conditional ``UPDATE ... RETURNING`` that
+   checks the limit, the current period and the grant in its ``WHERE`` clause,
+   so the database decides under its own row lock: no read-modify-write, no
+   overspend, no lost update, on PostgreSQL and SQLite alike.
+2. The deduction and its ledger row commit together or not at all; a repeated
+   idempotency key is caught by a unique constraint and answered with the first
+   result.
+3. A period reset is a conditional ``UPDATE`` on the old ``next_reset_at``, so it
+   happens exactly once, and a deduction only applies when ``now`` falls inside
+   the entitlement's current period, so usage after the boundary counts in the
+   new period and the ledger invariant (usage = sum of events since
+   ``period_start``) holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from .. import signals
+from ..conf import billing_settings
+from ..exceptions import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidRequest,
+    NoPlan,
+    NotIncluded,
+    NotTrackable,
+    UnknownFeature,
+    UsageBelowZero,
+)
+from ..models import BillingCustomer, Entitlement, Feature, FeatureKind, PlanFeature, UsageEvent
+from ..models.catalog import ResetPeriod
+from ..periods import period_containing
+from ..types import CheckResult, EntitlementState, TrackResult
+from .customers import get_or_create_customer, owner_ref
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_PROPERTIES_BYTES = 8192
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+def _entitlement_queryset() -> Any:
+    return Entitlement.objects.select_related("feature", "customer__plan")
+
+
+def _load(owner: Any, feature_key: str) -> Entitlement | None:
+    """The owner's entitlement for ``feature_key`` with its feature, customer and plan."""
+    if isinstance(owner, BillingCustomer):
+        lookup = Q(customer=owner)
+    else:
+        owner_type_id, owner_id = owner_ref(owner)
+        lookup = Q(customer__owner_type_id=owner_type_id, customer__owner_id=owner_id)
+    return _entitlement_queryset().filter(lookup, feature__key=feature_key).first()
+
+
+def _load_or_explain(owner: Any, feature_key: str) -> Entitlement | CheckResult:
+    """The entitlement, or a denial saying why there is none (unknown feature raises)."""
+    entitlement = _load(owner, feature_key)
+    if entitlement is not None:
+        return entitlement
+    # Rare path: first use by this owner, a plan edited since the last sync, or a
+    # feature the plan does not grant.
+    feature = Feature.objects.filter(key=feature_key).first()
+    if feature is None:
+        raise UnknownFeature(f"No such feature: {feature_key!r}.", fields={"feature": feature_key})
+    customer = get_or_create_customer(owner)
+    if (
+        customer.plan_id
+        and PlanFeature.objects.filter(plan_id=customer.plan_id, feature=feature).exists()
+    ):
+        sync_entitlements(customer)
+        entitlement = _entitlement_queryset().filter(customer=customer, feature=feature).first()
+        if entitlement is not None:
+            return entitlement
+    return CheckResult(
+        allowed=False,
+        feature=feature.key,
+        kind=feature.kind,
+        reason="no_plan" if customer.plan_id is None else "not_included",
+        plan=customer.plan.key if customer.plan else None,
+    )
+
+
+def check(
+    owner: Any, feature: str, required: int = 1, *, now: datetime | None = None
+) -> CheckResult:
+    """May ``owner`` use ``required`` units of ``feature`` now? Never writes usage.
+
+    A reset that fell due is applied first (exactly once), so the answer reflects
+    the current period.
+    """
+    required = _validate_required(required)
+    found = _load_or_explain(owner, feature)
+    if isinstance(found, CheckResult):
+        return found
+    entitlement = reset_if_due(found, now or timezone.now())
+    return _check_result(entitlement, required)
+
+
+def _check_result(entitlement: Entitlement, required: int) -> CheckResult:
+    customer = entitlement.customer
+    feature = entitlement.feature
+    plan_key = customer.plan.key if customer.plan else None
+    reason = None
+    if not entitlement.granted:
+        reason = "no_plan" if customer.plan_id is None else "not_included"
+    elif feature.kind != FeatureKind.BOOLEAN and not (
+        entitlement.unlimited
+        or entitlement.allow_overage
+        or entitlement.included - entitlement.usage >= required
+    ):
+        reason = "insufficient_balance"
+    boolean = feature.kind == FeatureKind.BOOLEAN
+    return CheckResult(
+        allowed=reason is None,
+        feature=feature.key,
+        kind=feature.kind,
+        reason=reason,
+        balance=None if boolean or entitlement.unlimited else entitlement.balance,
+        included=None if boolean else entitlement.included,
+        usage=None if boolean else entitlement.usage,
+        unlimited=entitlement.unlimited,
+        allow_overage=entitlement.allow_overage,
+        reset_period=entitlement.reset_period,
+        next_reset_at=entitlement.next_reset_at,
+        plan=plan_key,
+        required=required,
+    )
+
+
+# --- track -------------------------------------------------------------------------------
+
+
+def track(
+    owner: Any,
+    feature: str,
+    amount: int = 1,
+    *,
+    idempotency_key: str | None = None,
+    properties: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> TrackResult:
+    """Record ``amount`` of usage of ``feature`` where the product action succeeded.
+
+    Metered amounts are positive; seats and quantities take non-zero amounts and
+    never go below zero. Without overage, a track that would take the balance
+    below zero raises :class:`InsufficientBalance` and records nothing. A repeated
+    ``idempotency_key`` with the same payload returns the first result with
+    ``replayed=True``; with another payload it raises :class:`IdempotencyConflict`.
+    """
+    amount = _validate_amount(amount)
+    properties = _validate_properties(properties)
+    idempotency_key = _validate_idempotency_key(idempotency_key)
+    found = _load_or_explain(owner, feature)
+    if isinstance(found, CheckResult):
+        raise _denial_error(found)
+    entitlement = found
+    kind = entitlement.feature.kind
+    if kind == FeatureKind.BOOLEAN:
+        raise NotTrackable(fields={"feature": feature})
+    if kind == FeatureKind.METERED and amount < 0:
+        raise InvalidRequest(
+            "Metered usage only goes up: amount must be a positive integer.",
+            fields={"amount": "Must be a positive integer."},
+        )
+    if not entitlement.granted:
+        raise _denial_error(_check_result(entitlement, 1))
+
+    fingerprint = _fingerprint(feature, amount, properties)
+    if idempotency_key is not None:
+        replay = _replay(entitlement.customer_id, idempotency_key, fingerprint, entitlement)
+        if replay is not None:
+            return replay
+
+    fixed_now = now
+    for _attempt in range(5):
+        moment = fixed_now or timezone.now()
+        entitlement = reset_if_due(entitlement, moment)
+        try:
+            with transaction.atomic():
+                row = _deduct(entitlement, amount, moment)
+                if row is None:
+                    raise _Refused
+                usage_after, included = row
+                event = UsageEvent.objects.create(
+                    customer_id=entitlement.customer_id,
+                    feature_id=entitlement.feature_id,
+                    amount=amount,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    properties=properties,
+                    created_at=moment,
+                    balance_after=included - usage_after,
+                    usage_after=usage_after,
+                )
+                _notify_tracked(entitlement, event, included - (usage_after - amount))
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            # A concurrent request with the same key committed first.
+            replay = _replay(entitlement.customer_id, idempotency_key, fingerprint, entitlement)
+            if replay is None:
+                raise
+            return replay
+        except _Refused:
+            entitlement = _entitlement_queryset().get(pk=entitlement.pk)
+            if not entitlement.granted:
+                raise _denial_error(_check_result(entitlement, 1)) from None
+            if _needs_retry(entitlement, moment):
+                continue
+            if amount > 0:
+                raise InsufficientBalance(
+                    f"Balance {entitlement.balance} is less than {amount}.",
+                    balance=entitlement.balance,
+                    fields={"amount": amount, "balance": entitlement.balance},
+                ) from None
+            raise UsageBelowZero(
+                f"Usage is {entitlement.usage}; removing {-amount} would go below zero.",
+                fields={"amount": amount, "usage": entitlement.usage},
+            ) from None
+        return _track_result(entitlement, event, replayed=False)
+    raise InvalidRequest("The entitlement kept changing; try again.")  # pragma: no cover
+
+
+class _Refused(Exception):
+    """The conditional UPDATE matched no row."""
+
+
+def _needs_retry(entitlement: Entitlement, moment: datetime) -> bool:
+    """Refused only because a period boundary moved under us: reset/refresh and retry."""
+    if entitlement.next_reset_at is not None and moment >= entitlement.next_reset_at:
+        return True
+    return entitlement.period_start is not None and moment < entitlement.period_start
+
+
+def _deduct(entitlement: Entitlement, amount: int, moment: datetime) -> tuple[int, int] | None:
+    """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING usage, included``.
+
+    The database evaluates the limit under the row lock it takes for the update,
+    so concurrent tracks can never overspend or lose an update.
+    """
+    quote = connection.ops.quote_name
+    at = connection.ops.adapt_datetimefield_value(moment)
+    usage = quote("usage")
+    if amount > 0:
+        limit = f"({quote('unlimited')} OR {quote('allow_overage')} OR {usage} + %s <= "
+        limit += f"{quote('included')})"
+    else:
+        limit = f"{usage} + %s >= 0"
+    sql = (
+        f"UPDATE {quote(Entitlement._meta.db_table)} "
+        f"SET {usage} = {usage} + %s, {quote('updated_at')} = %s "
+        f"WHERE {quote('id')} = %s AND {quote('granted')} "
+        f"AND ({quote('period_start')} IS NULL OR {quote('period_start')} <= %s) "
+        f"AND ({quote('next_reset_at')} IS NULL OR {quote('next_reset_at')} > %s) "
+        f"AND {limit} "
+        f"RETURNING {usage}, {quote('included')}"
+    )
+    now_value = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [amount, now_value, entitlement.pk, at, at, amount])
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def _replay(
+    customer_id: int, key: str, fingerprint: str, entitlement: Entitlement
+) -> TrackResult | None:
+    event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
+    if event is None:
+        return None
+    if event.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            "This idempotency key was already used with a different payload.",
+            fields={"idempotencyKey": key},
+        )
+    return _track_result(entitlement, event, replayed=True)
+
+
+def _track_result(entitlement: Entitlement, event: UsageEvent, *, replayed: bool) -> TrackResult:
+    return TrackResult(
+        event_id=event.pk,
+        feature=entitlement.feature.key,
+        amount=event.amount,
+        balance=event.balance_after,
+        usage=event.usage_after,
+        included=event.balance_after + event.usage_after,
+        unlimited=entitlement.unlimited,
+        replayed=replayed,
+        created_at=event.created_at,
+    )
+
+
+def _notify_tracked(entitlement: Entitlement, event: UsageEvent, balance_before: int) -> None:
+    customer = entitlement.customer
+    feature = entitlement.feature
+
+    def send() -> None:
+        signals.usage_tracked.send(
+            sender=UsageEvent,
+            customer=customer,
+            feature=feature.key,
+            event_id=event.pk,
+            amount=event.amount,
+            balance=event.balance_after,
+            usage=event.usage_after,
+        )
+        if not entitlement.unlimited and balance_before > 0 >= event.balance_after:
+            signals.limit_reached.send(
+                sender=UsageEvent,
+                customer=customer,
+                feature=feature.key,
+                balance=event.balance_after,
+            )
+
+    transaction.on_commit(send)
+
+
+def _denial_error(result: CheckResult) -> Exception:
+    if result.reason == "no_plan":
+        return NoPlan(fields={"feature": result.feature})
+    if result.reason == "insufficient_balance":
+        return InsufficientBalance(balance=result.balance, fields={"feature": result.feature})
+    return NotIncluded(
+        f"The plan does not include {result.feature!r}.", fields={"feature": result.feature}
+    )
+
+
+# --- input validation (every door shares it) ---------------------------------------------
+
+
+def _validate_integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer.", fields={name: "Must be an integer."})
+    limit = billing_settings.MAX_TRACK_AMOUNT
+    if abs(value) > limit:
+        raise InvalidRequest(
+            f"{name} must be at most {limit} in size.", fields={name: f"At most {limit}."}
+        )
+    return value
+
+
+def _validate_amount(amount: Any) -> int:
+    amount = _validate_integer(amount, "amount")
+    if amount == 0:
+        raise InvalidRequest("amount must not be zero.", fields={"amount": "Must not be zero."})
+    return amount
+
+
+def _validate_required(required: Any) -> int:
+    required = _validate_integer(required, "required")
+    if required < 0:
+        raise InvalidRequest(
+            "required must be zero or more.", fields={"required": "Must be zero or more."}
+        )
+    return required
+
+
+def _validate_properties(properties: Any) -> dict[str, Any]:
+    if properties is None:
+        return {}
+    if not isinstance(properties, dict):
+        raise InvalidRequest(
+            "properties must be an object.", fields={"properties": "Must be an object."}
+        )
+    try:
+        size = len(json.dumps(properties, sort_keys=True))
+    except (TypeError, ValueError):
+        raise InvalidRequest(
+            "properties must be JSON.", fields={"properties": "Must be JSON."}
+        ) from None
+    if size > MAX_PROPERTIES_BYTES:
+        raise InvalidRequest(
+            f"properties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON.",
+            fields={"properties": "Too large."},
+        )
+    return properties
+
+
+def _validate_idempotency_key(key: Any) -> str | None:
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise InvalidRequest(
+            "idempotencyKey must be a string.", fields={"idempotencyKey": "Must be a string."}
+        )
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidRequest(
+            f"idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            fields={"idempotencyKey": f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
+        )
+    return key
+
+
+def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> str:
+    payload = json.dumps([feature, amount, properties], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# --- periods and resets ------------------------------------------------------------------
+
+
+def _reset_unit(entitlement_reset: str, customer: BillingCustomer) -> tuple[str, int]:
+    if entitlement_reset == ResetPeriod.BILLING:
+        return customer.billing_interval or "month", customer.billing_interval_count or 1
+    return entitlement_reset, 1
+
+
+def _anchor(customer: BillingCustomer) -> datetime:
+    return customer.current_period_start or customer.created_at
+
+
+def current_period(
+    reset_period: str, customer: BillingCustomer, now: datetime
+) -> tuple[datetime | None, datetime | None, datetime | None]:
+    """``(anchor, period_start, next_reset_at)`` of a reset period for this customer now."""
+    if reset_period == ResetPeriod.NONE:
+        return None, None, None
+    if (
+        reset_period == ResetPeriod.BILLING
+        and customer.current_period_start
+        and customer.current_period_end
+        and customer.current_period_start <= now < customer.current_period_end
+    ):
+        return (
+            customer.current_period_start,
+            customer.current_period_start,
+            customer.current_period_end,
+        )
+    anchor = _anchor(customer)
+    unit, count = _reset_unit(reset_period, customer)
+    start, end = period_containing(anchor, unit, now, count)
+    return anchor, start, end
+
+
+def reset_if_due(entitlement: Entitlement, now: datetime) -> Entitlement:
+    """Apply a reset that fell due, exactly once under concurrency; return fresh state."""
+    if entitlement.next_reset_at is None or now < entitlement.next_reset_at:
+        return entitlement
+    unit, count = _reset_unit(entitlement.reset_period, entitlement.customer)
+    anchor = entitlement.reset_anchor or _anchor(entitlement.customer)
+    start, end = period_containing(anchor, unit, now, count)
+    # Only the first of any number of concurrent resets matches the old boundary.
+    Entitlement.objects.filter(
+        pk=entitlement.pk, next_reset_at=entitlement.next_reset_at
+    ).update(usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now())
+    return _entitlement_queryset().get(pk=entitlement.pk)
+
+
+def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> int:
+    """A new Stripe billing period began: reset ``billing`` entitlements once.
+
+    Usage is recomputed from the ledger since ``period_start`` rather than set to
+    zero, so usage tracked after the boundary but before the webhook arrived
+    stays counted in the new period. Returns how many entitlements reset.
+    """
+    due = Entitlement.objects.filter(
+        customer=customer, reset_period=ResetPeriod.BILLING
+    ).filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
+    count = 0
+    for entitlement_id, feature_id in due.values_list("pk", "feature_id"):
+        usage = (
+            UsageEvent.objects.filter(
+                customer=customer, feature_id=feature_id, created_at__gte=period_start
+            ).aggregate(total=Sum("amount"))["total"]
+            or 0
+        )
+        count += (
+            Entitlement.objects.filter(pk=entitlement_id)
+            .filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
+            .update(
+                usage=usage,
+                period_start=period_start,
+                reset_anchor=period_start,
+                next_reset_at=customer.current_period_end,
+                updated_at=timezone.now(),
+            )
+        )
+    # Calendar resets stay anchored at the current subscription period start.
+    Entitlement.objects.filter(customer=customer).exclude(
+        reset_period__in=[ResetPeriod.BILLING, ResetPeriod.NONE]
+    ).update(reset_anchor=period_start)
+    return count
+
+
+# --- plan -> entitlements ----------------------------------------------------------------
+
+
+def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None) -> list[str]:
+    """Make the customer's entitlements follow its plan's plan features.
+
+    Usage in the current period is kept (an upgrade from 100 to 1000 with 80
+    used leaves 920); features the plan no longer grants are kept with
+    ``granted=False`` so a re-upgrade in the same period finds its usage.
+    Idempotent: nothing is written when nothing changed. Returns changed keys.
+    """
+    now = now or timezone.now()
+    plan_features = (
+        list(PlanFeature.objects.filter(plan_id=customer.plan_id).select_related("feature"))
+        if customer.plan_id
+        else []
+    )
+    existing = {e.feature_id: e for e in Entitlement.objects.filter(customer=customer)}
+    changed: list[str] = []
+    for plan_feature in plan_features:
+        included = plan_feature.included
+        if plan_feature.included_from_quantity and customer.seat_quantity is not None:
+            included = customer.seat_quantity
+        wanted = {
+            "granted": True,
+            "included": included,
+            "unlimited": plan_feature.unlimited,
+            "allow_overage": plan_feature.allow_overage,
+            "reset_period": plan_feature.reset_period,
+        }
+        current = existing.get(plan_feature.feature_id)
+        if current is None:
+            anchor, start, end = current_period(plan_feature.reset_period, customer, now)
+            try:
+                with transaction.atomic():
+                    Entitlement.objects.create(
+                        customer=customer,
+                        feature_id=plan_feature.feature_id,
+                        reset_anchor=anchor,
+                        period_start=start,
+                        next_reset_at=end,
+                        **wanted,
+                    )
+            except IntegrityError:
+                continue  # created concurrently by another sync of the same plan
+            changed.append(plan_feature.feature.key)
+            continue
+        updates = {k: v for k, v in wanted.items() if getattr(current, k) != v}
+        if current.reset_period != plan_feature.reset_period or (
+            plan_feature.reset_period != ResetPeriod.NONE and current.period_start is None
+        ):
+            anchor, start, end = current_period(plan_feature.reset_period, customer, now)
+            updates.update(reset_anchor=anchor, period_start=start, next_reset_at=end)
+        if updates:
+            # update(), never save(): usage is not ours to overwrite here.
+            Entitlement.objects.filter(pk=current.pk).update(**updates, updated_at=now)
+            changed.append(plan_feature.feature.key)
+    granted_ids = {pf.feature_id for pf in plan_features}
+    revoked = [e for fid, e in existing.items() if fid not in granted_ids and e.granted]
+    if revoked:
+        Entitlement.objects.filter(pk__in=[e.pk for e in revoked]).update(
+            granted=False, updated_at=now
+        )
+        changed.extend(e.feature.key for e in revoked)
+    if changed:
+        transaction.on_commit(
+            lambda: signals.entitlement_changed.send(
+                sender=Entitlement, customer=customer, features=tuple(changed)
+            )
+        )
+    return changed
+
+
+def sync_plan_customers(plan_ids: Iterable[int]) -> int:
+    """Re-sync every customer on these plans (after a plan's features were edited)."""
+    count = 0
+    for customer in BillingCustomer.objects.filter(plan_id__in=list(plan_ids)):
+        sync_entitlements(customer)
+        count += 1
+    return count
+
+
+def refresh_entitlements(
+    customer: BillingCustomer, *, now: datetime | None = None
+) -> list[EntitlementState]:
+    """The customer's granted entitlements, with due resets applied."""
+    now = now or timezone.now()
+    states = []
+    rows = _entitlement_queryset().filter(customer=customer, granted=True).order_by("feature__key")
+    for row in rows:
+        entitlement = reset_if_due(row, now)
+        states.append(
+            EntitlementState(
+                feature=entitlement.feature.key,
+                name=entitlement.feature.name,
+                kind=entitlement.feature.kind,
+                granted=entitlement.granted,
+                included=entitlement.included,
+                usage=entitlement.usage,
+                balance=entitlement.balance,
+                unlimited=entitlement.unlimited,
+                allow_overage=entitlement.allow_overage,
+                reset_period=entitlement.reset_period,
+                period_start=entitlement.period_start,
+                next_reset_at=entitlement.next_reset_at,
+            )
+        )
+    return states

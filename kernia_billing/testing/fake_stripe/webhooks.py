@@ -1,0 +1,203 @@
+"""Webhook signing and delivery for the fake Stripe server.
+
+Signing follows Stripe's scheme exactly, so ``stripe.Webhook.construct_event``
+(and dj-stripe's signature verification) accept what the fake produces:
+``Stripe-Signature: t=<unix ts>,v1=<hex HMAC-SHA256("{t}.{body}", secret)>``.
+
+Delivery happens on one background thread, in the order events were queued,
+never inside the request handler that caused the event: the application that
+called the fake may be single-threaded and busy waiting for that response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DeliveryResult",
+    "WebhookDispatcher",
+    "encode_event",
+    "event_matches",
+    "sign_webhook_payload",
+]
+
+
+def sign_webhook_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """Return the ``Stripe-Signature`` header value for ``payload``.
+
+    :param payload: the exact request body that will be sent.
+    :param secret: the endpoint's signing secret (``whsec_...``).
+    :param timestamp: unix time to sign with; defaults to now.
+    """
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    signed = f"{ts}.".encode() + payload
+    digest = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """Serialise an event the way it is sent as a webhook body."""
+    return json.dumps(event, indent=2).encode("utf-8")
+
+
+def event_matches(enabled_events: list[str], event_type: str) -> bool:
+    """Whether an endpoint subscribed to ``enabled_events`` receives ``event_type``."""
+    return "*" in enabled_events or event_type in enabled_events
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one webhook delivery attempt."""
+
+    url: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    status_code: int | None
+    """HTTP status of the receiver's answer; ``None`` if the connection failed."""
+    error: str | None = None
+    delivered_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx answer."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    url: str
+    secret: str
+    endpoint_id: str
+    event: dict[str, Any]
+
+
+class WebhookDispatcher:
+    """Delivers queued events to endpoints over HTTP from one daemon thread."""
+
+    def __init__(self, timeout: float = 10.0, clock: Callable[[], int] | None = None) -> None:
+        self.timeout = timeout
+        self._clock = clock or (lambda: int(time.time()))
+        self._queue: queue.Queue[_Delivery | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._results: list[DeliveryResult] = []
+        self._failed: list[_Delivery] = []
+        self._thread: threading.Thread | None = None
+        self._generation = 0
+
+    def start(self) -> None:
+        """Start the delivery thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="fake-stripe-webhooks", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the delivery thread after the queue drains."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout=self.timeout + 1)
+        self._thread = None
+
+    def enqueue(self, url: str, secret: str, endpoint_id: str, event: dict[str, Any]) -> None:
+        """Queue one delivery; it is sent after everything queued before it."""
+        self.start()
+        self._queue.put(_Delivery(url, secret, endpoint_id, event))
+
+    def flush(self, timeout: float = 10.0) -> list[DeliveryResult]:
+        """Wait until every queued delivery was attempted; return all results so far."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError("webhook deliveries still pending after flush timeout")
+            time.sleep(0.005)
+        with self._lock:
+            return list(self._results)
+
+    @property
+    def results(self) -> list[DeliveryResult]:
+        """Every delivery attempt so far, oldest first."""
+        with self._lock:
+            return list(self._results)
+
+    def retry_failed(self) -> int:
+        """Queue every failed delivery again; return how many were queued."""
+        with self._lock:
+            failed, self._failed = self._failed, []
+        for delivery in failed:
+            self.enqueue(delivery.url, delivery.secret, delivery.endpoint_id, delivery.event)
+        return len(failed)
+
+    def reset(self) -> None:
+        """Drop queued deliveries and forget results."""
+        with self._lock:
+            self._generation += 1
+            self._results.clear()
+            self._failed.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+            if item is None:  # keep a pending stop request
+                self._queue.put(None)
+                break
+
+    def _run(self) -> None:
+        while True:
+            delivery = self._queue.get()
+            try:
+                if delivery is None:
+                    return
+                with self._lock:
+                    generation = self._generation
+                result = self._deliver(delivery)
+                with self._lock:
+                    if generation == self._generation:
+                        self._results.append(result)
+                        if not result.ok:
+                            self._failed.append(delivery)
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, delivery: _Delivery) -> DeliveryResult:
+        body = encode_event(delivery.event)
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            "Stripe-Signature": sign_webhook_payload(body, delivery.secret, self._clock()),
+        }
+        request = urllib.request.Request(delivery.url, data=body, headers=headers, method="POST")
+        status: int | None
+        error: str | None = None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status, error = exc.code, str(exc)
+        except (urllib.error.URLError, OSError) as exc:
+            status, error = None, str(exc)
+        return DeliveryResult(
+            url=delivery.url,
+            event_id=str(delivery.event["id"]),
+            event_type=str(delivery.event["type"]),
+            endpoint_id=delivery.endpoint_id,
+            status_code=status,
+            error=error,
+            delivered_at=time.time(),
+        )

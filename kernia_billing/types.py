@@ -1,0 +1,128 @@
+"""Frozen result objects returned by the services (and rendered by the doors)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    allowed: bool
+    feature: str
+    kind: str
+    reason: str | None = None
+    balance: int | None = None
+    included: int | None = None
+    usage: int | None = None
+    unlimited: bool = False
+    allow_overage: bool = False
+    reset_period: str | None = None
+    next_reset_at: datetime | None = None
+    plan: str | None = None
+    required: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackResult:
+    event_id: int
+    feature: str
+    amount: int
+    balance: int
+    usage: int
+    included: int
+    unlimited: bool
+    replayed: bool = False
+    created_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRequest:
+    """One event of a batch track."""
+
+    feature: str
+    amount: int = 1
+    idempotency_key: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    owner: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    index: int
+    ok: bool
+    result: TrackResult | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementState:
+    feature: str
+    name: str
+    kind: str
+    granted: bool
+    included: int
+    usage: int
+    balance: int
+    unlimited: bool
+    allow_overage: bool
+    reset_period: str
+    period_start: datetime | None
+    next_reset_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    id: str
+    status: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    trial_end: datetime | None
+    seat_quantity: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    customer_id: int
+    stripe_customer_id: str | None
+    plan: str | None
+    plan_name: str | None
+    subscription: SubscriptionState | None
+    portal_available: bool
+    entitlements: tuple[EntitlementState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """Counts from a catalog sync."""
+
+    products_created: int = 0
+    products_updated: int = 0
+    products_unchanged: int = 0
+    prices_created: int = 0
+    prices_updated: int = 0
+    prices_unchanged: int = 0
+    pending_review: int = 0
+    flagged: int = 0
+
+    @property
+    def created(self) -> int:
+        return self.products_created + self.prices_created
+
+    @property
+    def updated(self) -> int:
+        return self.products_updated + self.prices_updated
+
+    @property
+    def unchanged(self) -> int:
+        return self.products_unchanged + self.prices_unchanged
