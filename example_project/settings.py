@@ -93,6 +93,9 @@ def _database_from_env() -> dict[str, object]:
             "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
+        # Tests use an in-memory database unless SQLITE_TEST_NAME names a file; the
+        # threaded concurrency tests need a file (CI sets one).
+        "TEST": {"NAME": os.environ.get("SQLITE_TEST_NAME") or None},
     }
 
 

@@ -221,6 +221,11 @@ def track(
             if not entitlement.granted:
                 raise _denial_error(_check_result(entitlement, 1)) from None
             if _needs_retry(entitlement, moment):
+                if fixed_now is not None and _before_period(entitlement, moment):
+                    raise InvalidRequest(
+                        "Usage cannot be recorded before the current period started.",
+                        fields={"now": moment.isoformat()},
+                    ) from None
                 continue
             if amount > 0:
                 raise InsufficientBalance(
@@ -244,6 +249,10 @@ def _needs_retry(entitlement: Entitlement, moment: datetime) -> bool:
     """Refused only because a period boundary moved under us: reset/refresh and retry."""
     if entitlement.next_reset_at is not None and moment >= entitlement.next_reset_at:
         return True
+    return _before_period(entitlement, moment)
+
+
+def _before_period(entitlement: Entitlement, moment: datetime) -> bool:
     return entitlement.period_start is not None and moment < entitlement.period_start
 
 

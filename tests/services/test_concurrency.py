@@ -1,0 +1,132 @@
+"""Exactness under concurrency: real threads, real transactions, real row locks.
+
+Runs on PostgreSQL, and on SQLite when the test database is a file
+(``SQLITE_TEST_NAME``), where writes queue on the IMMEDIATE write lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.db.models import Sum
+from django.utils import timezone
+
+import kernia_billing
+from kernia_billing.exceptions import BillingError, InsufficientBalance
+from kernia_billing.models import Entitlement, ResetPeriod, UsageEvent
+from kernia_billing.services.customers import get_or_create_customer
+from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+
+THREADS = 64
+
+
+@pytest.fixture(autouse=True)
+def _needs_shared_database(transactional_db):
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        pytest.skip("threads need a file database on SQLite (set SQLITE_TEST_NAME)")
+
+
+def run_concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` in ``count`` threads released at once; return results or exceptions."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def runner(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = work(index)
+        except Exception as exc:  # collected and asserted on by the caller
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+@pytest.fixture
+def owner():
+    messages = FeatureFactory(key="messages")
+    plan = PlanFactory(key="starter", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages, included=50, reset_period=ResetPeriod.MONTH)
+    user = UserFactory()
+    kernia_billing.check(user, "messages")  # creates the customer and its entitlement
+    return user
+
+
+def assert_only_refusals(results: list[Any]) -> None:
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, BillingError)]
+    assert not unexpected, unexpected[:3]
+
+
+def test_concurrent_tracks_never_overspend(owner):
+    results = run_concurrently(THREADS, lambda i: kernia_billing.track(owner, "messages", 1))
+    assert_only_refusals(results)
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, InsufficientBalance)]
+    assert (len(accepted), len(refused)) == (50, THREADS - 50)
+    entitlement = Entitlement.objects.get()
+    assert (entitlement.usage, entitlement.balance) == (50, 0)
+    assert UsageEvent.objects.count() == 50
+    # Every accepted track saw a distinct balance: no update was lost.
+    assert sorted(r.balance for r in accepted) == list(range(50))
+
+
+def test_concurrent_tracks_across_a_reset_boundary(owner):
+    customer = get_or_create_customer(owner)
+    boundary = timezone.now().replace(microsecond=0) + timedelta(days=1)
+    Entitlement.objects.filter(customer=customer).update(
+        reset_anchor=boundary - timedelta(days=31),
+        period_start=boundary - timedelta(days=31),
+        next_reset_at=boundary,
+    )
+    before = boundary - timedelta(seconds=1)
+    after = boundary + timedelta(seconds=1)
+
+    def work(i: int) -> Any:
+        return kernia_billing.track(owner, "messages", 1, now=before if i % 2 else after)
+
+    results = run_concurrently(THREADS, work)
+    assert_only_refusals(results)
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    in_new_period = [r for r in accepted if r.created_at >= boundary]
+    in_old_period = [r for r in accepted if r.created_at < boundary]
+    # 32 tracks after the boundary all fit the fresh balance of 50; the reset ran once.
+    assert len(in_new_period) == THREADS // 2
+    assert len(in_old_period) <= 50
+    entitlement = Entitlement.objects.get(customer=customer)
+    assert entitlement.period_start == boundary
+    assert entitlement.usage == THREADS // 2
+    since = UsageEvent.objects.filter(customer=customer, created_at__gte=entitlement.period_start)
+    assert since.aggregate(total=Sum("amount"))["total"] == entitlement.usage
+    assert UsageEvent.objects.count() == len(accepted)
+
+
+def test_concurrent_idempotent_replays_count_once(owner):
+    results = run_concurrently(
+        32, lambda i: kernia_billing.track(owner, "messages", 3, idempotency_key="order-42")
+    )
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert len({r.event_id for r in results}) == 1
+    assert sum(1 for r in results if not r.replayed) == 1
+    assert UsageEvent.objects.count() == 1
+    assert Entitlement.objects.get().usage == 3
+
+
+def test_concurrent_first_use_creates_one_customer():
+    messages = FeatureFactory(key="messages")
+    plan = PlanFactory(key="starter", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages, included=50)
+    user = UserFactory()
+    results = run_concurrently(16, lambda i: kernia_billing.track(user, "messages", 1))
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert Entitlement.objects.get().usage == 16
