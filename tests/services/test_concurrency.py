@@ -64,7 +64,9 @@ def owner():
 
 
 def assert_only_refusals(results: list[Any]) -> None:
-    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, BillingError)]
+    unexpected = [
+        r for r in results if isinstance(r, Exception) and not isinstance(r, BillingError)
+    ]
     assert not unexpected, unexpected[:3]
 
 

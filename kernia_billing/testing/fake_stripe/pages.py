@@ -33,7 +33,7 @@ def _money(amount: int | None, currency: str | None) -> str:
 def _date(timestamp: int | None) -> str:
     if not timestamp:
         return "-"
-    return dt.datetime.fromtimestamp(int(timestamp), tz=dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(int(timestamp), tz=dt.UTC).strftime("%Y-%m-%d")
 
 
 def _page(title: str, body: str) -> str:
@@ -64,7 +64,9 @@ def checkout_page(session: dict[str, Any], line_items: list[dict[str, Any]]) -> 
     action = "Pay and subscribe" if session["mode"] == "subscription" else "Pay"
     if session["mode"] == "setup":
         action = "Save payment details"
-    email = (session.get("customer_details") or {}).get("email") or session.get("customer_email") or ""
+    email = (
+        (session.get("customer_details") or {}).get("email") or session.get("customer_email") or ""
+    )
     status = session["status"]
     if status != "open":
         controls = f"<p>This checkout session is <strong>{escape(status)}</strong>.</p>"
@@ -79,12 +81,13 @@ def checkout_page(session: dict[str, Any], line_items: list[dict[str, Any]]) -> 
             f"<form method='post' action='/checkout/{escape(session['id'])}/complete'>"
             f"<button type='submit'>{escape(action)}</button></form> {cancel}"
         )
+    total = _money(session.get("amount_total"), session.get("currency"))
     body = (
         "<h1>Checkout</h1>"
         f"<p>{escape(email)}</p>"
         "<table><tr><th>Item</th><th>Qty</th><th>Billing</th><th>Amount</th></tr>"
         f"{rows}</table>"
-        f"<p><strong>Total: {escape(_money(session.get('amount_total'), session.get('currency')))}</strong></p>"
+        f"<p><strong>Total: {escape(total)}</strong></p>"
         f"{controls}"
     )
     return _page("Checkout", body)
@@ -106,10 +109,12 @@ def portal_page(
     for sub in subscriptions:
         items = ", ".join(
             f"{escape(str(item['price'].get('nickname') or item['price']['product']))} "
-            f"× {item['quantity']}"
+            f"x {item['quantity']}"
             for item in sub["items"]["data"]
         )
-        period_end = min((item["current_period_end"] for item in sub["items"]["data"]), default=None)
+        period_end = min(
+            (item["current_period_end"] for item in sub["items"]["data"]), default=None
+        )
         base = f"/portal/{escape(session['id'])}/subscriptions/{escape(sub['id'])}"
         if sub["status"] in ("canceled", "incomplete_expired"):
             button = ""
@@ -137,7 +142,8 @@ def portal_page(
     )
     back = ""
     if session.get("return_url"):
-        back = f"<p><a href='{escape(session['return_url'])}'><button class='secondary'>Back</button></a></p>"
+        href = escape(session["return_url"])
+        back = f"<p><a href='{href}'><button class='secondary'>Back</button></a></p>"
     who = customer.get("email") or customer.get("name") or customer["id"]
     body = f"<h1>Billing</h1><p>{escape(str(who))}</p>{table}{back}"
     return _page("Billing portal", body)

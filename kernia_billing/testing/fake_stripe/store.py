@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .forms import FormError, coerce_bool, coerce_int
 
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+_T = TypeVar("_T")
 
 DEFAULT_API_VERSION = "2026-05-27.dahlia"
 
@@ -91,7 +92,7 @@ class StripeError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",  # noqa: A002 - Stripe's field name
+        type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
     ) -> None:
@@ -123,7 +124,9 @@ class StripeError(Exception):
         return cls(400, f"Missing required param: {param}.", code="parameter_missing", param=param)
 
     @classmethod
-    def invalid(cls, message: str, param: str | None = None, code: str = "parameter_invalid") -> StripeError:
+    def invalid(
+        cls, message: str, param: str | None = None, code: str = "parameter_invalid"
+    ) -> StripeError:
         """400 with a custom message."""
         return cls(400, message, code=code, param=param)
 
@@ -142,7 +145,7 @@ class RequestContext:
 
 def _add_months(anchor: int, months: int) -> int:
     """``anchor`` plus ``months`` calendar months, clamped to the month's last day."""
-    moment = dt.datetime.fromtimestamp(anchor, tz=dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(anchor, tz=dt.UTC)
     years, month0 = divmod(moment.month - 1 + months, 12)
     year, month = moment.year + years, month0 + 1
     day = min(moment.day, calendar.monthrange(year, month)[1])
@@ -240,9 +243,10 @@ def _diff(before: JSON, after: JSON) -> JSON:
     }
 
 
-def _snapshot(obj: Any) -> Any:
+def _snapshot(obj: _T) -> _T:
     """A detached JSON-compatible copy."""
-    return json.loads(json.dumps(obj))
+    copied: _T = json.loads(json.dumps(obj))
+    return copied
 
 
 def _match_created(value: int, spec: Any) -> bool:
@@ -256,8 +260,10 @@ def _match_created(value: int, spec: Any) -> bool:
         for op, bound in spec.items():
             if op not in ops:
                 raise StripeError(
-                    400, f"Received unknown parameter: created[{op}]",
-                    code="parameter_unknown", param=f"created[{op}]",
+                    400,
+                    f"Received unknown parameter: created[{op}]",
+                    code="parameter_unknown",
+                    param=f"created[{op}]",
                 )
             if not ops[op](value, _int(bound, f"created[{op}]")):
                 return False
@@ -314,7 +320,7 @@ class Store:
             self._objects: dict[str, dict[str, JSON]] = {kind: {} for kind in _NOUNS}
             self._deleted_customers: set[str] = set()
             self._item_index: dict[str, str] = {}  # si_ -> sub_
-            self._item_period: dict[str, int] = {}  # si_ -> period number (-1 = trial)
+            self._period_no: dict[str, int] = {}  # si_ -> period number (-1 = trial)
             self._line_items: dict[str, list[JSON]] = {}  # cs_ -> checkout line items
             self._features: dict[str, list[JSON]] = {}  # prod_ -> product features
             self._webhook_secrets: dict[str, str] = {}
@@ -357,7 +363,8 @@ class Store:
     def _emit(self, event_type: str, obj: JSON, previous: JSON | None = None) -> JSON:
         ctx = self._ctx
         endpoints = [
-            we for we in self._bucket("webhook_endpoint").values()
+            we
+            for we in self._bucket("webhook_endpoint").values()
             if we["status"] == "enabled"
             and ("*" in we["enabled_events"] or event_type in we["enabled_events"])
         ]
@@ -427,7 +434,9 @@ class Store:
                 return {"id": object_id, "object": "customer", "deleted": True}
             return _snapshot(self._get(kind, object_id))
 
-    def list_objects(self, kind: str, predicate: Callable[[JSON], bool] | None = None) -> list[JSON]:
+    def list_objects(
+        self, kind: str, predicate: Callable[[JSON], bool] | None = None
+    ) -> list[JSON]:
         """Objects of ``kind``, newest first, optionally filtered."""
         with self.lock:
             items = list(reversed(self._objects[kind].values()))
@@ -463,9 +472,18 @@ class Store:
     # ----------------------------------------------------------------- products
 
     _PRODUCT_FIELDS = (
-        "active", "description", "images", "marketing_features", "metadata", "name",
-        "package_dimensions", "shippable", "statement_descriptor", "tax_code",
-        "unit_label", "url",
+        "active",
+        "description",
+        "images",
+        "marketing_features",
+        "metadata",
+        "name",
+        "package_dimensions",
+        "shippable",
+        "statement_descriptor",
+        "tax_code",
+        "unit_label",
+        "url",
     )
 
     def _apply_product_fields(self, product: JSON, params: JSON) -> None:
@@ -481,7 +499,9 @@ class Store:
                 product[key] = _str_list(value, key)
             elif key == "marketing_features":
                 features = value if isinstance(value, list) else []
-                product[key] = [{"name": str(f.get("name", ""))} for f in features if isinstance(f, dict)]
+                product[key] = [
+                    {"name": str(f.get("name", ""))} for f in features if isinstance(f, dict)
+                ]
             elif key == "package_dimensions":
                 product[key] = None if value == "" else value
             else:
@@ -495,16 +515,32 @@ class Store:
             product_id = str(params.get("id") or generate_id("prod_", 14))
             if product_id in self._bucket("product"):
                 raise StripeError(
-                    400, f"Product already exists with id {product_id}",
-                    code="resource_already_exists", param="id",
+                    400,
+                    f"Product already exists with id {product_id}",
+                    code="resource_already_exists",
+                    param="id",
                 )
             now = self._created()
             product = template("product")
             product.update(
-                id=product_id, name=str(name), created=now, updated=now, active=True,
-                default_price=None, description=None, images=[], marketing_features=[],
-                metadata={}, package_dimensions=None, shippable=None, livemode=False,
-                statement_descriptor=None, tax_code=None, type="service", unit_label=None, url=None,
+                id=product_id,
+                name=str(name),
+                created=now,
+                updated=now,
+                active=True,
+                default_price=None,
+                description=None,
+                images=[],
+                marketing_features=[],
+                metadata={},
+                package_dimensions=None,
+                shippable=None,
+                livemode=False,
+                statement_descriptor=None,
+                tax_code=None,
+                type="service",
+                unit_label=None,
+                url=None,
             )
             self._apply_product_fields(product, params)
             self._bucket("product")[product_id] = product
@@ -561,7 +597,9 @@ class Store:
             self._get("product", product_id)
             return _snapshot(list(reversed(self._features.get(product_id, []))))
 
-    def add_product_feature(self, product_id: str, name: str, lookup_key: str | None = None) -> JSON:
+    def add_product_feature(
+        self, product_id: str, name: str, lookup_key: str | None = None
+    ) -> JSON:
         """Attach an entitlement feature to a product (test helper)."""
         with self.lock:
             self._get("product", product_id)
@@ -584,11 +622,25 @@ class Store:
 
     # ----------------------------------------------------------------- prices
 
-    _PRICE_CREATE = frozenset({
-        "active", "billing_scheme", "currency", "lookup_key", "metadata", "nickname",
-        "product", "product_data", "recurring", "tax_behavior", "transfer_lookup_key",
-        "unit_amount", "unit_amount_decimal", "custom_unit_amount", "currency_options",
-    })
+    _PRICE_CREATE = frozenset(
+        {
+            "active",
+            "billing_scheme",
+            "currency",
+            "lookup_key",
+            "metadata",
+            "nickname",
+            "product",
+            "product_data",
+            "recurring",
+            "tax_behavior",
+            "transfer_lookup_key",
+            "unit_amount",
+            "unit_amount_decimal",
+            "custom_unit_amount",
+            "currency_options",
+        }
+    )
 
     def _claim_lookup_key(self, price_id: str, lookup_key: str, transfer: bool) -> None:
         for other in self._bucket("price").values():
@@ -610,7 +662,20 @@ class Store:
             if not isinstance(data, dict):
                 raise StripeError.invalid("Invalid hash", param="product_data")
             product = self.create_product(
-                {k: v for k, v in data.items() if k in ("name", "active", "metadata", "statement_descriptor", "tax_code", "unit_label", "id")}
+                {
+                    k: v
+                    for k, v in data.items()
+                    if k
+                    in (
+                        "name",
+                        "active",
+                        "metadata",
+                        "statement_descriptor",
+                        "tax_code",
+                        "unit_label",
+                        "id",
+                    )
+                }
             )
             product_id = product["id"]
         else:
@@ -638,7 +703,7 @@ class Store:
                 raise StripeError.required("recurring[interval]")
             if interval not in ("day", "week", "month", "year"):
                 raise StripeError.invalid(
-                    f"Invalid recurring[interval]: must be one of day, week, month, or year",
+                    "Invalid recurring[interval]: must be one of day, week, month, or year",
                     param="recurring[interval]",
                 )
             trial_days = raw.get("trial_period_days")
@@ -646,7 +711,9 @@ class Store:
                 "interval": interval,
                 "interval_count": _int(raw.get("interval_count", 1), "recurring[interval_count]"),
                 "meter": raw.get("meter"),
-                "trial_period_days": _int(trial_days, "recurring[trial_period_days]") if trial_days else None,
+                "trial_period_days": _int(trial_days, "recurring[trial_period_days]")
+                if trial_days
+                else None,
                 "usage_type": str(raw.get("usage_type", "licensed")),
             }
         price = template("price")
@@ -668,11 +735,14 @@ class Store:
             transform_quantity=None,
             type="recurring" if recurring else "one_time",
             unit_amount=unit_amount,
-            unit_amount_decimal=None if unit_amount is None else str(params.get("unit_amount_decimal", unit_amount)),
+            unit_amount_decimal=None
+            if unit_amount is None
+            else str(params.get("unit_amount_decimal", unit_amount)),
         )
         if price["lookup_key"]:
             self._claim_lookup_key(
-                price["id"], price["lookup_key"],
+                price["id"],
+                price["lookup_key"],
                 _bool(params.get("transfer_lookup_key", False), "transfer_lookup_key"),
             )
         self._bucket("price")[price["id"]] = price
@@ -688,7 +758,18 @@ class Store:
 
     def update_price(self, price_id: str, params: JSON) -> JSON:
         """POST /v1/prices/{id}."""
-        _check_params(params, {"active", "nickname", "metadata", "lookup_key", "transfer_lookup_key", "tax_behavior", "currency_options"})
+        _check_params(
+            params,
+            {
+                "active",
+                "nickname",
+                "metadata",
+                "lookup_key",
+                "transfer_lookup_key",
+                "tax_behavior",
+                "currency_options",
+            },
+        )
         with self.lock:
             price = self._get("price", price_id)
             before = copy.deepcopy(price)
@@ -704,7 +785,8 @@ class Store:
                 key = params["lookup_key"] or None
                 if key:
                     self._claim_lookup_key(
-                        price_id, str(key),
+                        price_id,
+                        str(key),
                         _bool(params.get("transfer_lookup_key", False), "transfer_lookup_key"),
                     )
                 price["lookup_key"] = key
@@ -752,11 +834,36 @@ class Store:
 
     # ----------------------------------------------------------------- customers
 
-    _CUSTOMER_FIELDS = frozenset({
-        "address", "balance", "description", "email", "invoice_settings", "metadata", "name",
-        "phone", "preferred_locales", "shipping", "tax_exempt",
-    })
-    _CUSTOMER_IGNORED = frozenset({"payment_method", "source", "test_clock", "tax", "tax_id_data", "invoice_prefix", "next_invoice_sequence", "default_source", "coupon", "promotion_code", "cash_balance"})
+    _CUSTOMER_FIELDS = frozenset(
+        {
+            "address",
+            "balance",
+            "description",
+            "email",
+            "invoice_settings",
+            "metadata",
+            "name",
+            "phone",
+            "preferred_locales",
+            "shipping",
+            "tax_exempt",
+        }
+    )
+    _CUSTOMER_IGNORED = frozenset(
+        {
+            "payment_method",
+            "source",
+            "test_clock",
+            "tax",
+            "tax_id_data",
+            "invoice_prefix",
+            "next_invoice_sequence",
+            "default_source",
+            "coupon",
+            "promotion_code",
+            "cash_balance",
+        }
+    )
 
     def _apply_customer_fields(self, customer: JSON, params: JSON) -> None:
         for key in self._CUSTOMER_FIELDS:
@@ -785,10 +892,20 @@ class Store:
         with self.lock:
             customer = template("customer")
             customer.update(
-                id=generate_id("cus_", 14), created=self._created(), currency=None,
-                discount=None, email=None, name=None, phone=None, description=None,
-                metadata={}, livemode=False, shipping=None, address=None,
-                invoice_prefix=secrets.token_hex(4).upper(), next_invoice_sequence=1,
+                id=generate_id("cus_", 14),
+                created=self._created(),
+                currency=None,
+                discount=None,
+                email=None,
+                name=None,
+                phone=None,
+                description=None,
+                metadata={},
+                livemode=False,
+                shipping=None,
+                address=None,
+                invoice_prefix=secrets.token_hex(4).upper(),
+                next_invoice_sequence=1,
             )
             self._apply_customer_fields(customer, params)
             self._bucket("customer")[customer["id"]] = customer
@@ -817,7 +934,10 @@ class Store:
         with self.lock:
             customer = self._live_customer(customer_id)
             for sub in list(self._bucket("subscription").values()):
-                if sub["customer"] == customer_id and sub["status"] not in ("canceled", "incomplete_expired"):
+                if sub["customer"] == customer_id and sub["status"] not in (
+                    "canceled",
+                    "incomplete_expired",
+                ):
                     self._cancel_subscription_locked(sub, reason="cancellation_requested")
             del self._bucket("customer")[customer_id]
             self._deleted_customers.add(customer_id)
@@ -836,7 +956,7 @@ class Store:
             )
         if not price["active"]:
             raise StripeError.invalid(
-                f"The price specified is inactive. This field only accepts active prices.",
+                "The price specified is inactive. This field only accepts active prices.",
                 param=param,
             )
         return price
@@ -853,10 +973,10 @@ class Store:
         )
 
     def _refresh_item(self, sub: JSON, item: JSON) -> None:
-        price = self._bucket("price").get(item["price"]["id"], item["price"])
+        price: JSON = self._bucket("price").get(item["price"]["id"]) or item["price"]
         item["price"] = _snapshot(price)
         item["plan"] = self._plan(price)
-        start, end = self._item_period(sub, price, self._item_period[item["id"]])
+        start, end = self._item_period(sub, price, self._period_no[item["id"]])
         item["current_period_start"], item["current_period_end"] = start, end
 
     def _new_item(self, sub: JSON, price: JSON, quantity: int, metadata: Any, n: int) -> JSON:
@@ -873,12 +993,12 @@ class Store:
             tax_rates=[],
         )
         self._item_index[item["id"]] = sub["id"]
-        self._item_period[item["id"]] = n
+        self._period_no[item["id"]] = n
         self._refresh_item(sub, item)
         return item
 
     def _current_period_number(self, sub: JSON) -> int:
-        numbers = [self._item_period[item["id"]] for item in sub["items"]["data"]]
+        numbers = [self._period_no[item["id"]] for item in sub["items"]["data"]]
         return min(numbers) if numbers else 0
 
     def _period_end(self, sub: JSON) -> int:
@@ -901,8 +1021,8 @@ class Store:
                 currency=item["price"]["currency"],
                 description=(
                     f"Trial period for {self._product_name(item['price']['product'])}"
-                    if trialing else
-                    f"{item['quantity']} × {self._product_name(item['price']['product'])}"
+                    if trialing
+                    else f"{item['quantity']} x {self._product_name(item['price']['product'])}"
                 ),
                 discount_amounts=[],
                 discounts=[],
@@ -922,7 +1042,10 @@ class Store:
                 period={"start": item["current_period_start"], "end": item["current_period_end"]},
                 pretax_credit_amounts=[],
                 pricing={
-                    "price_details": {"price": item["price"]["id"], "product": item["price"]["product"]},
+                    "price_details": {
+                        "price": item["price"]["id"],
+                        "product": item["price"]["product"],
+                    },
                     "type": "price_details",
                     "unit_amount_decimal": str(unit),
                 },
@@ -962,13 +1085,17 @@ class Store:
             invoice_pdf=None,
             last_finalization_error=None,
             lines={
-                "object": "list", "data": lines, "has_more": False,
+                "object": "list",
+                "data": lines,
+                "has_more": False,
                 "url": f"/v1/invoices/{invoice_id}/lines",
             },
             livemode=False,
             metadata={},
             next_payment_attempt=None if paid else now + 3 * 86400,
-            number=f"{customer.get('invoice_prefix', 'FAKE')}-{customer.get('next_invoice_sequence', 1):04d}",
+            number="{}-{:04d}".format(
+                customer.get("invoice_prefix", "FAKE"), customer.get("next_invoice_sequence", 1)
+            ),
             parent={
                 "quote_details": None,
                 "subscription_details": {
@@ -983,8 +1110,10 @@ class Store:
             shipping_details=None,
             status="paid" if paid else "open",
             status_transitions={
-                "finalized_at": now, "marked_uncollectible_at": None,
-                "paid_at": now if paid else None, "voided_at": None,
+                "finalized_at": now,
+                "marked_uncollectible_at": None,
+                "paid_at": now if paid else None,
+                "voided_at": None,
             },
             subscription=sub["id"],
             subtotal=total,
@@ -1007,14 +1136,34 @@ class Store:
         product = self._bucket("product").get(product_id)
         return str(product["name"]) if product else product_id
 
-    _SUB_CREATE = frozenset({
-        "customer", "items", "trial_period_days", "trial_end", "metadata",
-        "cancel_at_period_end", "default_payment_method", "payment_behavior", "description",
-        "billing_cycle_anchor", "collection_method", "days_until_due", "off_session",
-        "proration_behavior", "payment_settings", "automatic_tax", "currency",
-        "trial_from_plan", "default_source", "coupon", "discounts", "promotion_code",
-        "default_tax_rates", "trial_settings",
-    })
+    _SUB_CREATE = frozenset(
+        {
+            "customer",
+            "items",
+            "trial_period_days",
+            "trial_end",
+            "metadata",
+            "cancel_at_period_end",
+            "default_payment_method",
+            "payment_behavior",
+            "description",
+            "billing_cycle_anchor",
+            "collection_method",
+            "days_until_due",
+            "off_session",
+            "proration_behavior",
+            "payment_settings",
+            "automatic_tax",
+            "currency",
+            "trial_from_plan",
+            "default_source",
+            "coupon",
+            "discounts",
+            "promotion_code",
+            "default_tax_rates",
+            "trial_settings",
+        }
+    )
 
     def create_subscription(self, params: JSON) -> JSON:
         """POST /v1/subscriptions."""
@@ -1030,20 +1179,32 @@ class Store:
         if not raw_items:
             raise StripeError.required("items")
         if not isinstance(raw_items, list):
-            raise StripeError.invalid("Invalid array", param="items", code="parameter_invalid_array")
+            raise StripeError.invalid(
+                "Invalid array", param="items", code="parameter_invalid_array"
+            )
         prices = []
         for index, raw in enumerate(raw_items):
             price_id = raw.get("price") if isinstance(raw, dict) else None
             if not price_id:
                 raise StripeError.required(f"items[{index}][price]")
             quantity = _int(raw.get("quantity", 1), f"items[{index}][quantity]")
-            prices.append((self._price_for_item(str(price_id), f"items[{index}][price]"), quantity, raw.get("metadata")))
+            prices.append(
+                (
+                    self._price_for_item(str(price_id), f"items[{index}][price]"),
+                    quantity,
+                    raw.get("metadata"),
+                )
+            )
         now = self.now()
         trial_end: int | None = None
         if params.get("trial_end") not in (None, ""):
-            trial_end = now if params["trial_end"] == "now" else _int(params["trial_end"], "trial_end")
+            trial_end = (
+                now if params["trial_end"] == "now" else _int(params["trial_end"], "trial_end")
+            )
             if trial_end != now and trial_end <= now:
-                raise StripeError.invalid("Invalid timestamp: must be in the future", param="trial_end")
+                raise StripeError.invalid(
+                    "Invalid timestamp: must be in the future", param="trial_end"
+                )
         elif params.get("trial_period_days") not in (None, ""):
             days = _int(params["trial_period_days"], "trial_period_days")
             if days > 0:
@@ -1084,7 +1245,8 @@ class Store:
             next_pending_invoice_item_invoice=None,
             pause_collection=None,
             payment_settings={
-                "payment_method_options": None, "payment_method_types": None,
+                "payment_method_options": None,
+                "payment_method_types": None,
                 "save_default_payment_method": "off",
             },
             pending_invoice_item_interval=None,
@@ -1096,13 +1258,20 @@ class Store:
             trial_start=now if trial_end is not None else None,
         )
         sub["items"] = {
-            "object": "list", "data": [], "has_more": False, "total_count": 0,
+            "object": "list",
+            "data": [],
+            "has_more": False,
+            "total_count": 0,
             "url": f"/v1/subscription_items?subscription={sub_id}",
         }
         for price, quantity, metadata in prices:
-            sub["items"]["data"].append(self._new_item(sub, price, quantity, metadata, -1 if trialing else 0))
+            sub["items"]["data"].append(
+                self._new_item(sub, price, quantity, metadata, -1 if trialing else 0)
+            )
         sub["items"]["total_count"] = len(sub["items"]["data"])
-        if "cancel_at_period_end" in params and _bool(params["cancel_at_period_end"], "cancel_at_period_end"):
+        if "cancel_at_period_end" in params and _bool(
+            params["cancel_at_period_end"], "cancel_at_period_end"
+        ):
             self._schedule_cancel(sub)
         self._bucket("subscription")[sub_id] = sub
         self._emit("customer.subscription.created", sub)
@@ -1113,7 +1282,11 @@ class Store:
         sub["cancel_at_period_end"] = True
         sub["cancel_at"] = self._period_end(sub)
         sub["canceled_at"] = self.now()
-        sub["cancellation_details"] = {"comment": None, "feedback": None, "reason": "cancellation_requested"}
+        sub["cancellation_details"] = {
+            "comment": None,
+            "feedback": None,
+            "reason": "cancellation_requested",
+        }
 
     def _unschedule_cancel(self, sub: JSON) -> None:
         sub["cancel_at_period_end"] = False
@@ -1130,13 +1303,32 @@ class Store:
             )
         return sub
 
-    _SUB_UPDATE = frozenset({
-        "items", "cancel_at_period_end", "metadata", "pause_collection", "trial_end",
-        "default_payment_method", "payment_behavior", "proration_behavior", "description",
-        "cancel_at", "cancellation_details", "collection_method", "days_until_due",
-        "off_session", "payment_settings", "billing_cycle_anchor", "trial_from_plan",
-        "default_source", "proration_date", "automatic_tax", "discounts", "default_tax_rates",
-    })
+    _SUB_UPDATE = frozenset(
+        {
+            "items",
+            "cancel_at_period_end",
+            "metadata",
+            "pause_collection",
+            "trial_end",
+            "default_payment_method",
+            "payment_behavior",
+            "proration_behavior",
+            "description",
+            "cancel_at",
+            "cancellation_details",
+            "collection_method",
+            "days_until_due",
+            "off_session",
+            "payment_settings",
+            "billing_cycle_anchor",
+            "trial_from_plan",
+            "default_source",
+            "proration_date",
+            "automatic_tax",
+            "discounts",
+            "default_tax_rates",
+        }
+    )
 
     def update_subscription(self, sub_id: str, params: JSON) -> JSON:
         """POST /v1/subscriptions/{id}."""
@@ -1144,11 +1336,11 @@ class Store:
         with self.lock:
             sub = self._get("subscription", sub_id)
             before = copy.deepcopy(sub)
-            if sub["status"] in ("canceled", "incomplete_expired"):
-                if set(params) - {"metadata", "cancellation_details", "expand"}:
-                    raise StripeError.invalid(
-                        "A canceled subscription can only update its cancellation_details and metadata."
-                    )
+            ended = sub["status"] in ("canceled", "incomplete_expired")
+            if ended and set(params) - {"metadata", "cancellation_details", "expand"}:
+                raise StripeError.invalid(
+                    "A canceled subscription can only update its cancellation_details and metadata."
+                )
             if "metadata" in params:
                 sub["metadata"] = _merge_metadata(sub["metadata"], params["metadata"])
             if "description" in params:
@@ -1181,7 +1373,9 @@ class Store:
                     resumes = value.get("resumes_at")
                     sub["pause_collection"] = {
                         "behavior": str(behavior),
-                        "resumes_at": _int(resumes, "pause_collection[resumes_at]") if resumes else None,
+                        "resumes_at": _int(resumes, "pause_collection[resumes_at]")
+                        if resumes
+                        else None,
                     }
             if "trial_end" in params and params["trial_end"] not in (None, ""):
                 if params["trial_end"] == "now":
@@ -1206,12 +1400,14 @@ class Store:
         sub["billing_cycle_anchor"] = at
         sub["status"] = "active"
         for item in sub["items"]["data"]:
-            self._item_period[item["id"]] = 0
+            self._period_no[item["id"]] = 0
             self._refresh_item(sub, item)
 
     def _update_items(self, sub: JSON, raw_items: Any) -> None:
         if not isinstance(raw_items, list):
-            raise StripeError.invalid("Invalid array", param="items", code="parameter_invalid_array")
+            raise StripeError.invalid(
+                "Invalid array", param="items", code="parameter_invalid_array"
+            )
         data: list[JSON] = sub["items"]["data"]
         for index, raw in enumerate(raw_items):
             if not isinstance(raw, dict):
@@ -1220,8 +1416,12 @@ class Store:
             if item_id:
                 item = next((i for i in data if i["id"] == item_id), None)
                 if item is None:
-                    raise StripeError.missing("subscription item", str(item_id), f"items[{index}][id]")
-                if raw.get("deleted") not in (None, "") and _bool(raw["deleted"], f"items[{index}][deleted]"):
+                    raise StripeError.missing(
+                        "subscription item", str(item_id), f"items[{index}][id]"
+                    )
+                if raw.get("deleted") not in (None, "") and _bool(
+                    raw["deleted"], f"items[{index}][deleted]"
+                ):
                     data.remove(item)
                     self._item_index.pop(item["id"], None)
                     continue
@@ -1238,12 +1438,20 @@ class Store:
                     raise StripeError.required(f"items[{index}][price]")
                 price = self._price_for_item(str(raw["price"]), f"items[{index}][price]")
                 quantity = _int(raw.get("quantity", 1), f"items[{index}][quantity]")
-                data.append(self._new_item(sub, price, quantity, raw.get("metadata"), self._current_period_number(sub)))
+                data.append(
+                    self._new_item(
+                        sub, price, quantity, raw.get("metadata"), self._current_period_number(sub)
+                    )
+                )
         if not data:
-            raise StripeError.invalid("A subscription must have at least one active item.", param="items")
+            raise StripeError.invalid(
+                "A subscription must have at least one active item.", param="items"
+            )
         sub["items"]["total_count"] = len(data)
 
-    def _cancel_subscription_locked(self, sub: JSON, reason: str = "cancellation_requested") -> JSON:
+    def _cancel_subscription_locked(
+        self, sub: JSON, reason: str = "cancellation_requested"
+    ) -> JSON:
         before = copy.deepcopy(sub)
         now = self.now()
         sub["status"] = "canceled"
@@ -1262,12 +1470,14 @@ class Store:
             sub = self._get("subscription", sub_id)
             if sub["status"] == "canceled":
                 raise StripeError.invalid(
-                    f"This subscription has already been canceled: {sub_id}", param=None,
+                    f"This subscription has already been canceled: {sub_id}",
+                    param=None,
                     code="resource_missing",
                 )
             if isinstance(params.get("cancellation_details"), dict):
                 sub["cancellation_details"] = {
-                    **(sub["cancellation_details"] or {}), **params["cancellation_details"]
+                    **(sub["cancellation_details"] or {}),
+                    **params["cancellation_details"],
                 }
             return _snapshot(self._cancel_subscription_locked(sub))
 
@@ -1331,13 +1541,13 @@ class Store:
             if sub["status"] == "trialing":
                 sub["status"] = "active"
                 for item in sub["items"]["data"]:
-                    self._item_period[item["id"]] = 0
+                    self._period_no[item["id"]] = 0
                     self._refresh_item(sub, item)
                 reason = "subscription_cycle"
             else:
                 for item in sub["items"]["data"]:
                     if int(item["current_period_end"]) <= period_end:
-                        self._item_period[item["id"]] += 1
+                        self._period_no[item["id"]] += 1
                     self._refresh_item(sub, item)
                 reason = "subscription_cycle"
             self._create_invoice_locked(sub, reason)
@@ -1379,6 +1589,7 @@ class Store:
 
     def list_invoices(self, params: JSON) -> list[JSON]:
         """GET /v1/invoices filters: customer, subscription, status."""
+
         def keep(invoice: JSON) -> bool:
             return all(
                 not params.get(key) or invoice.get(key) == params[key]
@@ -1389,15 +1600,40 @@ class Store:
 
     # ----------------------------------------------------------------- checkout
 
-    _CHECKOUT_CREATE = frozenset({
-        "mode", "line_items", "customer", "customer_email", "client_reference_id",
-        "success_url", "cancel_url", "metadata", "subscription_data", "allow_promotion_codes",
-        "payment_method_types", "billing_address_collection", "locale", "expires_at",
-        "ui_mode", "customer_creation", "payment_method_collection", "automatic_tax",
-        "customer_update", "tax_id_collection", "consent_collection", "discounts",
-        "payment_intent_data", "return_url", "submit_type", "phone_number_collection",
-        "invoice_creation", "currency", "saved_payment_method_options", "custom_text",
-    })
+    _CHECKOUT_CREATE = frozenset(
+        {
+            "mode",
+            "line_items",
+            "customer",
+            "customer_email",
+            "client_reference_id",
+            "success_url",
+            "cancel_url",
+            "metadata",
+            "subscription_data",
+            "allow_promotion_codes",
+            "payment_method_types",
+            "billing_address_collection",
+            "locale",
+            "expires_at",
+            "ui_mode",
+            "customer_creation",
+            "payment_method_collection",
+            "automatic_tax",
+            "customer_update",
+            "tax_id_collection",
+            "consent_collection",
+            "discounts",
+            "payment_intent_data",
+            "return_url",
+            "submit_type",
+            "phone_number_collection",
+            "invoice_creation",
+            "currency",
+            "saved_payment_method_options",
+            "custom_text",
+        }
+    )
 
     def create_checkout_session(self, params: JSON) -> JSON:
         """POST /v1/checkout/sessions."""
@@ -1405,7 +1641,7 @@ class Store:
         mode = str(_require(params, "mode"))
         if mode not in ("payment", "subscription", "setup"):
             raise StripeError.invalid(
-                f"Invalid mode: must be one of payment, setup, or subscription", param="mode"
+                "Invalid mode: must be one of payment, setup, or subscription", param="mode"
             )
         with self.lock:
             customer_id = params.get("customer") or None
@@ -1420,7 +1656,9 @@ class Store:
             if mode != "setup" and not raw_items:
                 raise StripeError.required("line_items")
             if not isinstance(raw_items, list):
-                raise StripeError.invalid("Invalid array", param="line_items", code="parameter_invalid_array")
+                raise StripeError.invalid(
+                    "Invalid array", param="line_items", code="parameter_invalid_array"
+                )
             session_id = generate_id("cs_test_", 58)
             line_items: list[JSON] = []
             for index, raw in enumerate(raw_items):
@@ -1429,26 +1667,39 @@ class Store:
                 param = f"line_items[{index}][price]"
                 price = self._get("price", str(raw["price"]), param)
                 if not price["active"]:
-                    raise StripeError.invalid(f"The price `{price['id']}` is not active.", param=param)
+                    raise StripeError.invalid(
+                        f"The price `{price['id']}` is not active.", param=param
+                    )
                 if mode == "payment" and price["type"] == "recurring":
                     raise StripeError.invalid(
                         "You specified `payment` mode but passed a recurring price. Either switch "
-                        "to `subscription` mode or use only one-time prices.", param=param,
+                        "to `subscription` mode or use only one-time prices.",
+                        param=param,
                     )
                 quantity = _int(raw.get("quantity", 1), f"line_items[{index}][quantity]")
                 amount = int(price["unit_amount"] or 0) * quantity
                 line = template("item")
                 line.update(
-                    id=generate_id("li_"), adjustable_quantity=None, amount_discount=0,
-                    amount_subtotal=amount, amount_tax=0, amount_total=amount,
-                    currency=price["currency"], description=self._product_name(price["product"]),
-                    metadata={}, price=_snapshot(price), quantity=quantity,
+                    id=generate_id("li_"),
+                    adjustable_quantity=None,
+                    amount_discount=0,
+                    amount_subtotal=amount,
+                    amount_tax=0,
+                    amount_total=amount,
+                    currency=price["currency"],
+                    description=self._product_name(price["product"]),
+                    metadata={},
+                    price=_snapshot(price),
+                    quantity=quantity,
                 )
                 line_items.append(line)
-            if mode == "subscription" and not any(li["price"]["type"] == "recurring" for li in line_items):
+            if mode == "subscription" and not any(
+                li["price"]["type"] == "recurring" for li in line_items
+            ):
                 raise StripeError.invalid(
                     "You must provide at least one recurring price in `subscription` mode when "
-                    "using prices.", param="line_items",
+                    "using prices.",
+                    param="line_items",
                 )
             sub_data = params.get("subscription_data") or {}
             if sub_data and not isinstance(sub_data, dict):
@@ -1466,11 +1717,17 @@ class Store:
                 after_expiration=None,
                 allow_promotion_codes=(
                     _bool(params["allow_promotion_codes"], "allow_promotion_codes")
-                    if "allow_promotion_codes" in params else None
+                    if "allow_promotion_codes" in params
+                    else None
                 ),
                 amount_subtotal=total if mode != "setup" else None,
                 amount_total=total if mode != "setup" else None,
-                automatic_tax={"enabled": False, "liability": None, "provider": None, "status": None},
+                automatic_tax={
+                    "enabled": False,
+                    "liability": None,
+                    "provider": None,
+                    "status": None,
+                },
                 billing_address_collection=params.get("billing_address_collection"),
                 cancel_url=params.get("cancel_url"),
                 client_reference_id=params.get("client_reference_id") or None,
@@ -1482,14 +1739,21 @@ class Store:
                 currency=line_items[0]["currency"] if line_items else None,
                 currency_conversion=None,
                 custom_fields=[],
-                custom_text={"after_submit": None, "shipping_address": None, "submit": None, "terms_of_service_acceptance": None},
+                custom_text={
+                    "after_submit": None,
+                    "shipping_address": None,
+                    "submit": None,
+                    "terms_of_service_acceptance": None,
+                },
                 customer=customer_id,
                 customer_account=None,
                 customer_creation=None if customer_id or mode != "payment" else "if_required",
                 customer_details=None,
                 customer_email=params.get("customer_email") or None,
                 discounts=[],
-                expires_at=_int(params["expires_at"], "expires_at") if params.get("expires_at") else now + 86400,
+                expires_at=_int(params["expires_at"], "expires_at")
+                if params.get("expires_at")
+                else now + 86400,
                 integration_identifier=None,
                 invoice=None,
                 invoice_creation=None,
@@ -1504,7 +1768,10 @@ class Store:
                 payment_method_collection="always" if mode == "subscription" else None,
                 payment_method_configuration_details=None,
                 payment_method_options={},
-                payment_method_types=_str_list(params.get("payment_method_types"), "payment_method_types") or ["card"],
+                payment_method_types=_str_list(
+                    params.get("payment_method_types"), "payment_method_types"
+                )
+                or ["card"],
                 payment_status="no_payment_required" if mode == "setup" else "unpaid",
                 permissions=None,
                 phone_number_collection={"enabled": False},
@@ -1525,9 +1792,14 @@ class Store:
             )
             if email:
                 session["customer_details"] = {
-                    "address": None, "business_name": None, "email": email,
-                    "individual_name": None, "name": (customer or {}).get("name"),
-                    "phone": None, "tax_exempt": "none", "tax_ids": [],
+                    "address": None,
+                    "business_name": None,
+                    "email": email,
+                    "individual_name": None,
+                    "name": (customer or {}).get("name"),
+                    "phone": None,
+                    "tax_exempt": "none",
+                    "tax_ids": [],
                 }
             # Keep what completion needs, but not in the public object.
             session["_subscription_data"] = _snapshot(sub_data)
@@ -1550,7 +1822,10 @@ class Store:
             return [
                 self._public_session(s)
                 for s in reversed(self._bucket("checkout.session").values())
-                if all(not params.get(k) or s.get(k) == params[k] for k in ("customer", "subscription", "status"))
+                if all(
+                    not params.get(k) or s.get(k) == params[k]
+                    for k in ("customer", "subscription", "status")
+                )
             ]
 
     def checkout_line_items(self, session_id: str) -> list[JSON]:
@@ -1565,8 +1840,8 @@ class Store:
             session = self._get("checkout.session", session_id)
             if session["status"] != "open":
                 raise StripeError.invalid(
-                    f"Only Checkout Sessions with a status in [\"open\"] can be expired. This "
-                    f"Checkout Session has a status of \"{session['status']}\".",
+                    f'Only Checkout Sessions with a status in ["open"] can be expired. This '
+                    f'Checkout Session has a status of "{session["status"]}".',
                     param="session",
                 )
             session["status"] = "expired"
@@ -1596,9 +1871,14 @@ class Store:
                 session["customer"] = customer_id
             customer = self._bucket("customer")[customer_id]
             session["customer_details"] = {
-                "address": None, "business_name": None, "email": customer.get("email"),
-                "individual_name": None, "name": customer.get("name"), "phone": None,
-                "tax_exempt": "none", "tax_ids": [],
+                "address": None,
+                "business_name": None,
+                "email": customer.get("email"),
+                "individual_name": None,
+                "name": customer.get("name"),
+                "phone": None,
+                "tax_exempt": "none",
+                "tax_ids": [],
             }
             payment_status = "paid"
             if session["mode"] == "subscription":
@@ -1607,7 +1887,8 @@ class Store:
                     "customer": customer_id,
                     "items": [
                         {"price": li["price"]["id"], "quantity": li["quantity"]}
-                        for li in self._line_items[session_id] if li["price"]["type"] == "recurring"
+                        for li in self._line_items[session_id]
+                        if li["price"]["type"] == "recurring"
                     ],
                     "metadata": sub_data.get("metadata") or {},
                 }
@@ -1634,7 +1915,10 @@ class Store:
 
     def create_portal_session(self, params: JSON) -> JSON:
         """POST /v1/billing_portal/sessions."""
-        _check_params(params, {"customer", "return_url", "configuration", "flow_data", "locale", "on_behalf_of"})
+        _check_params(
+            params,
+            {"customer", "return_url", "configuration", "flow_data", "locale", "on_behalf_of"},
+        )
         customer_id = str(_require(params, "customer"))
         with self.lock:
             self._live_customer(customer_id, "customer")
@@ -1658,7 +1942,9 @@ class Store:
 
     # ----------------------------------------------------------------- webhook endpoints
 
-    _WE_FIELDS = frozenset({"url", "enabled_events", "api_version", "metadata", "description", "connect", "disabled"})
+    _WE_FIELDS = frozenset(
+        {"url", "enabled_events", "api_version", "metadata", "description", "connect", "disabled"}
+    )
 
     def create_webhook_endpoint(self, params: JSON, secret: str | None = None) -> JSON:
         """POST /v1/webhook_endpoints: the answer carries ``secret``, later reads do not."""
@@ -1698,7 +1984,9 @@ class Store:
             if "metadata" in params:
                 endpoint["metadata"] = _merge_metadata(endpoint["metadata"], params["metadata"])
             if "disabled" in params:
-                endpoint["status"] = "disabled" if _bool(params["disabled"], "disabled") else "enabled"
+                endpoint["status"] = (
+                    "disabled" if _bool(params["disabled"], "disabled") else "enabled"
+                )
             return _snapshot(endpoint)
 
     def delete_webhook_endpoint(self, endpoint_id: str) -> JSON:
@@ -1742,5 +2030,8 @@ class Store:
 
         return self.list_objects(
             "event",
-            lambda e: type_matches(e["type"]) and (created is None or _match_created(e["created"], created)),
+            lambda e: (
+                type_matches(e["type"])
+                and (created is None or _match_created(e["created"], created))
+            ),
         )
