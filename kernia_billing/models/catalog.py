@@ -112,9 +112,7 @@ class PlanFeature(models.Model):
         related_name="kernia_plan_features",
         verbose_name=_("feature"),
     )
-    included = models.BigIntegerField(
-        _("included"), default=0, validators=[MinValueValidator(0)]
-    )
+    included = models.BigIntegerField(_("included"), default=0, validators=[MinValueValidator(0)])
     unlimited = models.BooleanField(_("unlimited"), default=False)
     reset_period = models.CharField(
         _("reset period"), max_length=16, choices=ResetPeriod.choices, default=ResetPeriod.NONE

@@ -464,9 +464,9 @@ def reset_if_due(entitlement: Entitlement, now: datetime) -> Entitlement:
     anchor = entitlement.reset_anchor or _anchor(entitlement.customer)
     start, end = period_containing(anchor, unit, now, count)
     # Only the first of any number of concurrent resets matches the old boundary.
-    Entitlement.objects.filter(
-        pk=entitlement.pk, next_reset_at=entitlement.next_reset_at
-    ).update(usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now())
+    Entitlement.objects.filter(pk=entitlement.pk, next_reset_at=entitlement.next_reset_at).update(
+        usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
+    )
     return _entitlement_queryset().get(pk=entitlement.pk)
 
 
@@ -477,9 +477,9 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
     zero, so usage tracked after the boundary but before the webhook arrived
     stays counted in the new period. Returns how many entitlements reset.
     """
-    due = Entitlement.objects.filter(
-        customer=customer, reset_period=ResetPeriod.BILLING
-    ).filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
+    due = Entitlement.objects.filter(customer=customer, reset_period=ResetPeriod.BILLING).filter(
+        Q(period_start__isnull=True) | Q(period_start__lt=period_start)
+    )
     count = 0
     for entitlement_id, feature_id in due.values_list("pk", "feature_id"):
         usage = (

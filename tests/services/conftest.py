@@ -15,9 +15,7 @@ def messages(db):
 @pytest.fixture
 def free_plan(db, messages):
     plan = PlanFactory(key="free", name="Free", is_default=True)
-    PlanFeatureFactory(
-        plan=plan, feature=messages, included=100, reset_period=ResetPeriod.MONTH
-    )
+    PlanFeatureFactory(plan=plan, feature=messages, included=100, reset_period=ResetPeriod.MONTH)
     return plan
 
 

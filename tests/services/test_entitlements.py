@@ -20,8 +20,11 @@ from kernia_billing.exceptions import (
     UsageBelowZero,
 )
 from kernia_billing.models import BillingCustomer, Entitlement, FeatureKind, ResetPeriod, UsageEvent
-from kernia_billing.services.customers import SubscriptionSnapshot, apply_subscription
-from kernia_billing.services.customers import get_or_create_customer
+from kernia_billing.services.customers import (
+    SubscriptionSnapshot,
+    apply_subscription,
+    get_or_create_customer,
+)
 from tests.factories import (
     FeatureFactory,
     PlanFactory,
@@ -147,9 +150,7 @@ def test_idempotent_replay_and_conflict(user, free_plan):
     assert kernia_billing.track(other, "messages", 5, idempotency_key="req-1").replayed is False
 
 
-def test_lazy_monthly_reset_anchored_and_usage_after_boundary_counts_in_new_period(
-    user, free_plan
-):
+def test_lazy_monthly_reset_anchored_and_usage_after_boundary_counts_in_new_period(user, free_plan):
     customer = get_or_create_customer(user)
     BillingCustomer.objects.filter(pk=customer.pk).update(created_at=at(2025, 1, 31, 10))
     customer.refresh_from_db()
