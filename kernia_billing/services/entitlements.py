@@ -21,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .. import signals
 from ..conf import billing_settings
@@ -40,7 +43,15 @@ from ..exceptions import (
     UnknownFeature,
     UsageBelowZero,
 )
-from ..models import BillingCustomer, Entitlement, Feature, FeatureKind, PlanFeature, UsageEvent
+from ..models import (
+    BillingCustomer,
+    Entitlement,
+    Feature,
+    FeatureKind,
+    Plan,
+    PlanFeature,
+    UsageEvent,
+)
 from ..models.catalog import ResetPeriod
 from ..periods import period_containing
 from ..types import CheckResult, EntitlementState, TrackResult
@@ -53,21 +64,121 @@ MAX_PROPERTIES_BYTES = 8192
 # --- reads -------------------------------------------------------------------------------
 
 
-def _entitlement_queryset() -> Any:
-    return Entitlement.objects.select_related("feature", "customer__plan")
+@dataclass(slots=True)
+class EntitlementRow:
+    """An entitlement as the hot path needs it: read by one SELECT, no model instances.
+
+    Building a select_related ORM query costs more than the database round trip
+    it makes (see bench/), so check and track read through :func:`_select`.
+    """
+
+    id: int
+    customer_id: int
+    feature_id: int
+    feature: str
+    kind: str
+    granted: bool
+    included: int
+    usage: int
+    unlimited: bool
+    allow_overage: bool
+    reset_period: str
+    reset_anchor: datetime | None
+    period_start: datetime | None
+    next_reset_at: datetime | None
+    plan_id: int | None
+    plan: str | None
+    customer_period_start: datetime | None
+    customer_created_at: datetime
+    billing_interval: str
+    billing_interval_count: int
+    feature_name: str
+
+    @property
+    def balance(self) -> int:
+        return self.included - self.usage
+
+    @property
+    def reset_anchor_or_default(self) -> datetime:
+        return self.reset_anchor or self.customer_period_start or self.customer_created_at
 
 
-def _load(owner: Any, feature_key: str) -> Entitlement | None:
-    """The owner's entitlement for ``feature_key`` with its feature, customer and plan."""
+_DATETIME_COLUMNS = (11, 12, 13, 16, 17)
+_BOOLEAN_COLUMNS = (5, 8, 9)
+
+
+@lru_cache(maxsize=4)
+def _select_sql(where: str) -> str:
+    quote = connection.ops.quote_name
+    entitlement = quote(Entitlement._meta.db_table)
+    customer = quote(BillingCustomer._meta.db_table)
+    feature = quote(Feature._meta.db_table)
+    plan = quote(Plan._meta.db_table)
+    columns = ", ".join(
+        [
+            "e.id, e.customer_id, e.feature_id, f.key, f.kind, e.granted, e.included",
+            f"e.{quote('usage')}, e.unlimited, e.allow_overage, e.reset_period, e.reset_anchor",
+            "e.period_start, e.next_reset_at, c.plan_id, p.key, c.current_period_start",
+            "c.created_at, c.billing_interval, c.billing_interval_count, f.name",
+        ]
+    )
+    return (
+        f"SELECT {columns} FROM {entitlement} e "
+        f"JOIN {customer} c ON c.id = e.customer_id "
+        f"JOIN {feature} f ON f.id = e.feature_id "
+        f"LEFT JOIN {plan} p ON p.id = c.plan_id WHERE {where}"
+    )
+
+
+def _select(where: str, params: list[Any]) -> EntitlementRow | None:
+    rows = _select_many(where, params)
+    return rows[0] if rows else None
+
+
+def _select_many(where: str, params: list[Any]) -> list[EntitlementRow]:
+    with connection.cursor() as cursor:
+        cursor.execute(_select_sql(where), params)
+        rows = cursor.fetchall()
+    entitlements = []
+    for row in rows:
+        values = list(row)
+        for index in _DATETIME_COLUMNS:
+            values[index] = _aware(values[index])
+        for index in _BOOLEAN_COLUMNS:
+            values[index] = bool(values[index])
+        entitlements.append(EntitlementRow(*values))
+    return entitlements
+
+
+def _aware(value: Any) -> datetime | None:
+    """SQLite hands back naive UTC datetimes (or strings); PostgreSQL aware ones."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value  # type: ignore[no-any-return]
+
+
+def _load(owner: Any, feature_key: str) -> EntitlementRow | None:
+    """The owner's entitlement for ``feature_key`` with its feature and plan keys."""
     if isinstance(owner, BillingCustomer):
-        lookup = Q(customer=owner)
-    else:
-        owner_type_id, owner_id = owner_ref(owner)
-        lookup = Q(customer__owner_type_id=owner_type_id, customer__owner_id=owner_id)
-    return _entitlement_queryset().filter(lookup, feature__key=feature_key).first()
+        return _select("c.id = %s AND f.key = %s", [owner.pk, feature_key])
+    owner_type_id, owner_id = owner_ref(owner)
+    return _select(
+        "c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s",
+        [owner_type_id, owner_id, feature_key],
+    )
 
 
-def _load_or_explain(owner: Any, feature_key: str) -> Entitlement | CheckResult:
+def _reload(entitlement_id: int) -> EntitlementRow:
+    row = _select("e.id = %s", [entitlement_id])
+    assert row is not None, "entitlements are never deleted while in use"
+    return row
+
+
+def _load_or_explain(owner: Any, feature_key: str) -> EntitlementRow | CheckResult:
     """The entitlement, or a denial saying why there is none (unknown feature raises)."""
     entitlement = _load(owner, feature_key)
     if entitlement is not None:
@@ -83,7 +194,7 @@ def _load_or_explain(owner: Any, feature_key: str) -> Entitlement | CheckResult:
         and PlanFeature.objects.filter(plan_id=customer.plan_id, feature=feature).exists()
     ):
         sync_entitlements(customer)
-        entitlement = _entitlement_queryset().filter(customer=customer, feature=feature).first()
+        entitlement = _load(customer, feature_key)
         if entitlement is not None:
             return entitlement
     return CheckResult(
@@ -111,24 +222,19 @@ def check(
     return _check_result(entitlement, required)
 
 
-def _check_result(entitlement: Entitlement, required: int) -> CheckResult:
-    customer = entitlement.customer
-    feature = entitlement.feature
-    plan_key = customer.plan.key if customer.plan else None
+def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
     reason = None
+    boolean = entitlement.kind == FeatureKind.BOOLEAN
     if not entitlement.granted:
-        reason = "no_plan" if customer.plan_id is None else "not_included"
-    elif feature.kind != FeatureKind.BOOLEAN and not (
-        entitlement.unlimited
-        or entitlement.allow_overage
-        or entitlement.included - entitlement.usage >= required
+        reason = "no_plan" if entitlement.plan_id is None else "not_included"
+    elif not boolean and not (
+        entitlement.unlimited or entitlement.allow_overage or entitlement.balance >= required
     ):
         reason = "insufficient_balance"
-    boolean = feature.kind == FeatureKind.BOOLEAN
     return CheckResult(
         allowed=reason is None,
-        feature=feature.key,
-        kind=feature.kind,
+        feature=entitlement.feature,
+        kind=entitlement.kind,
         reason=reason,
         balance=None if boolean or entitlement.unlimited else entitlement.balance,
         included=None if boolean else entitlement.included,
@@ -137,7 +243,7 @@ def _check_result(entitlement: Entitlement, required: int) -> CheckResult:
         allow_overage=entitlement.allow_overage,
         reset_period=entitlement.reset_period,
         next_reset_at=entitlement.next_reset_at,
-        plan=plan_key,
+        plan=entitlement.plan,
         required=required,
     )
 
@@ -169,7 +275,7 @@ def track(
     if isinstance(found, CheckResult):
         raise _denial_error(found)
     entitlement = found
-    kind = entitlement.feature.kind
+    kind = entitlement.kind
     if kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": feature})
     if kind == FeatureKind.METERED and amount < 0:
@@ -196,16 +302,18 @@ def track(
                 if row is None:
                     raise _Refused
                 usage_after, included = row
-                event = UsageEvent.objects.create(
-                    customer_id=entitlement.customer_id,
-                    feature_id=entitlement.feature_id,
-                    amount=amount,
-                    idempotency_key=idempotency_key,
-                    request_fingerprint=fingerprint,
-                    properties=properties,
-                    created_at=moment,
-                    balance_after=included - usage_after,
-                    usage_after=usage_after,
+                event = _record_event(
+                    UsageEvent(
+                        customer_id=entitlement.customer_id,
+                        feature_id=entitlement.feature_id,
+                        amount=amount,
+                        idempotency_key=idempotency_key,
+                        request_fingerprint=fingerprint,
+                        properties=properties,
+                        created_at=moment,
+                        balance_after=included - usage_after,
+                        usage_after=usage_after,
+                    )
                 )
                 _notify_tracked(entitlement, event, included - (usage_after - amount))
         except IntegrityError:
@@ -217,7 +325,7 @@ def track(
                 raise
             return replay
         except _Refused:
-            entitlement = _entitlement_queryset().get(pk=entitlement.pk)
+            entitlement = _reload(entitlement.id)
             if not entitlement.granted:
                 raise _denial_error(_check_result(entitlement, 1)) from None
             if _needs_retry(entitlement, moment):
@@ -245,18 +353,18 @@ class _Refused(Exception):
     """The conditional UPDATE matched no row."""
 
 
-def _needs_retry(entitlement: Entitlement, moment: datetime) -> bool:
+def _needs_retry(entitlement: EntitlementRow, moment: datetime) -> bool:
     """Refused only because a period boundary moved under us: reset/refresh and retry."""
     if entitlement.next_reset_at is not None and moment >= entitlement.next_reset_at:
         return True
     return _before_period(entitlement, moment)
 
 
-def _before_period(entitlement: Entitlement, moment: datetime) -> bool:
+def _before_period(entitlement: EntitlementRow, moment: datetime) -> bool:
     return entitlement.period_start is not None and moment < entitlement.period_start
 
 
-def _deduct(entitlement: Entitlement, amount: int, moment: datetime) -> tuple[int, int] | None:
+def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple[int, int] | None:
     """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING usage, included``.
 
     The database evaluates the limit under the row lock it takes for the update,
@@ -281,13 +389,49 @@ def _deduct(entitlement: Entitlement, amount: int, moment: datetime) -> tuple[in
     )
     now_value = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [amount, now_value, entitlement.pk, at, at, amount])
+        cursor.execute(sql, [amount, now_value, entitlement.id, at, at, amount])
         row = cursor.fetchone()
     return (int(row[0]), int(row[1])) if row else None
 
 
+_EVENT_COLUMNS = (
+    "customer_id",
+    "feature_id",
+    "amount",
+    "idempotency_key",
+    "request_fingerprint",
+    "properties",
+    "created_at",
+    "balance_after",
+    "usage_after",
+)
+
+
+@lru_cache(maxsize=2)
+def _insert_event_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
+    return (
+        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
+        f"VALUES ({placeholders}) RETURNING {quote('id')}"
+    )
+
+
+def _record_event(event: UsageEvent) -> UsageEvent:
+    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
+    params = [
+        field.get_db_prep_save(getattr(event, field.attname), connection)
+        for field in (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_event_sql(connection.vendor), params)
+        event.pk = cursor.fetchone()[0]
+    return event
+
+
 def _replay(
-    customer_id: int, key: str, fingerprint: str, entitlement: Entitlement
+    customer_id: int, key: str, fingerprint: str, entitlement: EntitlementRow
 ) -> TrackResult | None:
     event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
     if event is None:
@@ -300,10 +444,12 @@ def _replay(
     return _track_result(entitlement, event, replayed=True)
 
 
-def _track_result(entitlement: Entitlement, event: UsageEvent, *, replayed: bool) -> TrackResult:
+def _track_result(
+    entitlement: EntitlementRow, event: UsageEvent, *, replayed: bool
+) -> TrackResult:
     return TrackResult(
         event_id=event.pk,
-        feature=entitlement.feature.key,
+        feature=entitlement.feature,
         amount=event.amount,
         balance=event.balance_after,
         usage=event.usage_after,
@@ -314,25 +460,27 @@ def _track_result(entitlement: Entitlement, event: UsageEvent, *, replayed: bool
     )
 
 
-def _notify_tracked(entitlement: Entitlement, event: UsageEvent, balance_before: int) -> None:
-    customer = entitlement.customer
-    feature = entitlement.feature
+def _notify_tracked(entitlement: EntitlementRow, event: UsageEvent, balance_before: int) -> None:
+    limit_reached = not entitlement.unlimited and balance_before > 0 >= event.balance_after
+    if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
+        return  # the hot path pays nothing for signals nobody listens to
 
     def send() -> None:
+        customer = BillingCustomer.objects.get(pk=entitlement.customer_id)
         signals.usage_tracked.send(
             sender=UsageEvent,
             customer=customer,
-            feature=feature.key,
+            feature=entitlement.feature,
             event_id=event.pk,
             amount=event.amount,
             balance=event.balance_after,
             usage=event.usage_after,
         )
-        if not entitlement.unlimited and balance_before > 0 >= event.balance_after:
+        if limit_reached:
             signals.limit_reached.send(
                 sender=UsageEvent,
                 customer=customer,
-                feature=feature.key,
+                feature=entitlement.feature,
                 balance=event.balance_after,
             )
 
@@ -456,18 +604,21 @@ def current_period(
     return anchor, start, end
 
 
-def reset_if_due(entitlement: Entitlement, now: datetime) -> Entitlement:
+def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
     """Apply a reset that fell due, exactly once under concurrency; return fresh state."""
     if entitlement.next_reset_at is None or now < entitlement.next_reset_at:
         return entitlement
-    unit, count = _reset_unit(entitlement.reset_period, entitlement.customer)
-    anchor = entitlement.reset_anchor or _anchor(entitlement.customer)
-    start, end = period_containing(anchor, unit, now, count)
+    if entitlement.reset_period == ResetPeriod.BILLING:
+        unit = entitlement.billing_interval or "month"
+        count = entitlement.billing_interval_count or 1
+    else:
+        unit, count = entitlement.reset_period, 1
+    start, end = period_containing(entitlement.reset_anchor_or_default, unit, now, count)
     # Only the first of any number of concurrent resets matches the old boundary.
-    Entitlement.objects.filter(pk=entitlement.pk, next_reset_at=entitlement.next_reset_at).update(
+    Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
         usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
     )
-    return _entitlement_queryset().get(pk=entitlement.pk)
+    return _reload(entitlement.id)
 
 
 def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> int:
@@ -594,14 +745,14 @@ def refresh_entitlements(
     """The customer's granted entitlements, with due resets applied."""
     now = now or timezone.now()
     states = []
-    rows = _entitlement_queryset().filter(customer=customer, granted=True).order_by("feature__key")
-    for row in rows:
+    rows = _select_many("c.id = %s AND e.granted = %s", [customer.pk, True])
+    for row in sorted(rows, key=lambda r: r.feature):
         entitlement = reset_if_due(row, now)
         states.append(
             EntitlementState(
-                feature=entitlement.feature.key,
-                name=entitlement.feature.name,
-                kind=entitlement.feature.kind,
+                feature=entitlement.feature,
+                name=entitlement.feature_name,
+                kind=entitlement.kind,
                 granted=entitlement.granted,
                 included=entitlement.included,
                 usage=entitlement.usage,
