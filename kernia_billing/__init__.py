@@ -13,6 +13,7 @@ _PUBLIC = {
     "check": "kernia_billing.services.entitlements",
     "track": "kernia_billing.services.entitlements",
     "track_batch": "kernia_billing.services.entitlements",
+    "TrackRequest": "kernia_billing.types",
     "customer_state": "kernia_billing.services.customers",
 }
 

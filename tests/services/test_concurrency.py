@@ -132,3 +132,25 @@ def test_concurrent_first_use_creates_one_customer():
     results = run_concurrently(16, lambda i: kernia_billing.track(user, "messages", 1))
     assert not [r for r in results if isinstance(r, Exception)]
     assert Entitlement.objects.get().usage == 16
+
+
+def test_concurrent_batches_and_single_tracks_stay_exact(owner):
+    from kernia_billing import TrackRequest
+
+    def work(i: int) -> list[bool]:
+        if i % 2:
+            batch = kernia_billing.track_batch(owner, [TrackRequest("messages", 1)] * 6)
+            return [item.ok for item in batch]
+        try:
+            kernia_billing.track(owner, "messages", 1)
+        except InsufficientBalance:
+            return [False]
+        return [True]
+
+    results = run_concurrently(16, work)  # 8 single tracks + 8 batches of 6 = 56 > 50
+    assert not [r for r in results if isinstance(r, Exception)]
+    outcomes = [ok for r in results for ok in r]
+    assert (outcomes.count(True), outcomes.count(False)) == (50, 6)
+    entitlement = Entitlement.objects.get()
+    assert entitlement.usage == 50
+    assert UsageEvent.objects.aggregate(total=Sum("amount"))["total"] == 50

@@ -1,0 +1,103 @@
+"""Review and mapping rules, and the constraints the database enforces."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from kernia_billing.exceptions import CatalogError
+from kernia_billing.models import CatalogPrice, PlanPrice, ReviewState
+from kernia_billing.services import catalog
+from tests.factories import (
+    CatalogPriceFactory,
+    CatalogProductFactory,
+    PlanFactory,
+    PlanPriceFactory,
+    StaffFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def test_approve_records_who_when_and_what_was_reviewed():
+    staff = StaffFactory()
+    price = CatalogPriceFactory(review_state=ReviewState.PENDING, fingerprint="abc")
+    product = CatalogProductFactory(fingerprint="def")
+
+    assert catalog.approve([price, product], staff) == 2
+
+    price.refresh_from_db()
+    product.refresh_from_db()
+    assert price.review_state == product.review_state == ReviewState.APPROVED
+    assert price.reviewed_by == staff and price.reviewed_at is not None
+    assert price.reviewed_fingerprint == "abc"
+    assert product.reviewed_fingerprint == "def"
+
+
+def test_ignore_refuses_mapped_prices_and_writes_nothing():
+    mapped = PlanPriceFactory().price
+    free = CatalogPriceFactory(review_state=ReviewState.PENDING)
+
+    with pytest.raises(CatalogError, match=mapped.stripe_id):
+        catalog.ignore([free, mapped], None)
+
+    free.refresh_from_db()
+    assert free.review_state == ReviewState.PENDING
+    assert catalog.ignore([free], None) == 1
+    free.refresh_from_db()
+    assert free.review_state == ReviewState.IGNORED
+
+
+def test_map_refuses_unapproved_and_mapped_elsewhere_and_writes_nothing():
+    pro, team = PlanFactory(key="pro"), PlanFactory(key="team")
+    ok = CatalogPriceFactory()
+    pending = CatalogPriceFactory(review_state=ReviewState.PENDING)
+    elsewhere = PlanPriceFactory(plan=team).price
+
+    with pytest.raises(CatalogError) as excinfo:
+        catalog.map_prices_to_plan([ok, pending, elsewhere], pro)
+
+    message = excinfo.value.message
+    assert pending.stripe_id in message and "not approved" in message
+    assert elsewhere.stripe_id in message and "'team'" in message
+    assert not PlanPrice.objects.filter(plan=pro).exists()
+
+
+def test_map_is_idempotent_and_a_plan_can_hold_monthly_and_annual():
+    pro = PlanFactory(key="pro")
+    monthly = CatalogPriceFactory(recurring_interval="month", unit_amount=1200)
+    annual = CatalogPriceFactory(recurring_interval="year", unit_amount=12000)
+
+    assert catalog.map_prices_to_plan([monthly, annual], pro) == 2
+    assert catalog.map_prices_to_plan([monthly, annual], pro) == 0
+    assert set(pro.plan_prices.values_list("price__recurring_interval", flat=True)) == {
+        "month",
+        "year",
+    }
+
+
+def test_database_allows_a_price_in_one_plan_only():
+    mapping = PlanPriceFactory()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PlanPrice.objects.create(plan=PlanFactory(), price=mapping.price)
+
+
+def test_database_allows_one_default_plan_only():
+    PlanFactory(key="free", is_default=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        PlanFactory(key="other", is_default=True)
+
+
+def test_human_readable_prices():
+    assert (
+        CatalogPrice(
+            unit_amount=1200, currency="usd", recurring_interval="month"
+        ).human_readable_amount
+        == "$12.00 / month"
+    )
+    assert (
+        CatalogPrice(
+            unit_amount=12000, currency="usd", recurring_interval="year"
+        ).human_readable_amount
+        == "$120.00 / year"
+    )

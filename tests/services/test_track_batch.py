@@ -1,0 +1,99 @@
+"""Batch track: each event answered as single track would, exact and idempotent."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
+
+import kernia_billing
+from kernia_billing import TrackRequest
+from kernia_billing.exceptions import InvalidRequest
+from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
+from tests.factories import FeatureFactory, PlanFeatureFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_each_event_answered_in_order_until_the_balance_runs_out(user, free_plan):
+    results = kernia_billing.track_batch(user, [TrackRequest("messages", 30) for _ in range(4)])
+    assert [r.ok for r in results] == [True, True, True, False]
+    assert [r.result.balance for r in results[:3]] == [70, 40, 10]
+    assert (results[3].error_code, results[3].status) == ("insufficient_balance", 402)
+    assert Entitlement.objects.get().usage == 90
+    assert UsageEvent.objects.aggregate(total=Sum("amount"))["total"] == 90
+
+
+def test_mixed_features_errors_and_idempotency(user, free_plan):
+    seats = FeatureFactory(key="seats", kind=FeatureKind.SEATS)
+    sso = FeatureFactory(key="sso", kind=FeatureKind.BOOLEAN)
+    PlanFeatureFactory(plan=free_plan, feature=seats, included=2, reset_period=ResetPeriod.NONE)
+    PlanFeatureFactory(plan=free_plan, feature=sso, included=0, reset_period=ResetPeriod.NONE)
+    kernia_billing.track(user, "messages", 5, idempotency_key="earlier")
+
+    results = kernia_billing.track_batch(
+        user,
+        [
+            TrackRequest("messages", 5, idempotency_key="earlier"),  # replay of single track
+            TrackRequest("messages", 6, idempotency_key="earlier"),  # conflict
+            TrackRequest("messages", 1, idempotency_key="b1"),
+            TrackRequest("messages", 1, idempotency_key="b1"),  # replay within the batch
+            TrackRequest("seats", 2),
+            TrackRequest("seats", -3),  # below zero
+            TrackRequest("sso", 1),  # boolean
+            TrackRequest("nope", 1),  # unknown feature
+            TrackRequest("messages", 0),  # bad amount
+        ],
+    )
+    codes = [
+        r.error_code if not r.ok else ("replayed" if r.result.replayed else "ok") for r in results
+    ]
+    assert codes == [
+        "replayed",
+        "idempotency_conflict",
+        "ok",
+        "replayed",
+        "ok",
+        "usage_below_zero",
+        "not_trackable",
+        "unknown_feature",
+        "invalid_request",
+    ]
+    assert results[3].result.event_id == results[2].result.event_id
+    assert Entitlement.objects.get(feature__key="messages").usage == 6
+    assert UsageEvent.objects.filter(idempotency_key="b1").count() == 1
+
+
+def test_replaying_a_whole_batch_counts_once(user, free_plan):
+    batch = [TrackRequest("messages", 1, idempotency_key=f"k{i}") for i in range(20)]
+    first = kernia_billing.track_batch(user, batch)
+    again = kernia_billing.track_batch(user, batch)
+    assert all(r.ok and not r.result.replayed for r in first)
+    assert all(r.ok and r.result.replayed for r in again)
+    assert Entitlement.objects.get().usage == 20
+
+
+def test_staff_batch_for_several_customers(free_plan):
+    alice, bob = UserFactory(), UserFactory()
+    results = kernia_billing.track_batch(
+        None,
+        [TrackRequest("messages", 10, owner=alice), TrackRequest("messages", 20, owner=bob)],
+    )
+    assert [r.result.usage for r in results] == [10, 20]
+
+
+def test_batch_costs_few_statements(user, free_plan):
+    kernia_billing.check(user, "messages")
+    with CaptureQueriesContext(connection) as ctx:
+        results = kernia_billing.track_batch(
+            user, [TrackRequest("messages", 1) for _ in range(100)]
+        )
+    assert all(r.ok for r in results)
+    assert len(ctx.captured_queries) <= 8
+
+
+def test_batch_size_limit(user, free_plan, settings):
+    settings.KERNIA_BILLING = {**settings.KERNIA_BILLING, "MAX_BATCH_SIZE": 3}
+    with pytest.raises(InvalidRequest):
+        kernia_billing.track_batch(user, [TrackRequest("messages") for _ in range(4)])
