@@ -61,6 +61,7 @@ class BatchItemResult:
     result: TrackResult | None = None
     error_code: str | None = None
     error_message: str | None = None
+    error_fields: dict[str, Any] = field(default_factory=dict)
     status: int = 200
 
 
@@ -126,3 +127,24 @@ class SyncResult:
     @property
     def unchanged(self) -> int:
         return self.products_unchanged + self.prices_unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """Counts from loading a catalog file (``kernia_load_catalog``)."""
+
+    features_created: int = 0
+    features_updated: int = 0
+    plans_created: int = 0
+    plans_updated: int = 0
+    plan_features_created: int = 0
+    plan_features_updated: int = 0
+    plan_features_removed: int = 0
+    prices_mapped: int = 0
+    prices_unmapped: int = 0
+    prices_approved: int = 0
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return any(value for name, value in asdict(self).items() if name != "dry_run")
