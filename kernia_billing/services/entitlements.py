@@ -544,7 +544,23 @@ def _validate_properties(properties: Any) -> dict[str, Any]:
             f"properties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON.",
             fields={"properties": "Too large."},
         )
+    if _has_nul(properties):
+        # PostgreSQL's jsonb cannot store NUL: refuse it rather than fail in the database.
+        raise InvalidRequest(
+            "properties must not contain NUL characters.",
+            fields={"properties": "Must not contain NUL characters."},
+        )
     return properties
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _validate_idempotency_key(key: Any) -> str | None:
@@ -558,6 +574,11 @@ def _validate_idempotency_key(key: Any) -> str | None:
         raise InvalidRequest(
             f"idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
             fields={"idempotencyKey": f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
+        )
+    if "\x00" in key:
+        raise InvalidRequest(
+            "idempotencyKey must not contain NUL characters.",
+            fields={"idempotencyKey": "Must not contain NUL characters."},
         )
     return key
 

@@ -1,0 +1,186 @@
+"""REST doors to check, track and the usage ledger: validate -> service -> render.
+
+- ``POST billing/check``: always 200 with ``allowed`` true/false (unknown feature 404).
+- ``POST billing/track``: 201 with the recorded event; a repeated ``idempotencyKey``
+  with the same payload answers 201 again with the first result and
+  ``replayed: true`` (header ``Idempotent-Replayed: true``), counted once.
+- ``GET billing/usage``: the ledger, newest first, limit/offset pagination,
+  filters ``feature``, ``from``, ``to``; ``daily=true`` adds per-day totals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
+
+from .. import selectors
+from ..exceptions import UnknownFeature
+from ..models import Feature
+from ..services import entitlements
+from ..services.customers import get_customer
+from .base import BillingAPIView
+from .owners import IsBillingCaller, OwnerMixin
+from .serializers import (
+    CheckResultSerializer,
+    CheckSerializer,
+    ErrorSerializer,
+    TrackResultSerializer,
+    TrackSerializer,
+    UsagePageSerializer,
+    UsageQuerySerializer,
+)
+
+TAG = "entitlements"
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ErrorSerializer, description=description)
+
+
+READ_AUTH_ERRORS = {
+    401: _error("Not signed in (token authentication)."),
+    403: _error("Not signed in (session), or not allowed to act for the named owner."),
+    429: _error("Throttled (scope kernia_billing)."),
+}
+AUTH_ERRORS = {**READ_AUTH_ERRORS, 415: _error("The body is not application/json.")}
+
+
+class CheckView(OwnerMixin, BillingAPIView):
+    permission_classes = [IsBillingCaller]
+
+    @extend_schema(
+        tags=[TAG],
+        operation_id="billing_check",
+        summary="May the owner use a feature now?",
+        description="Never records usage. Denials answer 200 with allowed=false and a reason "
+        "(not_included, insufficient_balance, no_plan).",
+        request=CheckSerializer,
+        responses={
+            200: CheckResultSerializer,
+            400: _error("Bad input (invalid_request, invalid_json)."),
+            404: _error("unknown_feature, unknown_owner or unknown_customer."),
+            **AUTH_ERRORS,
+        },
+        examples=[
+            OpenApiExample("Check", value={"feature": "messages", "required": 1}, request_only=True)
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CheckSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        owner = self.get_owner(data)
+        result = entitlements.check(owner, data["feature"], required=data["required"])
+        return Response(CheckResultSerializer(result).data)
+
+
+class TrackView(OwnerMixin, BillingAPIView):
+    permission_classes = [IsBillingCaller]
+
+    @extend_schema(
+        tags=[TAG],
+        operation_id="billing_track",
+        summary="Record usage where the product action succeeded.",
+        description="Metered amounts are positive integers; seats/quantity amounts are "
+        "non-zero integers and usage never goes below zero. A repeated idempotencyKey with "
+        "the same payload returns the first result with replayed=true (status 201 again).",
+        request=TrackSerializer,
+        responses={
+            201: TrackResultSerializer,
+            400: _error("Bad input, or not_trackable (boolean feature)."),
+            402: _error("not_included, insufficient_balance or no_plan: nothing recorded."),
+            404: _error("unknown_feature, unknown_owner or unknown_customer."),
+            409: _error("idempotency_conflict, or usage_below_zero."),
+            **AUTH_ERRORS,
+        },
+        examples=[
+            OpenApiExample(
+                "Track",
+                value={"feature": "messages", "amount": 1, "idempotencyKey": "msg_123"},
+                request_only=True,
+            )
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TrackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        owner = self.get_owner(data)
+        result = entitlements.track(
+            owner,
+            data["feature"],
+            data["amount"],
+            idempotency_key=data.get("idempotencyKey") or None,
+            properties=data.get("properties"),
+        )
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+        return Response(
+            TrackResultSerializer(result).data, status=status.HTTP_201_CREATED, headers=headers
+        )
+
+
+class UsageView(OwnerMixin, BillingAPIView):
+    permission_classes = [IsBillingCaller]
+
+    @extend_schema(
+        tags=[TAG],
+        operation_id="billing_usage",
+        summary="Usage history (the ledger), newest first.",
+        description="Limit/offset pagination. `from` is inclusive, `to` exclusive. With "
+        "daily=true the answer also carries `daily`: totals per UTC day and feature over all "
+        "matching events (not only this page), for charts.",
+        parameters=[UsageQuerySerializer],
+        responses={
+            200: UsagePageSerializer,
+            400: _error("Bad query parameters."),
+            404: _error("unknown_feature, unknown_owner or unknown_customer."),
+            **READ_AUTH_ERRORS,
+        },
+    )
+    def get(self, request: Request) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        owner = self.get_owner(params)
+        feature_id = None
+        if params.get("feature"):
+            feature_id = (
+                Feature.objects.filter(key=params["feature"]).values_list("pk", flat=True).first()
+            )
+            if feature_id is None:
+                raise UnknownFeature(
+                    f"No such feature: {params['feature']!r}.",
+                    fields={"feature": params["feature"]},
+                )
+        customer = get_customer(owner)  # a read: no customer is created here
+        events = selectors.usage_events(
+            customer.pk if customer else None,
+            feature_id=feature_id,
+            since=params.get("from"),
+            until=params.get("to"),
+        )
+        limit, offset = params["limit"], params["offset"]
+        count = events.count()
+        page: dict[str, Any] = {
+            "count": count,
+            "limit": limit,
+            "offset": offset,
+            "next": self._link(request, limit, offset + limit) if offset + limit < count else None,
+            "previous": self._link(request, limit, max(offset - limit, 0)) if offset else None,
+            "results": list(events[offset : offset + limit]),
+        }
+        if params["daily"]:
+            page["daily"] = selectors.daily_usage_totals(events)
+        return Response(UsagePageSerializer(page).data)
+
+    @staticmethod
+    def _link(request: Request, limit: int, offset: int) -> str:
+        url = replace_query_param(request.build_absolute_uri(), "limit", limit)
+        if offset <= 0:
+            return remove_query_param(url, "offset")
+        return replace_query_param(url, "offset", offset)

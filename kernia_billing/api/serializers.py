@@ -1,0 +1,209 @@
+"""Serializers: JSON shape only (camelCase in and out). Rules live in the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..conf import billing_settings
+from .owners import MAX_OWNER_ID_LENGTH
+
+MAX_FEATURE_KEY_LENGTH = 100
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: no floats, numeric strings or booleans; bounded by MAX_TRACK_AMOUNT.
+
+    The bound is read when validating, never at import (``override_settings`` works).
+    """
+
+    default_error_messages = {
+        "invalid": "Must be an integer.",
+        "too_large": "Must be at most {limit} in size.",
+    }
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        limit = billing_settings.MAX_TRACK_AMOUNT
+        if abs(data) > limit:
+            self.fail("too_large", limit=limit)
+        return int(super().to_internal_value(data))
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string: numbers and booleans are not silently turned into text."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_OWNER_ID_LENGTH}]}
+)
+class OwnerIdField(serializers.Field):
+    """An owner's id as a JSON integer or string; its meaning is checked in ``owners.py``."""
+
+    default_error_messages = {"invalid": "Must be an id (integer or string)."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) or not isinstance(data, (int, str)):
+            self.fail("invalid")
+        if isinstance(data, str) and len(data) > MAX_OWNER_ID_LENGTH:
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class OwnerSerializer(serializers.Serializer):
+    """Who is billed; omit all three to act for the signed-in user."""
+
+    organizationId = OwnerIdField(
+        required=False, allow_null=True, help_text="An organization you are a member of."
+    )
+    customerId = OwnerIdField(
+        required=False, allow_null=True, help_text="Billing customer id (staff only)."
+    )
+    userId = OwnerIdField(required=False, allow_null=True, help_text="User id (staff only).")
+
+
+class CheckSerializer(OwnerSerializer):
+    """``{feature, required?=1}`` plus an optional owner (organizationId, or staff ids)."""
+
+    feature = StrictCharField(max_length=MAX_FEATURE_KEY_LENGTH, help_text="Feature key.")
+    required = StrictIntegerField(  # type: ignore[assignment]  # a field, not Field.required
+        required=False, default=1, min_value=0, help_text="Units the action needs (default 1)."
+    )
+
+
+class TrackSerializer(OwnerSerializer):
+    """``{feature, amount?=1, idempotencyKey?, properties?}`` plus an optional owner."""
+
+    feature = StrictCharField(max_length=MAX_FEATURE_KEY_LENGTH, help_text="Feature key.")
+    amount = StrictIntegerField(
+        required=False,
+        default=1,
+        help_text="Metered: a positive integer. Seats/quantity: a non-zero integer.",
+    )
+    idempotencyKey = StrictCharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+        help_text="Repeat with the same payload to get the first result back, counted once.",
+    )
+    properties = serializers.DictField(
+        required=False, allow_null=True, help_text="Free-form JSON object stored on the event."
+    )
+
+
+class CheckResultSerializer(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    reason = serializers.ChoiceField(
+        choices=["not_included", "insufficient_balance", "no_plan"],
+        allow_null=True,
+        help_text="Why the check was denied; null when allowed.",
+    )
+    feature = serializers.CharField()
+    kind = serializers.CharField(help_text="boolean, metered, seats or quantity.")
+    balance = serializers.IntegerField(allow_null=True, help_text="Null if unlimited/boolean.")
+    included = serializers.IntegerField(allow_null=True)
+    usage = serializers.IntegerField(allow_null=True)
+    unlimited = serializers.BooleanField()
+    allowOverage = serializers.BooleanField(source="allow_overage")
+    resetPeriod = serializers.CharField(source="reset_period", allow_null=True)
+    nextResetAt = serializers.DateTimeField(source="next_reset_at", allow_null=True)
+    plan = serializers.CharField(allow_null=True, help_text="Key of the customer's plan.")
+
+
+class TrackResultSerializer(serializers.Serializer):
+    eventId = serializers.IntegerField(source="event_id")
+    feature = serializers.CharField()
+    amount = serializers.IntegerField()
+    balance = serializers.IntegerField()
+    usage = serializers.IntegerField()
+    included = serializers.IntegerField()
+    unlimited = serializers.BooleanField()
+    replayed = serializers.BooleanField(
+        help_text="True when this answers a repeated idempotencyKey (counted once)."
+    )
+    createdAt = serializers.DateTimeField(source="created_at")
+
+
+class UsageQuerySerializer(OwnerSerializer):
+    """Query string of ``GET billing/usage`` (``from`` is a Python keyword, hence the rename)."""
+
+    feature = serializers.CharField(required=False, max_length=MAX_FEATURE_KEY_LENGTH)
+    from_ = serializers.DateTimeField(
+        required=False, help_text="ISO 8601; events at or after this time."
+    )
+    to = serializers.DateTimeField(required=False, help_text="ISO 8601; events before this time.")
+    daily = serializers.BooleanField(
+        required=False, default=False, help_text="Also return daily totals (UTC days)."
+    )
+    limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=500)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["from"] = fields.pop("from_")
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        start, end = attrs.get("from"), attrs.get("to")
+        if start and end and start >= end:
+            raise serializers.ValidationError({"to": "Must be later than from."})
+        return attrs
+
+
+class UsageEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    feature = serializers.CharField(source="feature.key")
+    amount = serializers.IntegerField()
+    balanceAfter = serializers.IntegerField(source="balance_after")
+    usageAfter = serializers.IntegerField(source="usage_after")
+    idempotencyKey = serializers.CharField(source="idempotency_key", allow_null=True)
+    properties = serializers.DictField()
+    createdAt = serializers.DateTimeField(source="created_at")
+
+
+class DailyUsageSerializer(serializers.Serializer):
+    date = serializers.DateField(help_text="UTC day.")
+    feature = serializers.CharField()
+    amount = serializers.IntegerField(help_text="Sum of signed amounts that day.")
+    events = serializers.IntegerField(help_text="Number of events that day.")
+
+
+class UsagePageSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Events matching the filters.")
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = UsageEventSerializer(many=True)
+    daily = DailyUsageSerializer(
+        many=True, required=False, help_text="Only with daily=true: totals per UTC day."
+    )
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable machine-readable code, e.g. not_included.")
+    message = serializers.CharField()
+    fields = serializers.DictField(  # type: ignore[assignment]  # a field named "fields"
+        help_text="Per-field details; empty when none."
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every error: ``{"error": {"code", "message", "fields"}}``."""
+
+    error = ErrorDetailSerializer()
