@@ -8,6 +8,8 @@ columns the admin lists, so no screen has to dig into ``stripe_data`` JSON.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
@@ -141,7 +143,7 @@ class PlanFeature(models.Model):
         return f"{self.plan.key}: {self.feature.key}"
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors: dict[str, Any] = {}
         kind = self.feature.kind if self.feature_id else None
         if self.included is not None and self.included < 0:
             errors["included"] = _("Included must be zero or more.")

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -421,9 +421,11 @@ def _insert_event_sql(vendor: str) -> str:
 
 def _record_event(event: UsageEvent) -> UsageEvent:
     """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
+    fields = [UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS]
     params = [
         field.get_db_prep_save(getattr(event, field.attname), connection)
-        for field in (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
+        for field in fields
+        if isinstance(field, models.Field)
     ]
     with connection.cursor() as cursor:
         cursor.execute(_insert_event_sql(connection.vendor), params)
@@ -486,7 +488,7 @@ def _notify_tracked(entitlement: EntitlementRow, event: UsageEvent, balance_befo
     transaction.on_commit(send)
 
 
-def _denial_error(result: CheckResult) -> Exception:
+def _denial_error(result: CheckResult) -> BillingError:
     if result.reason == "no_plan":
         return NoPlan(fields={"feature": result.feature})
     if result.reason == "insufficient_balance":
