@@ -6,15 +6,15 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 
 
 @register()
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    errors: list[Error] = []
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
     if not apps.is_installed("djstripe"):
         errors.append(
             Error(
@@ -66,6 +66,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="kernia_billing.E005",
                 )
             )
+    errors.extend(_check_subscription_policy(user_settings))
     member_path = user_settings.get("IS_ORGANIZATION_MEMBER")
     if isinstance(member_path, str):
         try:
@@ -107,3 +108,47 @@ def check_mapped_prices(
                 )
             )
     return warnings
+
+
+def _check_subscription_policy(user_settings: dict[str, Any]) -> list[CheckMessage]:
+    """PAST_DUE_GRACE must be a bool; ENTITLING_STATUSES a list of Stripe statuses."""
+    from .conf import STRIPE_SUBSCRIPTION_STATUSES
+
+    errors: list[CheckMessage] = []
+    grace = user_settings.get("PAST_DUE_GRACE", True)
+    if not isinstance(grace, bool):
+        errors.append(
+            Error(
+                f"KERNIA_BILLING['PAST_DUE_GRACE'] must be True or False, not {grace!r}.",
+                id="kernia_billing.E007",
+            )
+        )
+    statuses = user_settings.get("ENTITLING_STATUSES", ())
+    if isinstance(statuses, str) or not isinstance(statuses, (list, tuple, set, frozenset)):
+        errors.append(
+            Error(
+                "KERNIA_BILLING['ENTITLING_STATUSES'] must be a list of subscription statuses.",
+                hint='e.g. ("active", "trialing")',
+                id="kernia_billing.E008",
+            )
+        )
+        return errors
+    unknown = sorted(str(s) for s in set(statuses) - STRIPE_SUBSCRIPTION_STATUSES)
+    if unknown:
+        errors.append(
+            Error(
+                f"KERNIA_BILLING['ENTITLING_STATUSES'] has unknown statuses: {', '.join(unknown)}.",
+                hint=f"Known: {', '.join(sorted(STRIPE_SUBSCRIPTION_STATUSES))}.",
+                id="kernia_billing.E008",
+            )
+        )
+    if "past_due" in statuses:
+        errors.append(
+            Warning(
+                "past_due in KERNIA_BILLING['ENTITLING_STATUSES'] entitles even with "
+                "PAST_DUE_GRACE off.",
+                hint="Remove it and use PAST_DUE_GRACE.",
+                id="kernia_billing.W002",
+            )
+        )
+    return errors

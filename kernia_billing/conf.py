@@ -18,6 +18,20 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+#: Every status a Stripe subscription can have.
+STRIPE_SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "active",
+        "trialing",
+        "past_due",
+        "paused",
+        "unpaid",
+        "incomplete",
+        "incomplete_expired",
+        "canceled",
+    }
+)
+
 DEFAULTS: dict[str, Any] = {
     # "app_label.ModelName" of the host project's organization model, or None when
     # only users own billing customers.
@@ -28,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
     # Keep entitlements while a subscription is ``past_due`` (Stripe is retrying).
     "PAST_DUE_GRACE": True,
     # Subscription statuses that entitle, besides ``past_due`` (see PAST_DUE_GRACE).
+    # Every other status gives the default plan (or no plan when there is none):
+    # ``paused`` (trial ended without a payment method, or paused collection),
+    # ``unpaid`` (retries exhausted), ``incomplete`` (first payment not made yet),
+    # ``incomplete_expired`` and ``canceled``. Valid values: STRIPE_SUBSCRIPTION_STATUSES.
     "ENTITLING_STATUSES": ("active", "trialing"),
     # Permission (app_label.codename) that lets staff act for any customer.
     "MANAGE_PERMISSION": "kernia_billing.manage_billing",

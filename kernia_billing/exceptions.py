@@ -90,6 +90,14 @@ class StripeUnavailable(BillingError):
     default_message = "Stripe could not be reached or refused the request."
 
 
+class NoStripeCustomer(BillingError):
+    """Portal (or another Stripe-side action) for a customer that never went through checkout."""
+
+    code = "no_stripe_customer"
+    status = 409
+    default_message = "This customer has no Stripe customer yet; subscribe through checkout first."
+
+
 class CatalogError(BillingError):
     code = "catalog_error"
     status = 400

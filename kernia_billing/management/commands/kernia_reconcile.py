@@ -1,0 +1,53 @@
+"""Re-derive every customer's state from Stripe's truth and audit the usage ledger.
+
+    python manage.py kernia_reconcile                 # report drift, change nothing
+    python manage.py kernia_reconcile --refresh       # compare with Stripe, not the mirror
+    python manage.py kernia_reconcile --fix           # repair what drifted
+    python manage.py kernia_reconcile --refresh --fix # also refresh dj-stripe's mirror
+
+Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
+seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
+``--refresh``. The ledger audit checks that each entitlement's usage equals the sum
+of its usage events since its period start. Same code as
+``kernia_billing.services.reconcile`` (``reconcile_customers()``, ``audit_ledger()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from kernia_billing.exceptions import StripeUnavailable
+from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+
+
+class Command(BaseCommand):
+    help = "Re-derive customer state from Stripe (or dj-stripe's mirror) and audit the ledger."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--refresh", action="store_true", help="Fetch subscriptions from Stripe first."
+        )
+        parser.add_argument("--fix", action="store_true", help="Repair the drift found.")
+
+    def handle(self, *args: Any, refresh: bool, fix: bool, **options: Any) -> None:
+        try:
+            customer_drift = reconcile_customers(refresh=refresh, fix=fix)
+        except StripeUnavailable as exc:
+            raise CommandError(exc.message) from exc
+        ledger_drift = audit_ledger(fix=fix)
+        for drift in [*customer_drift, *ledger_drift]:
+            self.stdout.write(str(drift))
+        customers = len({d.customer_id for d in customer_drift})
+        summary = (
+            f"{customers} customer(s) with state drift ({len(customer_drift)} field(s)), "
+            f"{len(ledger_drift)} ledger drift(s)"
+        )
+        if not customer_drift and not ledger_drift:
+            self.stdout.write(self.style.SUCCESS("No drift."))
+        elif fix:
+            unfixed = sum(1 for d in [*customer_drift, *ledger_drift] if not d.fixed)
+            self.stdout.write(self.style.SUCCESS(f"Fixed: {summary}; {unfixed} left unfixed."))
+        else:
+            self.stdout.write(self.style.WARNING(f"Found: {summary}. Run with --fix to repair."))

@@ -1,0 +1,309 @@
+"""Checkout, return from checkout, and the customer portal.
+
+- :func:`ensure_stripe_customer` creates the owner's Stripe customer once, even under
+  concurrent calls: the billing customer row is locked (``select_for_update``) while
+  Stripe is asked, and the request carries an ``Idempotency-Key`` derived from the
+  billing customer, so a retry after a lost answer does not create a second one.
+- :func:`start_checkout` opens a Checkout Session for a plan's approved, mapped price.
+- :func:`complete_checkout` (the return from checkout) retrieves the session and
+  applies its subscription at once; the webhooks that follow change nothing.
+- :func:`start_portal` opens a billing portal session.
+
+Stripe errors raise :class:`~kernia_billing.exceptions.StripeUnavailable` (502) and
+leave the local rows as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import stripe
+from django.conf import settings
+from django.db import transaction
+from django.http.request import validate_host
+
+from ..conf import billing_settings
+from ..exceptions import InvalidRequest, NoStripeCustomer, UnknownPlan
+from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice, ReviewState
+from .customers import apply_subscription, get_customer, get_or_create_customer
+from .stripe_state import (
+    call_stripe,
+    find_customer,
+    list_customer_subscriptions,
+    owner_metadata,
+    pick_subscription,
+    plain,
+    request_options,
+    stripe_id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStart:
+    url: str
+    session_id: str
+    stripe_customer_id: str
+    price_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutReturn:
+    customer_id: int
+    session_id: str
+    status: str
+    subscription_id: str
+    plan: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalStart:
+    url: str
+
+
+# --- redirects -------------------------------------------------------------------------
+
+
+def allowed_redirect_hosts() -> list[str]:
+    return [*settings.ALLOWED_HOSTS, *billing_settings.REDIRECT_ALLOWED_HOSTS]
+
+
+def validate_redirect_url(url: str, *, field: str) -> str:
+    """An absolute http(s) URL on ALLOWED_HOSTS or REDIRECT_ALLOWED_HOSTS, else 400."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidRequest(
+            f"{field} must be an absolute http(s) URL.", fields={field: "Not an absolute URL."}
+        )
+    hosts = allowed_redirect_hosts()
+    if settings.DEBUG and not settings.ALLOWED_HOSTS:
+        hosts = [*hosts, "localhost", "127.0.0.1", "[::1]"]
+    if not validate_host(host, hosts):
+        raise InvalidRequest(
+            f"{field} must point at one of this site's hosts.",
+            fields={field: f"Host {host!r} is not allowed."},
+        )
+    return url
+
+
+# --- Stripe customer -------------------------------------------------------------------
+
+
+def _idempotency_key(customer: BillingCustomer) -> str:
+    # Stable across retries of the same creation; a new one after the Stripe customer
+    # was deleted (customer.deleted moves stripe_state_at on).
+    generation = int(customer.stripe_state_at.timestamp()) if customer.stripe_state_at else 0
+    return f"kernia-billing-customer-{customer.pk}-{generation}"
+
+
+def _owner_details(owner: Any) -> dict[str, str]:
+    details = {}
+    email = getattr(owner, "email", "")
+    if isinstance(email, str) and email:
+        details["email"] = email
+    name = getattr(owner, "name", "") or (
+        owner.get_full_name() if hasattr(owner, "get_full_name") else ""
+    )
+    if isinstance(name, str) and name:
+        details["name"] = name
+    return details
+
+
+def ensure_stripe_customer(owner: Any, *, api_key: str | None = None) -> BillingCustomer:
+    """The owner's billing customer, linked to a Stripe customer (created on first use)."""
+    customer = get_or_create_customer(owner)
+    if customer.stripe_customer_id:
+        return customer
+    with transaction.atomic():
+        locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
+        if not locked.stripe_customer_id:
+            real_owner = owner if not isinstance(owner, BillingCustomer) else locked.owner
+            remote = call_stripe(
+                stripe.Customer.create,
+                metadata=owner_metadata(locked),
+                idempotency_key=_idempotency_key(locked),
+                **_owner_details(real_owner),
+                **request_options(api_key, locked.livemode),
+            )
+            locked.stripe_customer_id = str(remote["id"])
+            locked.save(update_fields=["stripe_customer_id", "updated_at"])
+    customer.refresh_from_db()
+    return customer
+
+
+# --- checkout --------------------------------------------------------------------------
+
+
+def _checkout_prices() -> Any:
+    return CatalogPrice.objects.filter(
+        review_state=ReviewState.APPROVED,
+        active=True,
+        deleted_in_stripe=False,
+        price_type="recurring",
+        plan_mapping__plan__active=True,
+    ).select_related("plan_mapping__plan")
+
+
+def resolve_checkout_price(
+    *, plan: str | None = None, interval: str | None = None, price: str | None = None
+) -> CatalogPrice:
+    """The approved, active, mapped price to sell: named directly or by plan (+ interval)."""
+    if bool(plan) == bool(price):
+        raise InvalidRequest(
+            "Name either a plan or a price.", fields={"plan": "Name a plan or a price."}
+        )
+    if price:
+        row = _checkout_prices().filter(stripe_id=price).first()
+        if row is None:
+            raise InvalidRequest(
+                "This price cannot be bought: it is unknown, not approved, archived, or not "
+                "mapped to an active plan.",
+                fields={"price": price},
+            )
+        return row  # type: ignore[no-any-return]
+    plan_row = Plan.objects.filter(key=plan, active=True).first()
+    if plan_row is None:
+        raise UnknownPlan(f"No such plan: {plan!r}.", fields={"plan": plan})
+    candidates = _checkout_prices().filter(plan_mapping__plan=plan_row)
+    if interval:
+        candidates = candidates.filter(recurring_interval=interval)
+    # Monthly first when no interval is named, then the cheapest.
+    ordered = candidates.order_by("recurring_interval_count", "unit_amount", "stripe_id")
+    row = None if interval else ordered.filter(recurring_interval="month").first()
+    row = row or ordered.first()
+    if row is None:
+        where = f" billed per {interval}" if interval else ""
+        raise InvalidRequest(
+            f"Plan {plan!r} has no price{where} that can be bought.",
+            fields={"interval" if interval else "plan": "No approved, active price."},
+        )
+    return row  # type: ignore[no-any-return]
+
+
+def _is_seat_plan(plan: Plan) -> bool:
+    return plan.plan_features.filter(included_from_quantity=True).exists()
+
+
+def start_checkout(
+    owner: Any,
+    *,
+    success_url: str,
+    cancel_url: str,
+    plan: str | None = None,
+    interval: str | None = None,
+    price: str | None = None,
+    quantity: int | None = None,
+    api_key: str | None = None,
+) -> CheckoutStart:
+    """Open a Stripe Checkout Session (mode subscription) for a plan's price.
+
+    ``success_url`` is where Stripe sends the customer back (it gets
+    ``session_id={CHECKOUT_SESSION_ID}`` appended); point it at the checkout return
+    endpoint so the new plan is applied before the webhook arrives. Seat plans buy
+    ``quantity`` (default: the current seat quantity, else 1); other plans one.
+    """
+    price_row = resolve_checkout_price(plan=plan, interval=interval, price=price)
+    plan_row = PlanPrice.objects.select_related("plan").get(price=price_row).plan
+    seat_plan = _is_seat_plan(plan_row)
+    if not seat_plan and quantity not in (None, 1):
+        raise InvalidRequest(
+            "Only seat plans take a quantity.", fields={"quantity": "Not a seat plan."}
+        )
+    customer = ensure_stripe_customer(owner, api_key=api_key)
+    quantity = (quantity or customer.seat_quantity or 1) if seat_plan else 1
+    metadata = owner_metadata(customer)
+    session = call_stripe(
+        stripe.checkout.Session.create,
+        mode="subscription",
+        customer=customer.stripe_customer_id,
+        client_reference_id=str(customer.pk),
+        line_items=[{"price": price_row.stripe_id, "quantity": quantity}],
+        success_url=_with_session_placeholder(success_url),
+        cancel_url=cancel_url,
+        metadata=metadata,
+        subscription_data={"metadata": metadata},
+        **request_options(api_key, customer.livemode),
+    )
+    return CheckoutStart(
+        url=str(session["url"]),
+        session_id=str(session["id"]),
+        stripe_customer_id=str(customer.stripe_customer_id),
+        price_id=price_row.stripe_id,
+        quantity=quantity,
+    )
+
+
+def _with_session_placeholder(url: str) -> str:
+    if "{CHECKOUT_SESSION_ID}" in url:
+        return url
+    separator = "&" if urlsplit(url).query else "?"
+    # Stripe replaces the literal placeholder; it must not be percent-encoded.
+    return f"{url}{separator}session_id={{CHECKOUT_SESSION_ID}}"
+
+
+def return_url(base: str, *, next_url: str | None) -> str:
+    """The success URL to give Stripe: the return endpoint, remembering ``next``."""
+    query = urlencode({"next": next_url}) if next_url else ""
+    separator = "&" if urlsplit(base).query else "?"
+    return f"{base}{separator}{query}" if query else base
+
+
+def complete_checkout(
+    session_id: str, *, owner: Any | None = None, api_key: str | None = None
+) -> CheckoutReturn:
+    """Apply the subscription a completed Checkout Session created, right away.
+
+    ``owner`` (when given) must be the session's customer: a session id is not a
+    credential. The state is applied without moving ``stripe_state_at``, so the
+    webhooks for the same subscription, re-reading the same state, change nothing.
+    """
+    session = plain(
+        call_stripe(
+            stripe.checkout.Session.retrieve,
+            session_id,
+            expand=["subscription"],
+            **request_options(api_key),
+        )
+    )
+    stripe_customer_id = stripe_id(session.get("customer"))
+    customer = find_customer(stripe_customer_id, metadata=session.get("metadata"), api_key=api_key)
+    expected = get_customer(owner) if owner is not None else None
+    if customer is None or (owner is not None and (expected is None or expected.pk != customer.pk)):
+        raise InvalidRequest(
+            "This checkout session does not belong to you.", fields={"sessionId": session_id}
+        )
+    subscription_id = stripe_id(session.get("subscription"))
+    if session.get("status") == "complete" and subscription_id:
+        subscriptions = {s["id"]: s for s in list_customer_subscriptions(stripe_customer_id)}
+        expanded = session.get("subscription")
+        if isinstance(expanded, dict):
+            subscriptions[subscription_id] = expanded
+        apply_subscription(customer, pick_subscription(subscriptions.values()), state_at=None)
+    customer.refresh_from_db()
+    return CheckoutReturn(
+        customer_id=customer.pk,
+        session_id=session_id,
+        status=str(session.get("status") or ""),
+        subscription_id=subscription_id,
+        plan=customer.plan.key if customer.plan else None,
+    )
+
+
+# --- portal ----------------------------------------------------------------------------
+
+
+def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> PortalStart:
+    """A billing portal session for the owner's Stripe customer."""
+    customer = get_customer(owner)
+    if customer is None or not customer.stripe_customer_id:
+        raise NoStripeCustomer()
+    session = call_stripe(
+        stripe.billing_portal.Session.create,
+        customer=customer.stripe_customer_id,
+        return_url=return_url,
+        **request_options(api_key, customer.livemode),
+    )
+    return PortalStart(url=str(session["url"]))
