@@ -949,9 +949,14 @@ def _existing_events(prepared: list[_Prepared]) -> dict[tuple[int, str], UsageEv
     keyed = [(p.customer_id, p.idempotency_key) for p in prepared if p.idempotency_key]
     if not keyed:
         return {}
+    # One IN list per customer: an OR per key would nest 1,000 deep, which SQLite
+    # refuses ("Expression tree is too large") and PostgreSQL plans slowly.
+    keys_by_customer: dict[int, set[str]] = {}
+    for customer_id, key in keyed:
+        keys_by_customer.setdefault(customer_id, set()).add(key)
     query = Q()
-    for customer_id, key in set(keyed):
-        query |= Q(customer_id=customer_id, idempotency_key=key)
+    for customer_id, keys in keys_by_customer.items():
+        query |= Q(customer_id=customer_id, idempotency_key__in=sorted(keys))
     return {
         (event.customer_id, event.idempotency_key or ""): event
         for event in UsageEvent.objects.filter(query)
