@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "djstripe",
     "kernia_billing",
     "example_project.accounts",
+    "example_project.demo",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,21 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+
+app_name = "demo"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", auth_views.LoginView.as_view(template_name="demo/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("switch/", views.switch, name="switch"),
+    path("checkout/", views.checkout, name="checkout"),
+    path("checkout/return/", views.checkout_return, name="checkout-return"),
+    path("portal/", views.portal, name="portal"),
+    path("catalog/", views.catalog, name="catalog"),
+    path("console/", views.console, name="console"),
+    path("console/send/", views.send_messages, name="send-messages"),
+    path("usage/", views.usage, name="usage"),
+    path("webhooks/", views.webhooks, name="webhooks"),
+]

@@ -1,0 +1,266 @@
+"""The demo SaaS's pages. Thin doors: pick the owner, call a kernia_billing service, render.
+
+Every write goes through kernia_billing's services (``start_checkout``,
+``complete_checkout``, ``start_portal``, ``track`` via ``@track_usage``); reads use
+its selectors and ``customer_state``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from kernia_billing import selectors
+from kernia_billing.api.serializers import CheckResultSerializer
+from kernia_billing.decorators import track_usage
+from kernia_billing.exceptions import BillingError, InvalidRequest
+from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, FeatureKind
+from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
+from kernia_billing.services.customers import customer_state, get_customer
+from kernia_billing.services.entitlements import check
+from kernia_billing.types import CheckResult
+
+from . import chart, webhook_health
+from .owners import current_owner, switch_owner
+
+#: The product action behind "use the feature": sending messages.
+USE_FEATURE = "messages"
+MAX_MESSAGES_PER_CLICK = 100_000
+CHART_DAYS = 14
+USAGE_ROWS = 50
+
+
+def _page(request: HttpRequest, section: str, **context: Any) -> dict[str, Any]:
+    choice = current_owner(request)
+    return {"choice": choice, "owner": choice.owner, "section": section, **context}
+
+
+def _absolute(request: HttpRequest, name: str) -> str:
+    return request.build_absolute_uri(reverse(name))
+
+
+# --- owner switch ---------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def switch(request: HttpRequest) -> HttpResponse:
+    """Act for the personal customer ("") or an organization the user belongs to."""
+    switch_owner(request, request.POST.get("organization", ""))
+    return redirect(request.POST.get("next") or "demo:dashboard")
+
+
+# --- current plan, upgrade, portal ----------------------------------------------------
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Current plan, subscription state, balances, and the plans one can upgrade to."""
+    context = _page(request, "plan")
+    state = customer_state(context["owner"])
+    context.update(state=state, plans=selectors.pricing_plans())
+    return render(request, "demo/dashboard.html", context)
+
+
+@login_required
+@require_POST
+def checkout(request: HttpRequest) -> HttpResponse:
+    """Open a Stripe Checkout Session for the chosen price and send the browser there."""
+    owner = current_owner(request).owner
+    try:
+        started = start_checkout(
+            owner,
+            price=request.POST.get("price", ""),
+            success_url=_absolute(request, "demo:checkout-return"),
+            cancel_url=_absolute(request, "demo:dashboard"),
+        )
+    except BillingError as exc:
+        messages.error(request, f"Checkout could not start: {exc.message}")
+        return redirect("demo:dashboard")
+    return redirect(started.url)
+
+
+@login_required
+@require_GET
+def checkout_return(request: HttpRequest) -> HttpResponse:
+    """Back from Stripe Checkout: apply the new subscription now, before the webhook."""
+    owner = current_owner(request).owner
+    try:
+        result = complete_checkout(request.GET.get("session_id", ""), owner=owner)
+    except BillingError as exc:
+        messages.error(request, f"Checkout could not be confirmed: {exc.message}")
+        return redirect("demo:dashboard")
+    if result.status == "complete":
+        messages.success(request, f"Thank you! You are now on the {result.plan} plan.")
+    else:
+        messages.warning(request, f"Checkout is {result.status}: nothing changed yet.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_POST
+def portal(request: HttpRequest) -> HttpResponse:
+    """Create a billing portal link for the current customer and open it."""
+    try:
+        started = start_portal(
+            current_owner(request).owner, return_url=_absolute(request, "demo:dashboard")
+        )
+    except BillingError as exc:
+        messages.error(request, f"No billing portal yet: {exc.message}")
+        return redirect("demo:dashboard")
+    return redirect(started.url)
+
+
+# --- catalog -------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def catalog(request: HttpRequest) -> HttpResponse:
+    """Imported Stripe products and prices with their review state; plans and features."""
+    prices = CatalogPrice.objects.select_related("plan_mapping__plan").order_by(
+        "recurring_interval", "unit_amount", "stripe_id"
+    )
+    products = CatalogProduct.objects.prefetch_related(
+        Prefetch("prices", queryset=prices)
+    ).order_by("name", "stripe_id")
+    context = _page(
+        request,
+        "catalog",
+        products=products,
+        plans=selectors.pricing_plans(),
+        flagged=selectors.flagged_mapped_prices(),
+    )
+    return render(request, "demo/catalog.html", context)
+
+
+# --- check console and "use the feature" ----------------------------------------------
+
+
+def _console(request: HttpRequest, status: int = 200, **extra: Any) -> HttpResponse:
+    feature = request.GET.get("feature") or USE_FEATURE
+    amount = request.GET.get("amount") or "1"
+    context = _page(
+        request,
+        "console",
+        features=Feature.objects.filter(archived=False).order_by("name"),
+        feature=feature,
+        amount=amount,
+        use_feature=USE_FEATURE,
+        **extra,
+    )
+    if "result_json" not in context and "feature" in request.GET:
+        context["result_json"], context["result_allowed"] = _check_json(
+            context["owner"], feature, amount
+        )
+    return render(request, "demo/console.html", context, status=status)
+
+
+def _check_json(owner: Any, feature: str, amount: str) -> tuple[str, bool]:
+    """The check answer exactly as ``POST billing/check`` renders it (or its error)."""
+    try:
+        required = int(amount)
+        result = check(owner, feature, required=required)
+    except ValueError:
+        body: dict[str, Any] = {"error": {"code": "invalid_request", "message": "Not a number."}}
+        return json.dumps(body, indent=2), False
+    except BillingError as exc:
+        body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}
+        return json.dumps(body, indent=2, cls=DjangoJSONEncoder), False
+    data = CheckResultSerializer(result).data
+    return json.dumps(data, indent=2, cls=DjangoJSONEncoder), result.allowed
+
+
+@login_required
+@require_GET
+def console(request: HttpRequest) -> HttpResponse:
+    """Pick a feature and an amount, see the check JSON."""
+    return _console(request)
+
+
+def _message_count(request: HttpRequest) -> int:
+    raw = request.POST.get("count", "1")
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequest("count must be a whole number.", fields={"count": raw}) from None
+    if not 1 <= count <= MAX_MESSAGES_PER_CLICK:
+        raise InvalidRequest(
+            f"Send between 1 and {MAX_MESSAGES_PER_CLICK:,} messages.", fields={"count": raw}
+        )
+    return count
+
+
+def _refused(request: HttpRequest, result: CheckResult) -> HttpResponseBase:
+    if result.reason == "insufficient_balance":
+        why = f"you have {result.balance:,} messages left and tried to send {result.required:,}"
+    else:
+        why = f"your plan does not include messages ({result.reason})"
+    return _console(request, status=402, refused=f"Not sent: {why}.", refused_result=result)
+
+
+@login_required
+@require_POST
+@track_usage(
+    USE_FEATURE,
+    amount=_message_count,
+    owner=lambda request: current_owner(request).owner,
+    on_denied=_refused,
+)
+def send_messages(request: HttpRequest) -> HttpResponse:
+    """The fake product action: "send" messages. ``@track_usage`` checks, then tracks on 2xx."""
+    count = _message_count(request)
+    text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
+    sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
+    return _console(request, sent=sent)
+
+
+# --- usage history ---------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def usage(request: HttpRequest) -> HttpResponse:
+    """The usage ledger: a table of recent events and a chart of daily totals."""
+    context = _page(request, "usage")
+    customer = get_customer(context["owner"])
+    customer_id = customer.pk if customer else None
+    today = timezone.now().astimezone(dt.UTC).date()
+    since = dt.datetime.combine(
+        today - dt.timedelta(days=CHART_DAYS - 1), dt.time.min, tzinfo=dt.UTC
+    )
+    feature = request.GET.get("feature") or ""
+    feature_row = Feature.objects.filter(key=feature).first() if feature else None
+    events = selectors.usage_events(customer_id, feature_id=feature_row.pk if feature_row else None)
+    totals = selectors.daily_usage_totals(events.filter(created_at__gte=since))
+    context.update(
+        events=events[:USAGE_ROWS],
+        chart=chart.daily_bars(totals, days=CHART_DAYS, today=today),
+        features=Feature.objects.filter(archived=False, kind=FeatureKind.METERED).order_by("name"),
+        feature=feature_row.key if feature_row else "",
+        chart_days=CHART_DAYS,
+    )
+    return render(request, "demo/usage.html", context)
+
+
+# --- webhook health --------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def webhooks(request: HttpRequest) -> HttpResponse:
+    """Last event received, counts by outcome and by type, recent deliveries."""
+    context = _page(request, "webhooks", health=webhook_health.summary())
+    return render(request, "demo/webhooks.html", context)

@@ -1,0 +1,146 @@
+"""The demo SaaS's setup command and pages through Django's test client (fake Stripe)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from djstripe.models import WebhookEndpoint
+
+from example_project.accounts.models import Organization
+from example_project.demo.chart import daily_bars
+from kernia_billing.models import CatalogPrice, CatalogProduct, Plan, ReviewState, UsageEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo(stripe_settings, fake_stripe):
+    call_command("demo_setup", base_url="http://testserver", stdout=io.StringIO())
+    return fake_stripe
+
+
+def test_setup_builds_the_catalog_users_and_webhook_endpoint(demo):
+    pro = Plan.objects.get(key="pro")
+    assert sorted(pro.plan_prices.values_list("price__lookup_key", flat=True)) == [
+        "pro_annual",
+        "pro_monthly",
+    ]
+    assert Plan.objects.get(is_default=True).key == "free"
+    assert not CatalogPrice.objects.exclude(review_state=ReviewState.APPROVED).exists()
+    assert not CatalogProduct.objects.exclude(review_state=ReviewState.APPROVED).exists()
+    bob = get_user_model().objects.get(username="bob")
+    assert list(Organization.objects.filter(members=bob).values_list("name", flat=True)) == ["Acme"]
+    assert get_user_model().objects.get(username="admin").is_superuser
+    endpoint = WebhookEndpoint.objects.get()
+    assert endpoint.secret.startswith("whsec_")
+    assert endpoint.url == f"http://testserver/stripe/webhook/{endpoint.djstripe_uuid}/"
+
+
+def test_setup_twice_creates_no_second_price(demo):
+    prices_before = CatalogPrice.objects.count()
+    out = io.StringIO()
+    call_command("demo_setup", base_url="http://testserver", no_webhook=True, stdout=out)
+    assert "0 price(s) created" in out.getvalue()
+    assert CatalogPrice.objects.count() == prices_before == 4
+
+
+def test_setup_seeds_an_empty_stripe_account(stripe_settings, fake_stripe):
+    """With real Stripe keys the seed's prices are created when their lookup keys are missing."""
+    out = io.StringIO()
+    call_command("demo_setup", no_webhook=True, stdout=out)
+    assert "4 price(s) created" in out.getvalue()
+    assert {p["lookup_key"] for p in fake_stripe.store.list_objects("price")} == {
+        "pro_monthly",
+        "pro_annual",
+        "team_monthly",
+        "team_annual",
+    }
+
+
+PAGES = [
+    "/",
+    "/catalog/",
+    "/console/",
+    "/console/?feature=messages&amount=5",
+    "/usage/",
+    "/webhooks/",
+]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_need_a_login(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_render_for_a_customer(client, demo, path):
+    client.login(username="alice", password="alice")
+    response = client.get(path)
+    assert response.status_code == 200
+    assert b"alice (personal)" in response.content
+
+
+def test_check_console_shows_the_check_json(client, demo):
+    client.login(username="alice", password="alice")
+    body = client.get("/console/?feature=messages&amount=101").content.decode()
+    assert "&quot;allowed&quot;: false" in body
+    assert "&quot;reason&quot;: &quot;insufficient_balance&quot;" in body
+    body = client.get("/console/?feature=nope&amount=1").content.decode()
+    assert "unknown_feature" in body
+
+
+def test_sending_tracks_usage_and_refuses_past_the_balance(client, demo):
+    client.login(username="alice", password="alice")
+    response = client.post("/console/send/", {"count": "60", "text": "hi"})
+    assert response.status_code == 200
+    assert b"Sent 60 messages" in response.content
+    refused = client.post("/console/send/", {"count": "41"})
+    assert refused.status_code == 402
+    assert b"you have 40 messages left" in refused.content
+    assert list(UsageEvent.objects.values_list("amount", flat=True)) == [60]
+    assert client.post("/console/send/", {"count": "lots"}).status_code == 400
+    assert client.get("/console/send/").status_code == 405
+
+
+def test_switching_to_an_organization_needs_membership(client, demo):
+    acme = Organization.objects.get(slug="acme")
+    client.login(username="alice", password="alice")
+    assert client.post("/switch/", {"organization": str(acme.pk)}).status_code == 403
+    assert client.post("/switch/", {"organization": "x"}).status_code == 403
+    client.logout()
+    client.login(username="bob", password="bob")
+    response = client.post("/switch/", {"organization": str(acme.pk)}, follow=True)
+    assert response.context["choice"].organization == acme
+    client.post("/console/send/", {"count": "2"})
+    event = UsageEvent.objects.select_related("customer").get()
+    assert event.customer.owner == acme
+
+
+def test_portal_without_a_stripe_customer_explains(client, demo):
+    client.login(username="alice", password="alice")
+    response = client.post("/portal/", follow=True)
+    assert response.redirect_chain[-1][0] == "/"
+    assert b"No billing portal yet" in response.content
+
+
+def test_chart_has_a_bar_per_day_scaled_to_whole_ticks():
+    today = dt.date(2026, 3, 14)
+    totals = [
+        {"date": today, "feature": "messages", "amount": 7},
+        {"date": today, "feature": "projects", "amount": 2},
+        {"date": today - dt.timedelta(days=2), "feature": "messages", "amount": 3},
+    ]
+    chart = daily_bars(totals, days=14, today=today)
+    assert len(chart.bars) == 14
+    assert [bar.value for bar in chart.bars[-3:]] == [3, 0, 9]
+    assert [line.label for line in chart.grid] == ["0", "5", "10", "15", "20"]
+    assert chart.bars[-1].height > chart.bars[-3].height > 0 == chart.bars[-2].height
+    assert chart.total == 12
+    empty = daily_bars([], days=7, today=today)
+    assert [line.label for line in empty.grid] == ["0", "1", "2", "3", "4"]
