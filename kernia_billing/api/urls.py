@@ -1,5 +1,31 @@
+"""REST routes. Mount them under a prefix of your choice (the example uses ``/api/auth/``)."""
+
 from django.urls import path
+
+from . import catalog, entitlements, lifecycle
 
 app_name = "kernia_billing"
 
-urlpatterns: list = []
+urlpatterns = [
+    # Catalog
+    path("stripe/catalog/sync", catalog.CatalogSyncView.as_view(), name="stripe-catalog-sync"),
+    path("billing/plans", catalog.PlansView.as_view(), name="billing-plans"),
+    # Entitlements
+    path("billing/check", entitlements.CheckView.as_view(), name="billing-check"),
+    path("billing/track", entitlements.TrackView.as_view(), name="billing-track"),
+    path("billing/usage", entitlements.UsageView.as_view(), name="billing-usage"),
+    # Stripe lifecycle
+    path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),
+    path("billing/checkout", lifecycle.CheckoutView.as_view(), name="billing-checkout"),
+    path(
+        "billing/checkout/return",
+        lifecycle.CheckoutReturnView.as_view(),
+        name="billing-checkout-return",
+    ),
+    path("billing/portal", lifecycle.PortalView.as_view(), name="billing-portal"),
+    path(
+        "billing/webhooks/health",
+        lifecycle.WebhookHealthView.as_view(),
+        name="billing-webhooks-health",
+    ),
+]
