@@ -28,7 +28,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 if "DATABASE_URL" not in os.environ:
     os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp()}/bench.sqlite3"
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -156,9 +156,9 @@ def main() -> None:
                 our_lat, our_rate = measure(ours, token, threads=threads, calls=args.calls)
                 ratio = statistics.median(our_lat) / statistics.median(floor_lat)
                 print(
-                    f"{name:<8}{threads:>8}{percentile(our_lat, .5):>9.2f}"
-                    f"{percentile(our_lat, .99):>9.2f}{our_rate:>10.0f}"
-                    f"{percentile(floor_lat, .5):>11.2f}{floor_rate:>9.0f}{ratio:>7.2f}"
+                    f"{name:<8}{threads:>8}{percentile(our_lat, 0.5):>9.2f}"
+                    f"{percentile(our_lat, 0.99):>9.2f}{our_rate:>10.0f}"
+                    f"{percentile(floor_lat, 0.5):>11.2f}{floor_rate:>9.0f}{ratio:>7.2f}"
                     f"{queries:>5} ({floor_queries})"
                 )
         connection.creation.destroy_test_db(connection.settings_dict["NAME"], verbosity=0)

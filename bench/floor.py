@@ -44,7 +44,8 @@ class FloorCheckView(APIView):
                 [owner_type, owner_id, request.data["feature"]],
             )
             included, usage, unlimited = cursor.fetchone()
-        return Response({"allowed": unlimited or included - usage >= 1, "balance": included - usage})
+        balance = included - usage
+        return Response({"allowed": unlimited or balance >= 1, "balance": balance})
 
 
 class FloorTrackView(APIView):

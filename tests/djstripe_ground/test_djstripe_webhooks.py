@@ -73,8 +73,9 @@ def test_unknown_endpoint_is_refused(client, webhook_endpoint, fake_stripe, subs
     event = fake_stripe.events("customer.subscription.created")[-1]
     body, headers = fake_stripe.sign_webhook(event, secret=webhook_endpoint.secret)
     url = reverse("djstripe:djstripe_webhook_by_uuid", kwargs={"uuid": uuid.uuid4()})
+    signature = headers["Stripe-Signature"]
     response = client.post(
-        url, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=headers["Stripe-Signature"]
+        url, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature
     )
     assert response.status_code == 404
     assert not Subscription.objects.exists()
