@@ -40,41 +40,31 @@ def _api_key(event: Event) -> str | None:
     return getattr(event, "default_api_key", None) or None
 
 
-@djstripe_receiver(SUBSCRIPTION_EVENTS)
-def on_subscription_event(sender: Any, event: Event, **kwargs: Any) -> None:
-    data = _object(event)
+def _sync_subscription(event: Event, subscription_id: str | None) -> None:
+    """Re-read the subscription from Stripe and apply it as of ``event.created``."""
+    if not subscription_id:
+        return
     stripe_state.sync_subscription_from_stripe(
-        stripe_state.stripe_id(data.get("id")),
+        subscription_id,
         state_at=event.created,
-        stripe_customer_id=stripe_state.stripe_id(data.get("customer")),
+        stripe_customer_id=stripe_state.stripe_id(_object(event).get("customer")),
         api_key=_api_key(event),
     )
 
 
+@djstripe_receiver(SUBSCRIPTION_EVENTS)
+def on_subscription_event(sender: Any, event: Event, **kwargs: Any) -> None:
+    _sync_subscription(event, stripe_state.stripe_id(_object(event).get("id")))
+
+
 @djstripe_receiver(INVOICE_EVENTS)
 def on_invoice_event(sender: Any, event: Event, **kwargs: Any) -> None:
-    data = _object(event)
-    subscription_id = stripe_state.invoice_subscription_id(data)
-    if subscription_id:
-        stripe_state.sync_subscription_from_stripe(
-            subscription_id,
-            state_at=event.created,
-            stripe_customer_id=stripe_state.stripe_id(data.get("customer")),
-            api_key=_api_key(event),
-        )
+    _sync_subscription(event, stripe_state.invoice_subscription_id(_object(event)))
 
 
 @djstripe_receiver("checkout.session.completed")
 def on_checkout_completed(sender: Any, event: Event, **kwargs: Any) -> None:
-    data = _object(event)
-    subscription_id = stripe_state.stripe_id(data.get("subscription"))
-    if subscription_id:
-        stripe_state.sync_subscription_from_stripe(
-            subscription_id,
-            state_at=event.created,
-            stripe_customer_id=stripe_state.stripe_id(data.get("customer")),
-            api_key=_api_key(event),
-        )
+    _sync_subscription(event, stripe_state.stripe_id(_object(event).get("subscription")))
 
 
 @djstripe_receiver("customer.deleted")
