@@ -29,3 +29,10 @@ urlpatterns = [
         name="billing-webhooks-health",
     ),
 ]
+
+# Batch track (issue 7).
+from . import batch  # noqa: E402
+
+urlpatterns += [
+    path("billing/track/batch", batch.BatchTrackView.as_view(), name="billing-track-batch"),
+]

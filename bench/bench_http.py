@@ -1,0 +1,130 @@
+"""HTTP benchmark: our check, track and batch track next to the hand-written floor views.
+
+One gunicorn (gthread workers) serves both the real endpoints and bench/floor.py's
+floor views against a dedicated PostgreSQL database on 127.0.0.1; client processes
+with keep-alive connections call each endpoint at each concurrency for a fixed
+time, in one run, so the ratios are comparable. A figure, not a test::
+
+    .venv/bin/python bench/bench_http.py                  # concurrency 1 8 64, 4 s each
+    .venv/bin/python bench/bench_http.py --seconds 8 --concurrency 8 64 --batch-size 1000
+
+Each client thread bills its own customer (64 customers), as many users would.
+Batch track is reported as exact deductions per second (events accepted/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import http_harness as harness
+
+DATABASE = os.environ.get("PG_URL_BASE", harness.DEFAULT_PG) + "/kernia_bench_http"
+CUSTOMERS = 64
+ENDPOINTS = {
+    "floor check": "/floor/check",
+    "check": "/api/auth/billing/check",
+    "floor track": "/floor/track",
+    "track": "/api/auth/billing/track",
+    "batch track": "/api/auth/billing/track/batch",
+}
+FLOOR_OF = {"check": "floor check", "track": "floor track"}
+
+# Set in the parent before the client processes fork.
+CONFIG: dict[str, Any] = {}
+
+
+def bench_worker(client: harness.Client, worker_id: str, deadline: float) -> list[tuple]:
+    """Call one endpoint in a loop; records (latency ms, status, deductions)."""
+    tokens: list[str] = CONFIG["tokens"]
+    process, thread = (int(part) for part in worker_id[1:].split("t"))
+    token = tokens[(thread * CONFIG["processes"] + process) % len(tokens)]
+    path = CONFIG["path"]
+    records = []
+    sequence = 0
+    while time.time() < deadline:
+        if path.endswith("/batch"):
+            sequence += 1
+            size = CONFIG["batch_size"]
+            body: dict[str, Any] = {
+                "events": [
+                    {"feature": "messages", "idempotencyKey": f"{worker_id}-{sequence}-{i}"}
+                    for i in range(size)
+                ]
+            }
+            status, payload, ms = client.post(path, body, token)
+            accepted = sum(1 for r in payload["results"] if r["ok"]) if status == 200 else 0
+        else:
+            status, _, ms = client.post(path, {"feature": "messages", "amount": 1}, token)
+            accepted = 1 if status == 201 else 0
+        records.append((ms, status, accepted))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--only", nargs="*", choices=list(ENDPOINTS), default=list(ENDPOINTS))
+    args = parser.parse_args()
+
+    spec = {"groups": {"bench": {"users": CUSTOMERS, "included": 10**15, "overage": False}}}
+    CONFIG["tokens"] = harness.prepare(DATABASE, spec)["bench"]
+    CONFIG["batch_size"] = args.batch_size
+    load = os.getloadavg()[0]
+    print(
+        f"gunicorn {args.workers} workers x {args.threads} threads, PostgreSQL, "
+        f"{os.cpu_count()} CPUs, load average {load:.2f} before the run, {args.seconds:.0f} s "
+        "per cell"
+    )
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    server = harness.Gunicorn(
+        DATABASE, settings_module="bench.floor_settings", workers=args.workers, threads=args.threads
+    )
+    with harness.serving(server):
+        for concurrency in args.concurrency:
+            for name in args.only:
+                CONFIG["path"] = ENDPOINTS[name]
+                CONFIG["processes"] = max(1, min(4, concurrency))
+                harness.drive(bench_worker, server.port, concurrency=concurrency, seconds=0.5)
+                records, elapsed = harness.drive(
+                    bench_worker,
+                    server.port,
+                    concurrency=concurrency,
+                    seconds=args.seconds,
+                    processes=CONFIG["processes"],
+                )
+                errors = sum(1 for _, status, _ in records if status >= 300)
+                latencies = [ms for ms, _, _ in records]
+                results[(name, concurrency)] = {
+                    "rps": len(records) / elapsed,
+                    "p50": harness.percentile(latencies, 0.5),
+                    "p99": harness.percentile(latencies, 0.99),
+                    "deductions": sum(d for _, _, d in records) / elapsed,
+                    "errors": errors,
+                }
+    print()
+    print("| endpoint | concurrency | requests/s | p50 ms | p99 ms | vs floor | deductions/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for (name, concurrency), r in results.items():
+        floor = results.get((FLOOR_OF.get(name, ""), concurrency))
+        ratio = f"{r['rps'] / floor['rps']:.0%}" if floor else ""
+        deductions = f"{r['deductions']:,.0f}" if "track" in name else ""
+        errors = f" ({r['errors']:.0f} errors)" if r["errors"] else ""
+        print(
+            f"| {name} | {concurrency} | {r['rps']:,.0f}{errors} | {r['p50']:.1f} | "
+            f"{r['p99']:.1f} | {ratio} | {deductions} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
