@@ -25,7 +25,7 @@ from django.db import transaction
 from django.http.request import validate_host
 
 from ..conf import billing_settings
-from ..exceptions import InvalidRequest, NoStripeCustomer, UnknownPlan
+from ..exceptions import InvalidRequest, NoStripeCustomer, StripeUnavailable, UnknownPlan
 from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice, ReviewState
 from .customers import apply_subscription, get_customer, get_or_create_customer
 from .stripe_state import (
@@ -36,6 +36,7 @@ from .stripe_state import (
     pick_subscription,
     plain,
     request_options,
+    stripe_error_message,
     stripe_id,
 )
 
@@ -260,14 +261,20 @@ def complete_checkout(
     credential. The state is applied without moving ``stripe_state_at``, so the
     webhooks for the same subscription, re-reading the same state, change nothing.
     """
-    session = plain(
-        call_stripe(
-            stripe.checkout.Session.retrieve,
-            session_id,
-            expand=["subscription"],
-            **request_options(api_key),
+    try:
+        session = plain(
+            stripe.checkout.Session.retrieve(
+                session_id, expand=["subscription"], **request_options(api_key)
+            )
         )
-    )
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            raise InvalidRequest(
+                "No such checkout session.", fields={"sessionId": session_id}
+            ) from exc
+        raise StripeUnavailable(stripe_error_message(exc)) from exc
+    except stripe.StripeError as exc:
+        raise StripeUnavailable(stripe_error_message(exc)) from exc
     stripe_customer_id = stripe_id(session.get("customer"))
     customer = find_customer(stripe_customer_id, metadata=session.get("metadata"), api_key=api_key)
     expected = get_customer(owner) if owner is not None else None

@@ -204,7 +204,7 @@ def test_portal(signed_in: Client, fake_stripe: FakeStripe, plans: Catalog) -> N
 @pytest.mark.django_db
 def test_return_validates_input(signed_in: Client, fake_stripe: FakeStripe, plans: Catalog) -> None:
     assert signed_in.get(RETURN_URL).status_code == 400
-    assert signed_in.get(RETURN_URL, {"session_id": "cs_test_missing"}).status_code == 502
+    assert signed_in.get(RETURN_URL, {"session_id": "cs_test_missing"}).status_code == 400
     session_id = post(signed_in, CHECKOUT_URL, {"plan": "pro"}).json()["sessionId"]
     response = signed_in.get(
         RETURN_URL, {"session_id": session_id, "next": "https://evil.example/"}

@@ -20,19 +20,9 @@ def error_shape(ctx, response, case) -> bool | None:
     return True
 
 
-#: Operations with a known 5xx answer to bad input, kept visible by a strict xfail in
-#: test_fuzz_regressions.py: GET checkout/return with an unknown session_id gives 502
-#: (Stripe's 404 is mapped to stripe_error) where 400/404 is meant.
-KNOWN_GATEWAY_ANSWERS = {("GET", "/api/auth/billing/checkout/return")}
-
-
 @check
 def no_server_error(ctx, response, case) -> bool | None:
-    """No 5xx, except the known gateway answer above (and only as ``stripe_error``)."""
+    """No 5xx: bad input is the caller's error, never the server's."""
     if response.status_code < 500:
         return None
-    known = (case.method.upper(), case.operation.path) in KNOWN_GATEWAY_ANSWERS
-    code = response.json().get("error", {}).get("code")
-    if known and response.status_code == 502 and code == "stripe_error":
-        return True
     raise AssertionError(f"server error {response.status_code}: {response.text[:300]}")

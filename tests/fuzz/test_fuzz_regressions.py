@@ -30,11 +30,6 @@ def test_a_batch_event_without_feature_is_rejected(api, plan):
     assert assert_error(response, 400, "invalid_request")["fields"]["events"]["0"]["feature"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lifecycle: Stripe's 404 for an unknown checkout session is mapped to 502 "
-    "stripe_error (services/stripe_state.call_stripe); the schema documents 400",
-)
 def test_an_unknown_checkout_session_is_a_client_error(api, plan, stripe_settings, fake_stripe):
     response = api.get("/api/auth/billing/checkout/return", {"session_id": "cs_nope"})
     assert 400 <= response.status_code < 500, response.content
