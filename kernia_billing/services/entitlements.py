@@ -821,14 +821,17 @@ def track_batch(
         except BillingError as error:
             results[index] = _refusal(index, error)
     for _attempt in range(3):
+        known_keys: set[tuple[int, str]] = set()
         try:
             with transaction.atomic():
-                decided = _decide_locked(prepared, now or timezone.now())
+                decided = _decide_locked(prepared, now or timezone.now(), known_keys)
             break
         except IntegrityError:
-            # A concurrent request committed one of our idempotency keys: decide again,
-            # which now finds it and answers that event as a replay.
-            continue
+            # Only a concurrent request committing one of our idempotency keys is worth
+            # another try (which then answers that event as a replay); anything else
+            # is a real integrity error and goes up as one.
+            if set(_existing_events(prepared)) == known_keys:
+                raise
     else:  # pragma: no cover - needs three concurrent collisions in a row
         raise InvalidRequest("The batch kept colliding with concurrent requests; retry it.")
     for index, item in decided.items():
@@ -885,8 +888,13 @@ def _prepare(
     )
 
 
-def _decide_locked(prepared: list[_Prepared], moment: datetime) -> dict[int, BatchItemResult]:
-    """Inside one transaction: lock, decide every event in order, write once per row."""
+def _decide_locked(
+    prepared: list[_Prepared], moment: datetime, known_keys: set[tuple[int, str]]
+) -> dict[int, BatchItemResult]:
+    """Inside one transaction: lock, decide every event in order, write once per row.
+
+    ``known_keys`` receives the idempotency keys that already had a ledger row.
+    """
     if not prepared:
         return {}
     ids = sorted({p.entitlement_id for p in prepared})
@@ -898,6 +906,7 @@ def _decide_locked(prepared: list[_Prepared], moment: datetime) -> dict[int, Bat
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)
     existing = _existing_events(prepared)
+    known_keys.update(existing)
     decided: dict[int, BatchItemResult] = {}
     accepted: list[tuple[_Prepared, UsageEvent]] = []
     in_batch_replays: list[tuple[_Prepared, UsageEvent]] = []
