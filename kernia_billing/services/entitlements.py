@@ -272,6 +272,15 @@ def track(
     amount = _validate_amount(amount)
     properties = _validate_properties(properties)
     idempotency_key = _validate_idempotency_key(idempotency_key)
+    fingerprint = _fingerprint(feature, amount, properties)
+    if now is None and not isinstance(owner, BillingCustomer):
+        tracked = _track_in_one_update(
+            owner, feature, amount, idempotency_key, properties, fingerprint
+        )
+        if tracked is not None:
+            return tracked
+    # Everything the one-statement path does not decide: first use, unknown or
+    # boolean features, refusals, due resets, replays, an explicit clock.
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         raise _denial_error(found)
@@ -287,7 +296,6 @@ def track(
     if not entitlement.granted:
         raise _denial_error(_check_result(entitlement, 1))
 
-    fingerprint = _fingerprint(feature, amount, properties)
     if idempotency_key is not None:
         replay = _replay(entitlement.customer_id, idempotency_key, fingerprint, entitlement)
         if replay is not None:
@@ -316,7 +324,13 @@ def track(
                         usage_after=usage_after,
                     )
                 )
-                _notify_tracked(entitlement, event, included - (usage_after - amount))
+                _notify_tracked(
+                    entitlement.customer_id,
+                    entitlement.feature,
+                    entitlement.unlimited,
+                    event,
+                    included - (usage_after - amount),
+                )
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -346,8 +360,90 @@ def track(
                 f"Usage is {entitlement.usage}; removing {-amount} would go below zero.",
                 fields={"amount": amount, "usage": entitlement.usage},
             ) from None
-        return _track_result(entitlement, event, replayed=False)
+        return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=False)
     raise InvalidRequest("The entitlement kept changing; try again.")  # pragma: no cover
+
+
+def _track_in_one_update(
+    owner: Any,
+    feature: str,
+    amount: int,
+    idempotency_key: str | None,
+    properties: dict[str, Any],
+    fingerprint: str,
+) -> TrackResult | None:
+    """The common case in two statements: find-and-deduct, then the ledger row.
+
+    Returns None whenever the conditional UPDATE matches nothing or the key was
+    used before, leaving the full path to say why (nothing was written then).
+    """
+    owner_type_id, owner_id = owner_ref(owner)
+    moment = timezone.now()
+    try:
+        with transaction.atomic():
+            row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
+            if row is None:
+                return None
+            customer_id, feature_id, usage_after, included, unlimited = row
+            event = _record_event(
+                UsageEvent(
+                    customer_id=customer_id,
+                    feature_id=feature_id,
+                    amount=amount,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    properties=properties,
+                    created_at=moment,
+                    balance_after=included - usage_after,
+                    usage_after=usage_after,
+                )
+            )
+            _notify_tracked(
+                customer_id, feature, unlimited, event, included - (usage_after - amount)
+            )
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        return None  # a replay or a conflict: rolled back, answered by the full path
+    return _track_result(feature, unlimited, event, replayed=False)
+
+
+@lru_cache(maxsize=2)
+def _deduct_by_owner_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    entitlement = quote(Entitlement._meta.db_table)
+    usage = quote("usage")
+    lookup = (
+        f"SELECT e.id FROM {entitlement} e "
+        f"JOIN {quote(BillingCustomer._meta.db_table)} c ON c.id = e.customer_id "
+        f"JOIN {quote(Feature._meta.db_table)} f ON f.id = e.feature_id "
+        "WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s "
+        f"AND f.kind <> '{FeatureKind.BOOLEAN}' AND (%s > 0 OR f.kind <> '{FeatureKind.METERED}')"
+    )
+    return (
+        f"UPDATE {entitlement} SET {usage} = {usage} + %s, updated_at = %s "
+        f"WHERE id = ({lookup}) AND granted "
+        "AND (period_start IS NULL OR period_start <= %s) "
+        "AND (next_reset_at IS NULL OR next_reset_at > %s) "
+        f"AND (CASE WHEN %s > 0 THEN (unlimited OR allow_overage OR {usage} + %s <= included) "
+        f"ELSE {usage} + %s >= 0 END) "
+        f"RETURNING customer_id, feature_id, {usage}, included, unlimited"
+    )
+
+
+def _deduct_by_owner(
+    owner_type_id: int, owner_id: str, feature: str, amount: int, moment: datetime
+) -> tuple[int, int, int, int, bool] | None:
+    at = connection.ops.adapt_datetimefield_value(moment)
+    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at]
+    params += [amount, amount, amount]
+    with connection.cursor() as cursor:
+        cursor.execute(_deduct_by_owner_sql(connection.vendor), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    customer_id, feature_id, usage_after, included, unlimited = row
+    return int(customer_id), int(feature_id), int(usage_after), int(included), bool(unlimited)
 
 
 class _Refused(Exception):
@@ -444,34 +540,38 @@ def _replay(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},
         )
-    return _track_result(entitlement, event, replayed=True)
+    return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
 
 
-def _track_result(entitlement: EntitlementRow, event: UsageEvent, *, replayed: bool) -> TrackResult:
+def _track_result(
+    feature: str, unlimited: bool, event: UsageEvent, *, replayed: bool
+) -> TrackResult:
     return TrackResult(
         event_id=event.pk,
-        feature=entitlement.feature,
+        feature=feature,
         amount=event.amount,
         balance=event.balance_after,
         usage=event.usage_after,
         included=event.balance_after + event.usage_after,
-        unlimited=entitlement.unlimited,
+        unlimited=unlimited,
         replayed=replayed,
         created_at=event.created_at,
     )
 
 
-def _notify_tracked(entitlement: EntitlementRow, event: UsageEvent, balance_before: int) -> None:
-    limit_reached = not entitlement.unlimited and balance_before > 0 >= event.balance_after
+def _notify_tracked(
+    customer_id: int, feature: str, unlimited: bool, event: UsageEvent, balance_before: int
+) -> None:
+    limit_reached = not unlimited and balance_before > 0 >= event.balance_after
     if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
         return  # the hot path pays nothing for signals nobody listens to
 
     def send() -> None:
-        customer = BillingCustomer.objects.get(pk=entitlement.customer_id)
+        customer = BillingCustomer.objects.get(pk=customer_id)
         signals.usage_tracked.send(
             sender=UsageEvent,
             customer=customer,
-            feature=entitlement.feature,
+            feature=feature,
             event_id=event.pk,
             amount=event.amount,
             balance=event.balance_after,
@@ -481,7 +581,7 @@ def _notify_tracked(entitlement: EntitlementRow, event: UsageEvent, balance_befo
             signals.limit_reached.send(
                 sender=UsageEvent,
                 customer=customer,
-                feature=entitlement.feature,
+                feature=feature,
                 balance=event.balance_after,
             )
 
@@ -939,7 +1039,9 @@ def _decide_locked(
         decided[item.index] = BatchItemResult(
             index=item.index,
             ok=True,
-            result=_track_result(rows[item.entitlement_id], event, replayed=False),
+            result=_track_result(
+                item.feature, rows[item.entitlement_id].unlimited, event, replayed=False
+            ),
             status=201,
         )
     for item, event in in_batch_replays:
@@ -1037,7 +1139,10 @@ def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchI
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )
     return BatchItemResult(
-        index=item.index, ok=True, result=_track_result(row, event, replayed=True), status=201
+        index=item.index,
+        ok=True,
+        result=_track_result(row.feature, row.unlimited, event, replayed=True),
+        status=201,
     )
 
 
