@@ -59,6 +59,9 @@ def setup_database() -> str:
     from rest_framework.authtoken.models import Token
 
     settings.MIGRATION_MODULES = DisableMigrations()
+    if connection.vendor == "sqlite":
+        # Threads need a file: an in-memory database is one shared-cache connection.
+        connection.settings_dict["TEST"]["NAME"] = f"{tempfile.mkdtemp()}/bench.sqlite3"
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
 
     from kernia_billing.models import Feature, Plan, PlanFeature

@@ -33,6 +33,8 @@ from .serializers import (
     TrackSerializer,
     UsagePageSerializer,
     UsageQuerySerializer,
+    render_check,
+    render_track,
 )
 
 TAG = "entitlements"
@@ -76,7 +78,7 @@ class CheckView(OwnerMixin, BillingAPIView):
         data = serializer.validated_data
         owner = self.get_owner(data)
         result = entitlements.check(owner, data["feature"], required=data["required"])
-        return Response(CheckResultSerializer(result).data)
+        return Response(render_check(result))
 
 
 class TrackView(OwnerMixin, BillingAPIView):
@@ -119,9 +121,7 @@ class TrackView(OwnerMixin, BillingAPIView):
             properties=data.get("properties"),
         )
         headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-        return Response(
-            TrackResultSerializer(result).data, status=status.HTTP_201_CREATED, headers=headers
-        )
+        return Response(render_track(result), status=status.HTTP_201_CREATED, headers=headers)
 
 
 class UsageView(OwnerMixin, BillingAPIView):

@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..conf import billing_settings
+from ..types import CheckResult, TrackResult
 from .owners import MAX_OWNER_ID_LENGTH
 
 MAX_FEATURE_KEY_LENGTH = 100
@@ -137,6 +138,49 @@ class TrackResultSerializer(serializers.Serializer):
         help_text="True when this answers a repeated idempotencyKey (counted once)."
     )
     createdAt = serializers.DateTimeField(source="created_at")
+
+
+# The hot endpoints render their results directly: building a DRF serializer per
+# response costs more than the database work of a check. The serializers above stay
+# the schema; tests/api/test_renderers.py keeps the two in step.
+_DATETIME = serializers.DateTimeField()
+
+
+def _datetime(value: Any) -> Any:
+    return None if value is None else _DATETIME.to_representation(value)
+
+
+def render_check(result: CheckResult) -> dict[str, Any]:
+    """The ``CheckResultSerializer`` shape of a check result."""
+    return {
+        "allowed": result.allowed,
+        "reason": result.reason,
+        "feature": result.feature,
+        "kind": result.kind,
+        "balance": result.balance,
+        "included": result.included,
+        "usage": result.usage,
+        "unlimited": result.unlimited,
+        "allowOverage": result.allow_overage,
+        "resetPeriod": result.reset_period,
+        "nextResetAt": _datetime(result.next_reset_at),
+        "plan": result.plan,
+    }
+
+
+def render_track(result: TrackResult) -> dict[str, Any]:
+    """The ``TrackResultSerializer`` shape of a track result."""
+    return {
+        "eventId": result.event_id,
+        "feature": result.feature,
+        "amount": result.amount,
+        "balance": result.balance,
+        "usage": result.usage,
+        "included": result.included,
+        "unlimited": result.unlimited,
+        "replayed": result.replayed,
+        "createdAt": _datetime(result.created_at),
+    }
 
 
 class NoBlankTypedParamsMixin:
