@@ -16,6 +16,7 @@ permission may also name an owner per event.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from drf_spectacular.utils import OpenApiExample, extend_schema
@@ -29,12 +30,13 @@ from ..services import entitlements
 from ..types import BatchItemResult, TrackRequest
 from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, TAG, _error
-from .exceptions import DRF_CODES, _flatten
+from .exceptions import describe_api_exception
 from .owners import IsBillingCaller, OwnerMixin, can_manage_billing, owner_identifiers
 from .serializers import (
     ErrorDetailSerializer,
     OwnerSerializer,
     TrackSerializer,
+    render_track,
 )
 
 
@@ -197,25 +199,8 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
 
 def _refusal(index: int, error: BillingError | exceptions.APIException) -> BatchItemResult:
     if isinstance(error, BillingError):
-        return BatchItemResult(
-            index=index,
-            ok=False,
-            error_code=error.code,
-            error_message=error.message,
-            error_fields=error.fields,
-            status=error.status,
-        )
-    code = DRF_CODES.get(type(error)) or next(
-        (c for cls, c in DRF_CODES.items() if isinstance(error, cls)), "error"
-    )
-    detail = _flatten(error.detail)
-    fields: dict[str, Any] = {}
-    if isinstance(error, exceptions.ValidationError):
-        fields = detail if isinstance(detail, dict) else {"non_field_errors": detail}
-        first = next(iter(fields.values()), "Invalid input.")
-        message = first if isinstance(first, str) else "Invalid input."
-    else:
-        message = str(detail)
+        return entitlements.refusal(index, error)
+    code, message, fields = describe_api_exception(error)
     return BatchItemResult(
         index=index,
         ok=False,
@@ -227,17 +212,7 @@ def _refusal(index: int, error: BillingError | exceptions.APIException) -> Batch
 
 
 def _reindexed(item: BatchItemResult, index: int) -> BatchItemResult:
-    if item.index == index:
-        return item
-    return BatchItemResult(
-        index=index,
-        ok=item.ok,
-        result=item.result,
-        error_code=item.error_code,
-        error_message=item.error_message,
-        error_fields=item.error_fields,
-        status=item.status,
-    )
+    return item if item.index == index else replace(item, index=index)
 
 
 def _render(item: BatchItemResult) -> dict[str, Any]:
@@ -253,26 +228,4 @@ def _render(item: BatchItemResult) -> dict[str, Any]:
                 "fields": item.error_fields or {},
             },
         }
-    result = item.result
-    return {
-        "index": item.index,
-        "ok": True,
-        "status": item.status,
-        "eventId": result.event_id,
-        "feature": result.feature,
-        "amount": result.amount,
-        "balance": result.balance,
-        "usage": result.usage,
-        "included": result.included,
-        "unlimited": result.unlimited,
-        "replayed": result.replayed,
-        "createdAt": _iso(result.created_at),
-    }
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    # The same form DRF's DateTimeField renders (UTC as "Z").
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return {"index": item.index, "ok": True, "status": item.status, **render_track(item.result)}

@@ -69,17 +69,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
+    code, message, fields = describe_api_exception(exc)
+    set_rollback()
+    return Response(error_body(code, message, fields), status=exc.status_code, headers=headers)
+
+
+def describe_api_exception(exc: exceptions.APIException) -> tuple[str, str, dict[str, Any]]:
+    """``(code, message, fields)`` of a DRF error, as the error shape spells them."""
     code = DRF_CODES.get(type(exc)) or next(
         (c for cls, c in DRF_CODES.items() if isinstance(exc, cls)), "error"
     )
-    if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        if not isinstance(fields, dict):
-            fields = {"non_field_errors": fields}
-        first = next(iter(fields.values()), "Invalid input.")
-        message = first if isinstance(first, str) else "Invalid input."
-        body = error_body(code, message, fields)
-    else:
-        body = error_body(code, str(_flatten(exc.detail)))
-    set_rollback()
-    return Response(body, status=exc.status_code, headers=headers)
+    if not isinstance(exc, exceptions.ValidationError):
+        return code, str(_flatten(exc.detail)), {}
+    fields = _flatten(exc.detail)
+    if not isinstance(fields, dict):
+        fields = {"non_field_errors": fields}
+    first = next(iter(fields.values()), "Invalid input.")
+    return code, first if isinstance(first, str) else "Invalid input.", fields

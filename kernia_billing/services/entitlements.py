@@ -311,7 +311,7 @@ def track(
                 if row is None:
                     raise _Refused
                 usage_after, included = row
-                event = _record_event(
+                event = _record_tracked(
                     UsageEvent(
                         customer_id=entitlement.customer_id,
                         feature_id=entitlement.feature_id,
@@ -322,14 +322,9 @@ def track(
                         created_at=moment,
                         balance_after=included - usage_after,
                         usage_after=usage_after,
-                    )
-                )
-                _notify_tracked(
-                    entitlement.customer_id,
-                    entitlement.feature,
-                    entitlement.unlimited,
-                    event,
-                    included - (usage_after - amount),
+                    ),
+                    feature=entitlement.feature,
+                    unlimited=entitlement.unlimited,
                 )
         except IntegrityError:
             if idempotency_key is None:
@@ -385,7 +380,7 @@ def _track_in_one_update(
             if row is None:
                 return None
             customer_id, feature_id, usage_after, included, unlimited = row
-            event = _record_event(
+            event = _record_tracked(
                 UsageEvent(
                     customer_id=customer_id,
                     feature_id=feature_id,
@@ -396,10 +391,9 @@ def _track_in_one_update(
                     created_at=moment,
                     balance_after=included - usage_after,
                     usage_after=usage_after,
-                )
-            )
-            _notify_tracked(
-                customer_id, feature, unlimited, event, included - (usage_after - amount)
+                ),
+                feature=feature,
+                unlimited=unlimited,
             )
     except IntegrityError:
         if idempotency_key is None:
@@ -559,9 +553,15 @@ def _track_result(
     )
 
 
-def _notify_tracked(
-    customer_id: int, feature: str, unlimited: bool, event: UsageEvent, balance_before: int
-) -> None:
+def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
+    """Insert the ledger row of an accepted deduction and queue its signals."""
+    _record_event(event)
+    _notify_tracked(event.customer_id, feature, unlimited, event)
+    return event
+
+
+def _notify_tracked(customer_id: int, feature: str, unlimited: bool, event: UsageEvent) -> None:
+    balance_before = event.balance_after + event.amount
     limit_reached = not unlimited and balance_before > 0 >= event.balance_after
     if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
         return  # the hot path pays nothing for signals nobody listens to
@@ -919,7 +919,7 @@ def track_batch(
         try:
             prepared.append(_prepare(index, request, owner, rows_by_key))
         except BillingError as error:
-            results[index] = _refusal(index, error)
+            results[index] = refusal(index, error)
     for _attempt in range(3):
         known_keys: set[tuple[int, str]] = set()
         try:
@@ -1023,7 +1023,7 @@ def _decide_locked(
             if key in seen_keys:
                 fingerprint, event, _ = seen_keys[key]
                 if fingerprint != item.fingerprint:
-                    decided[item.index] = _refusal(item.index, IdempotencyConflict())
+                    decided[item.index] = refusal(item.index, IdempotencyConflict())
                 elif event is None:  # the first use of the key in this batch was refused
                     decided[item.index] = _decide_one(item, row, usage, moment, accepted)
                 else:  # answered once the event has its id, below
@@ -1084,10 +1084,10 @@ def _decide_one(
     current = usage[row.id]
     after = current + item.amount
     if not row.granted:
-        return _refusal(item.index, _denial_error(_check_result(row, 1)))
+        return refusal(item.index, _denial_error(_check_result(row, 1)))
     if item.amount > 0 and not (row.unlimited or row.allow_overage) and after > row.included:
         balance = row.included - current
-        return _refusal(
+        return refusal(
             item.index,
             InsufficientBalance(
                 f"Balance {balance} is less than {item.amount}.",
@@ -1096,7 +1096,7 @@ def _decide_one(
             ),
         )
     if after < 0:
-        return _refusal(
+        return refusal(
             item.index,
             UsageBelowZero(
                 f"Usage is {current}; removing {-item.amount} would go below zero.",
@@ -1135,7 +1135,7 @@ def _write_decisions(
 
 def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchItemResult:
     if event.request_fingerprint != item.fingerprint:
-        return _refusal(
+        return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )
     return BatchItemResult(
@@ -1146,7 +1146,8 @@ def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchI
     )
 
 
-def _refusal(index: int, error: BillingError) -> BatchItemResult:
+def refusal(index: int, error: BillingError) -> BatchItemResult:
+    """A batch event answered with ``error``, as single track would raise it."""
     return BatchItemResult(
         index=index,
         ok=False,
