@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -77,7 +78,23 @@ class OwnerSerializer(serializers.Serializer):
     userId = OwnerIdField(required=False, allow_null=True, help_text="User id (staff only).")
 
 
-class CheckSerializer(OwnerSerializer):
+class FlatFieldsMixin:
+    """Copy declared fields shallowly per instance instead of deep-copying them.
+
+    DRF deep-copies every declared field for every serializer instance, which
+    re-runs each field's ``__init__``: on ``billing/check`` that cost more than the
+    database query. For flat serializers (scalar fields; a DictField's child is
+    stateless) a shallow copy is equivalent: ``bind()`` and the lazily built
+    validators land on the copy, and nothing else on a field changes while validating.
+    """
+
+    _declared_fields: dict[str, serializers.Field]
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
+
+
+class CheckSerializer(FlatFieldsMixin, OwnerSerializer):
     """``{feature, required?=1}`` plus an optional owner (organizationId, or staff ids)."""
 
     feature = StrictCharField(max_length=MAX_FEATURE_KEY_LENGTH, help_text="Feature key.")
@@ -86,7 +103,7 @@ class CheckSerializer(OwnerSerializer):
     )
 
 
-class TrackSerializer(OwnerSerializer):
+class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
     """``{feature, amount?=1, idempotencyKey?, properties?}`` plus an optional owner."""
 
     feature = StrictCharField(max_length=MAX_FEATURE_KEY_LENGTH, help_text="Feature key.")
