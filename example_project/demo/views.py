@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from kernia_billing import selectors
-from kernia_billing.api.serializers import CheckResultSerializer
+from kernia_billing.api.serializers import render_check
 from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
 from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, FeatureKind
@@ -103,7 +103,8 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
         messages.error(request, f"Checkout could not be confirmed: {exc.message}")
         return redirect("demo:dashboard")
     if result.status == "complete":
-        messages.success(request, f"Thank you! You are now on the {result.plan} plan.")
+        plan_name = customer_state(owner).plan_name or result.plan
+        messages.success(request, f"Thank you! You are now on the {plan_name} plan.")
     else:
         messages.warning(request, f"Checkout is {result.status}: nothing changed yet.")
     return redirect("demo:dashboard")
@@ -179,7 +180,7 @@ def _check_json(owner: Any, feature: str, amount: str) -> tuple[str, bool]:
     except BillingError as exc:
         body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}
         return json.dumps(body, indent=2, cls=DjangoJSONEncoder), False
-    data = CheckResultSerializer(result).data
+    data = render_check(result)
     return json.dumps(data, indent=2, cls=DjangoJSONEncoder), result.allowed
 
 
