@@ -123,7 +123,7 @@ def apply_subscription(
     deliveries never roll a customer back. Returns whether anything was applied.
     A new billing period resets ``billing`` entitlements exactly once.
     """
-    from .entitlements import reset_for_new_period, sync_entitlements
+    from .entitlements import reanchor_entitlements, reset_for_new_period, sync_entitlements
 
     with transaction.atomic():
         locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
@@ -160,13 +160,11 @@ def apply_subscription(
             locked.stripe_state_at = state_at
         locked.save()
 
-        if (
-            snapshot is not None
-            and snapshot.current_period_start is not None
-            and previous_period_start is not None
-            and snapshot.current_period_start > previous_period_start
-        ):
-            reset_for_new_period(locked, snapshot.current_period_start)
+        period_start = snapshot.current_period_start if snapshot is not None else None
+        if period_start != previous_period_start:
+            if period_start and previous_period_start and period_start > previous_period_start:
+                reset_for_new_period(locked, period_start)
+            reanchor_entitlements(locked)
         sync_entitlements(locked)
 
         if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:

@@ -748,35 +748,65 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
 
     Usage is recomputed from the ledger since ``period_start`` rather than set to
     zero, so usage tracked after the boundary but before the webhook arrived
-    stays counted in the new period. Returns how many entitlements reset.
+    stays counted in the new period. The rows are locked before the ledger is
+    summed, so a track committing meanwhile is counted, not overwritten. Must run
+    inside a transaction. Returns how many entitlements reset.
     """
-    due = Entitlement.objects.filter(customer=customer, reset_period=ResetPeriod.BILLING).filter(
-        Q(period_start__isnull=True) | Q(period_start__lt=period_start)
+    due = (
+        Entitlement.objects.filter(customer=customer, reset_period=ResetPeriod.BILLING)
+        .filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
+        .order_by("pk")
+        .select_for_update()
     )
     count = 0
-    for entitlement_id, feature_id in due.values_list("pk", "feature_id"):
+    for entitlement_id, feature_id in list(due.values_list("pk", "feature_id")):
         usage = (
             UsageEvent.objects.filter(
                 customer=customer, feature_id=feature_id, created_at__gte=period_start
             ).aggregate(total=Sum("amount"))["total"]
             or 0
         )
-        count += (
-            Entitlement.objects.filter(pk=entitlement_id)
-            .filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
-            .update(
-                usage=usage,
-                period_start=period_start,
-                reset_anchor=period_start,
-                next_reset_at=customer.current_period_end,
-                updated_at=timezone.now(),
-            )
+        count += Entitlement.objects.filter(pk=entitlement_id).update(
+            usage=usage,
+            period_start=period_start,
+            reset_anchor=period_start,
+            next_reset_at=customer.current_period_end,
+            updated_at=timezone.now(),
         )
-    # Calendar resets stay anchored at the current subscription period start.
-    Entitlement.objects.filter(customer=customer).exclude(
-        reset_period__in=[ResetPeriod.BILLING, ResetPeriod.NONE]
-    ).update(reset_anchor=period_start)
     return count
+
+
+def reanchor_entitlements(customer: BillingCustomer, *, now: datetime | None = None) -> int:
+    """Anchor resets at the customer's current subscription period (else its creation).
+
+    Called when the subscription period changes. A reset already due under the old
+    anchor happens first; then the current period runs until the next boundary of
+    the new anchor. ``period_start`` and usage are kept, so subscribing mid-period
+    keeps usage (SPEC: upgrade 100 -> 1000 with 80 used leaves 920) and the ledger
+    invariant holds. Must run inside a transaction. Returns how many rows changed.
+    """
+    now = now or timezone.now()
+    rows = (
+        Entitlement.objects.filter(customer=customer)
+        .exclude(reset_period=ResetPeriod.NONE)
+        .order_by("pk")
+        .select_for_update()
+    )
+    changed = 0
+    for entitlement in rows:
+        if entitlement.next_reset_at is not None and now >= entitlement.next_reset_at:
+            reset_if_due(_reload(entitlement.pk), now)
+            entitlement.refresh_from_db()
+        anchor, start, end = current_period(entitlement.reset_period, customer, now)
+        if (anchor, end) == (entitlement.reset_anchor, entitlement.next_reset_at):
+            continue
+        changed += Entitlement.objects.filter(pk=entitlement.pk).update(
+            reset_anchor=anchor,
+            period_start=entitlement.period_start or start,
+            next_reset_at=end,
+            updated_at=now,
+        )
+    return changed
 
 
 # --- plan -> entitlements ----------------------------------------------------------------
@@ -1010,30 +1040,29 @@ def _decide_locked(
     decided: dict[int, BatchItemResult] = {}
     accepted: list[tuple[_Prepared, UsageEvent]] = []
     in_batch_replays: list[tuple[_Prepared, UsageEvent]] = []
-    seen_keys: dict[tuple[int, str], tuple[str, UsageEvent | None, _Prepared]] = {}
+    # Keys used earlier in this batch: (fingerprint, accepted event or None if refused).
+    seen_keys: dict[tuple[int, str], tuple[str, UsageEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         row = rows[item.entitlement_id]
-        if item.idempotency_key is not None:
-            key = (item.customer_id, item.idempotency_key)
+        key = (item.customer_id, item.idempotency_key) if item.idempotency_key else None
+        if key is not None:
             first = existing.get(key)
             if first is not None:
                 decided[item.index] = _replayed(item, row, first)
                 continue
-            if key in seen_keys:
-                fingerprint, event, _ = seen_keys[key]
-                if fingerprint != item.fingerprint:
-                    decided[item.index] = refusal(item.index, IdempotencyConflict())
-                elif event is None:  # the first use of the key in this batch was refused
-                    decided[item.index] = _decide_one(item, row, usage, moment, accepted)
-                else:  # answered once the event has its id, below
-                    in_batch_replays.append((item, event))
+            fingerprint, event = seen_keys.get(key, (item.fingerprint, None))
+            if fingerprint != item.fingerprint:
+                decided[item.index] = refusal(item.index, IdempotencyConflict())
                 continue
+            if event is not None:  # answered once the event has its id, below
+                in_batch_replays.append((item, event))
+                continue
+        # A first use, or a retry of a use that this batch refused: decide it.
         result = _decide_one(item, row, usage, moment, accepted)
         decided[item.index] = result
-        if item.idempotency_key is not None:
-            event = accepted[-1][1] if result.ok else None
-            seen_keys[(item.customer_id, item.idempotency_key)] = (item.fingerprint, event, item)
+        if key is not None:
+            seen_keys[key] = (item.fingerprint, accepted[-1][1] if result.ok else None)
     _write_decisions(rows, usage, accepted, moment)
     for item, event in accepted:
         decided[item.index] = BatchItemResult(

@@ -368,3 +368,32 @@ def test_period_start_moves_past_stale_clock(user, free_plan):
     )
     result = kernia_billing.track(user, "messages", 1)
     assert result.usage == 1
+
+
+def test_subscribing_reanchors_resets_at_the_subscription_period_and_keeps_usage(
+    user, free_plan, messages
+):
+    from kernia_billing.periods import add_months
+
+    pro = PlanFactory(key="pro")
+    PlanFeatureFactory(plan=pro, feature=messages, included=1000, reset_period=ResetPeriod.MONTH)
+    price = PlanPriceFactory(plan=pro)
+    customer = get_or_create_customer(user)
+    now = datetime.now(UTC).replace(microsecond=0)
+    created = now - timedelta(days=20)
+    BillingCustomer.objects.filter(pk=customer.pk).update(created_at=created)
+    Entitlement.objects.filter(customer=customer).update(
+        reset_anchor=created, period_start=created, next_reset_at=add_months(created, 1)
+    )
+    customer.refresh_from_db()
+    kernia_billing.track(user, "messages", 80)
+
+    start = now - timedelta(days=2)
+    _subscribe(customer, price, start=start, end=add_months(start, 1))
+
+    result = kernia_billing.check(user, "messages")
+    assert (result.plan, result.usage, result.balance) == ("pro", 80, 920)
+    assert result.next_reset_at == add_months(start, 1)
+    entitlement = Entitlement.objects.get(customer=customer, feature=messages)
+    assert entitlement.reset_anchor == start
+    assert entitlement.usage == ledger_usage(customer, "messages", entitlement.period_start)

@@ -97,3 +97,23 @@ def test_batch_size_limit(user, free_plan, settings):
     settings.KERNIA_BILLING = {**settings.KERNIA_BILLING, "MAX_BATCH_SIZE": 3}
     with pytest.raises(InvalidRequest):
         kernia_billing.track_batch(user, [TrackRequest("messages") for _ in range(4)])
+
+
+def test_a_key_refused_then_accepted_in_one_batch_is_replayed_afterwards(user, free_plan):
+    seats = FeatureFactory(key="seats", kind=FeatureKind.SEATS)
+    PlanFeatureFactory(plan=free_plan, feature=seats, included=2, reset_period=ResetPeriod.NONE)
+    kernia_billing.track(user, "seats", 2)
+    results = kernia_billing.track_batch(
+        user,
+        [
+            TrackRequest("seats", 1, idempotency_key="K"),  # refused: no seat left
+            TrackRequest("seats", -1),
+            TrackRequest("seats", 1, idempotency_key="K"),  # now fits: accepted
+            TrackRequest("seats", 1, idempotency_key="K"),  # a replay of the accepted one
+        ],
+    )
+    assert [r.ok for r in results] == [False, True, True, True]
+    assert results[3].result.replayed is True
+    assert results[3].result.event_id == results[2].result.event_id
+    assert Entitlement.objects.get(feature=seats).usage == 2
+    assert UsageEvent.objects.filter(idempotency_key="K").count() == 1
