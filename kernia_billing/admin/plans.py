@@ -136,9 +136,9 @@ class PlanAdmin(admin.ModelAdmin):
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        if change:
-            # Included amounts follow the plan: bring its customers in line now.
-            catalog_service.resync_plan_customers([form.instance])
+        # Included amounts follow the plan, and a new default plan reaches customers
+        # without a subscription: bring them in line now.
+        catalog_service.resync_plan_customers([form.instance])
 
 
 @admin.register(Feature)

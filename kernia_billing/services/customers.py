@@ -86,6 +86,34 @@ def default_plan() -> Plan | None:
     return Plan.objects.filter(is_default=True, active=True).first()
 
 
+def apply_default_plan() -> int:
+    """Put every customer without an entitling subscription on the current default plan.
+
+    Called after plans change (a new default, a default switched or deactivated), so
+    such customers follow at once. Returns how many customers moved.
+    """
+    from .entitlements import sync_entitlements
+
+    plan = default_plan()
+    stale = BillingCustomer.objects.exclude(
+        subscription_status__in=billing_settings.ENTITLING_STATUSES
+    )
+    stale = stale.exclude(plan=plan) if plan is not None else stale.exclude(plan=None)
+    moved = 0
+    for customer_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            customer = BillingCustomer.objects.select_for_update().get(pk=customer_id)
+            if status_entitles(customer.subscription_status) or customer.plan_id == (
+                plan.pk if plan else None
+            ):
+                continue
+            customer.plan = plan
+            customer.save(update_fields=["plan", "updated_at"])
+            sync_entitlements(customer)
+            moved += 1
+    return moved
+
+
 def plan_for_prices(price_ids: tuple[str, ...] | list[str]) -> Plan | None:
     """The plan that the given Stripe prices map to (the highest-ordered one if several)."""
     if not price_ids:

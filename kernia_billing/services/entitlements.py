@@ -56,7 +56,7 @@ from ..models import (
 from ..models.catalog import ResetPeriod
 from ..periods import period_containing
 from ..types import BatchItemResult, CheckResult, EntitlementState, TrackRequest, TrackResult
-from .customers import get_or_create_customer, owner_ref
+from .customers import apply_default_plan, get_or_create_customer, owner_ref, status_entitles
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_PROPERTIES_BYTES = 8192
@@ -190,6 +190,10 @@ def _load_or_explain(owner: Any, feature_key: str) -> EntitlementRow | CheckResu
     if feature is None:
         raise UnknownFeature(f"No such feature: {feature_key!r}.", fields={"feature": feature_key})
     customer = get_or_create_customer(owner)
+    if customer.plan_id is None and not status_entitles(customer.subscription_status):
+        # A default plan may have appeared since this customer was created.
+        apply_default_plan()
+        customer.refresh_from_db()
     if (
         customer.plan_id
         and PlanFeature.objects.filter(plan_id=customer.plan_id, feature=feature).exists()
@@ -883,12 +887,15 @@ def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None)
 
 
 def sync_plan_customers(plan_ids: Iterable[int]) -> int:
-    """Re-sync every customer on these plans (after a plan's features were edited)."""
+    """After plans were edited: re-sync their customers' entitlements, and move customers
+    without an entitling subscription onto the (possibly new) default plan."""
+    from .customers import apply_default_plan
+
     count = 0
     for customer in BillingCustomer.objects.filter(plan_id__in=list(plan_ids)):
         sync_entitlements(customer)
         count += 1
-    return count
+    return count + apply_default_plan()
 
 
 def refresh_entitlements(

@@ -397,3 +397,30 @@ def test_subscribing_reanchors_resets_at_the_subscription_period_and_keeps_usage
     entitlement = Entitlement.objects.get(customer=customer, feature=messages)
     assert entitlement.reset_anchor == start
     assert entitlement.usage == ledger_usage(customer, "messages", entitlement.period_start)
+
+
+def test_a_default_plan_added_later_reaches_existing_customers(db, messages):
+    user = UserFactory()
+    assert kernia_billing.check(user, "messages").reason == "no_plan"
+    free = PlanFactory(key="free", is_default=True)
+    PlanFeatureFactory(plan=free, feature=messages, included=100)
+    # Created behind the services' back (shell, data migration): the next read adopts it.
+    result = kernia_billing.check(user, "messages")
+    assert (result.allowed, result.plan, result.balance) == (True, "free", 100)
+
+
+def test_switching_the_default_plan_moves_customers_without_subscription(
+    user, free_plan, messages
+):
+    from kernia_billing.services.entitlements import sync_plan_customers
+
+    kernia_billing.track(user, "messages", 30)
+    starter = PlanFactory(key="starter")
+    PlanFeatureFactory(plan=starter, feature=messages, included=500)
+    free_plan.is_default = False
+    free_plan.save()
+    starter.is_default = True
+    starter.save()
+    sync_plan_customers([free_plan.pk, starter.pk])  # what the admin and the loader call
+    result = kernia_billing.check(user, "messages")
+    assert (result.plan, result.included, result.usage) == ("starter", 500, 30)
