@@ -48,10 +48,6 @@ from rest_framework import exceptions as drf_exceptions
 from .conf import billing_settings
 from .exceptions import (
     BillingError,
-    InsufficientBalance,
-    InvalidRequest,
-    NoPlan,
-    NotIncluded,
 )
 from .types import CheckResult
 
@@ -60,30 +56,6 @@ logger = logging.getLogger(__name__)
 OwnerCallable = Callable[[Any], Any]
 AmountArg = int | Callable[[Any], int]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
-
-_DENIALS: dict[str, type[BillingError]] = {
-    "no_plan": NoPlan,
-    "insufficient_balance": InsufficientBalance,
-    "not_included": NotIncluded,
-}
-
-
-def denial_error(result: CheckResult) -> BillingError:
-    """The domain error (402) that says why a check was denied."""
-    error_class = _DENIALS.get(result.reason or "", NotIncluded)
-    fields: dict[str, Any] = {"feature": result.feature}
-    if result.reason == "insufficient_balance":
-        fields.update(balance=result.balance, required=result.required)
-        return InsufficientBalance(
-            f"Not enough {result.feature!r} left: balance {result.balance}, "
-            f"required {result.required}.",
-            balance=result.balance,
-            fields=fields,
-        )
-    if result.reason == "not_included":
-        return NotIncluded(f"The plan does not include {result.feature!r}.", fields=fields)
-    return error_class(fields=fields)
 
 
 def _is_drf(request: Any) -> bool:
@@ -136,7 +108,7 @@ def requires_feature(
     on_denied: Callable[[Any, CheckResult], HttpResponseBase] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Run the view only if ``check(owner, feature, required)`` allows it (else 402)."""
-    from .services.entitlements import check
+    from .services.entitlements import check, denial_error
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
@@ -170,7 +142,7 @@ def track_usage(
     Failed attempts (non-2xx, exceptions) are tracked only when
     ``BILL_FAILED_ATTEMPTS`` is on. ``amount`` may be ``callable(request) -> int``.
     """
-    from .services.entitlements import check, track
+    from .services.entitlements import check, denial_error, track
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
@@ -220,16 +192,8 @@ def track_usage(
 
 
 def _idempotency_key(request: Any, header: str | None) -> str | None:
+    from .services.entitlements import validate_idempotency_key
+
     if not header:
         return None
-    key = request.headers.get(header) or None
-    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise InvalidRequest(
-            f"{header} must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-            fields={header: f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
-        )
-    if key is not None and "\x00" in key:
-        raise InvalidRequest(
-            f"{header} must not contain NUL characters.", fields={header: "No NUL characters."}
-        )
-    return key
+    return validate_idempotency_key(request.headers.get(header), field=header)

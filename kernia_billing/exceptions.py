@@ -84,6 +84,14 @@ class IdempotencyConflict(BillingError):
     default_message = "This idempotency key was already used with a different payload."
 
 
+class Contention(BillingError):
+    """The same rows kept changing under a request; retrying it is safe."""
+
+    code = "contention"
+    status = 503
+    default_message = "The balance kept changing under this request; retry it."
+
+
 class StripeUnavailable(BillingError):
     code = "stripe_error"
     status = 502
@@ -96,6 +104,16 @@ class NoStripeCustomer(BillingError):
     code = "no_stripe_customer"
     status = 409
     default_message = "This customer has no Stripe customer yet; subscribe through checkout first."
+
+
+class AlreadySubscribed(BillingError):
+    """Checkout for a customer whose subscription already entitles: the portal changes plans."""
+
+    code = "already_subscribed"
+    status = 409
+    default_message = (
+        "This customer already has a subscription; change plans in the billing portal."
+    )
 
 
 class CatalogError(BillingError):

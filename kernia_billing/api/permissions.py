@@ -19,7 +19,7 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from ..decorators import denial_error
+from ..services.entitlements import denial_error
 from .owners import IsBillingCaller, can_manage_billing, request_owner
 
 __all__ = ["CanManageBilling", "IsBillingCaller", "RequiresFeature", "request_owner"]

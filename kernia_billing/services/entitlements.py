@@ -35,6 +35,7 @@ from .. import signals
 from ..conf import billing_settings
 from ..exceptions import (
     BillingError,
+    Contention,
     IdempotencyConflict,
     InsufficientBalance,
     InvalidRequest,
@@ -275,7 +276,7 @@ def track(
     """
     amount = _validate_amount(amount)
     properties = _validate_properties(properties)
-    idempotency_key = _validate_idempotency_key(idempotency_key)
+    idempotency_key = validate_idempotency_key(idempotency_key)
     fingerprint = _fingerprint(feature, amount, properties)
     if now is None and not isinstance(owner, BillingCustomer):
         tracked = _track_in_one_update(
@@ -287,7 +288,7 @@ def track(
     # boolean features, refusals, due resets, replays, an explicit clock.
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
-        raise _denial_error(found)
+        raise denial_error(found)
     entitlement = found
     kind = entitlement.kind
     if kind == FeatureKind.BOOLEAN:
@@ -298,7 +299,7 @@ def track(
             fields={"amount": "Must be a positive integer."},
         )
     if not entitlement.granted:
-        raise _denial_error(_check_result(entitlement, 1))
+        raise denial_error(_check_result(entitlement, 1))
 
     if idempotency_key is not None:
         replay = _replay(entitlement.customer_id, idempotency_key, fingerprint, entitlement)
@@ -341,7 +342,7 @@ def track(
         except _Refused:
             entitlement = _reload(entitlement.id)
             if not entitlement.granted:
-                raise _denial_error(_check_result(entitlement, 1)) from None
+                raise denial_error(_check_result(entitlement, 1)) from None
             if _needs_retry(entitlement, moment):
                 if fixed_now is not None and _before_period(entitlement, moment):
                     raise InvalidRequest(
@@ -360,7 +361,7 @@ def track(
                 fields={"amount": amount, "usage": entitlement.usage},
             ) from None
         return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=False)
-    raise InvalidRequest("The entitlement kept changing; try again.")  # pragma: no cover
+    raise Contention()  # pragma: no cover - five period boundaries crossed in one call
 
 
 def _track_in_one_update(
@@ -592,14 +593,20 @@ def _notify_tracked(customer_id: int, feature: str, unlimited: bool, event: Usag
     transaction.on_commit(send)
 
 
-def _denial_error(result: CheckResult) -> BillingError:
+def denial_error(result: CheckResult) -> BillingError:
+    """The domain error (402) that says why a check was denied; every door raises this."""
+    fields: dict[str, Any] = {"feature": result.feature}
     if result.reason == "no_plan":
-        return NoPlan(fields={"feature": result.feature})
+        return NoPlan(fields=fields)
     if result.reason == "insufficient_balance":
-        return InsufficientBalance(balance=result.balance, fields={"feature": result.feature})
-    return NotIncluded(
-        f"The plan does not include {result.feature!r}.", fields={"feature": result.feature}
-    )
+        fields.update(balance=result.balance, required=result.required)
+        return InsufficientBalance(
+            f"Not enough {result.feature!r} left: balance {result.balance}, "
+            f"required {result.required}.",
+            balance=result.balance,
+            fields=fields,
+        )
+    return NotIncluded(f"The plan does not include {result.feature!r}.", fields=fields)
 
 
 # --- input validation (every door shares it) ---------------------------------------------
@@ -669,22 +676,21 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _validate_idempotency_key(key: Any) -> str | None:
+def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str | None:
+    """A usable idempotency key, or None for none; ``field`` names it in errors."""
     if key is None or key == "":
         return None
     if not isinstance(key, str):
-        raise InvalidRequest(
-            "idempotencyKey must be a string.", fields={"idempotencyKey": "Must be a string."}
-        )
+        raise InvalidRequest(f"{field} must be a string.", fields={field: "Must be a string."})
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise InvalidRequest(
-            f"idempotencyKey must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-            fields={"idempotencyKey": f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
+            f"{field} must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            fields={field: f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
         )
     if "\x00" in key:
         raise InvalidRequest(
-            "idempotencyKey must not contain NUL characters.",
-            fields={"idempotencyKey": "Must not contain NUL characters."},
+            f"{field} must not contain NUL characters.",
+            fields={field: "Must not contain NUL characters."},
         )
     return key
 
@@ -970,7 +976,7 @@ def track_batch(
             if set(_existing_events(prepared)) == known_keys:
                 raise
     else:  # pragma: no cover - needs three concurrent collisions in a row
-        raise InvalidRequest("The batch kept colliding with concurrent requests; retry it.")
+        raise Contention("The batch kept colliding with concurrent requests; retry it.")
     for index, item in decided.items():
         results[index] = item
     return [r for r in results if r is not None]
@@ -998,13 +1004,13 @@ def _prepare(
     owner = request.owner if request.owner is not None else default_owner
     amount = _validate_amount(request.amount)
     properties = _validate_properties(request.properties)
-    key = _validate_idempotency_key(request.idempotency_key)
+    key = validate_idempotency_key(request.idempotency_key)
     cache_key = (owner_ref(owner), request.feature)
     row = rows_by_key.get(cache_key)
     if row is None:
         found = _load_or_explain(owner, request.feature)
         if isinstance(found, CheckResult):
-            raise _denial_error(found)
+            raise denial_error(found)
         row = rows_by_key[cache_key] = found
     if row.kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": request.feature})
@@ -1120,7 +1126,7 @@ def _decide_one(
     current = usage[row.id]
     after = current + item.amount
     if not row.granted:
-        return refusal(item.index, _denial_error(_check_result(row, 1)))
+        return refusal(item.index, denial_error(_check_result(row, 1)))
     if item.amount > 0 and not (row.unlimited or row.allow_overage) and after > row.included:
         balance = row.included - current
         return refusal(
