@@ -1,8 +1,9 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
-The public Python API (``check``, ``track``, ``customer_state`` ...) lives in
-:mod:`kernia_billing.api_python` and is re-exported here lazily, so importing the
-package does not import Django models before the app registry is ready.
+The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
+``TrackRequest``) lives in :mod:`kernia_billing.services` and is re-exported here
+lazily, so importing the package does not import Django models before the app
+registry is ready.
 """
 
 from typing import Any

@@ -33,7 +33,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         )
     user_settings = getattr(settings, "KERNIA_BILLING", {})
     if not isinstance(user_settings, dict):
-        errors.append(Error("KERNIA_BILLING must be a dict.", id="kernia_billing.E003"))
+        errors.append(Error("KERNIA_BILLING must be a dict.", id="kernia_billing.E009"))
         return errors
     unknown = sorted(set(user_settings) - set(DEFAULTS))
     if unknown:

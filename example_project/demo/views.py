@@ -19,9 +19,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from kernia_billing import selectors
+from kernia_billing.api.exceptions import error_body
 from kernia_billing.api.serializers import render_check
 from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
@@ -58,7 +60,10 @@ def _absolute(request: HttpRequest, name: str) -> str:
 def switch(request: HttpRequest) -> HttpResponse:
     """Act for the personal customer ("") or an organization the user belongs to."""
     switch_owner(request, request.POST.get("organization", ""))
-    return redirect(request.POST.get("next") or "demo:dashboard")
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("demo:dashboard")
+    return redirect(target)
 
 
 # --- current plan, upgrade, portal ----------------------------------------------------
@@ -172,13 +177,15 @@ def _console(request: HttpRequest, status: int = 200, **extra: Any) -> HttpRespo
 def _check_json(owner: Any, feature: str, amount: str) -> tuple[str, bool]:
     """The check answer exactly as ``POST billing/check`` renders it (or its error)."""
     try:
-        required = int(amount)
+        try:
+            required = int(amount)
+        except ValueError:
+            raise InvalidRequest(
+                "required must be an integer.", fields={"required": "Must be an integer."}
+            ) from None
         result = check(owner, feature, required=required)
-    except ValueError:
-        body: dict[str, Any] = {"error": {"code": "invalid_request", "message": "Not a number."}}
-        return json.dumps(body, indent=2), False
     except BillingError as exc:
-        body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}
+        body = error_body(exc.code, exc.message, exc.fields)
         return json.dumps(body, indent=2, cls=DjangoJSONEncoder), False
     data = render_check(result)
     return json.dumps(data, indent=2, cls=DjangoJSONEncoder), result.allowed

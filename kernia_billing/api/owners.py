@@ -91,8 +91,11 @@ def resolve_owner(request: Request, data: Mapping[str, Any] | None = None) -> An
     manager = can_manage_billing(user)
     if name == "organizationId":
         organization = _lookup_organization(raw_value)
-        if manager or _is_member(user, organization):
+        if organization is not None and (manager or _is_member(user, organization)):
             return organization
+        if organization is None and manager:
+            raise UnknownOwner("No such organization.", fields={name: str(raw_value)})
+        # Unknown and foreign organizations look alike to non-managers: no probing ids.
         raise OwnerForbidden()
     # customerId and userId name someone else: staff with the manage permission only.
     # Checked before the lookup so that non-staff cannot probe which ids exist.
@@ -116,19 +119,14 @@ def organization_model() -> type[models.Model] | None:
     return apps.get_model(label) if label else None
 
 
-def _lookup_organization(raw_value: Any) -> Any:
+def _lookup_organization(raw_value: Any) -> Any | None:
     model = organization_model()
     if model is None:
         raise InvalidRequest(
             "This project does not bill organizations.",
             fields={"organizationId": "Organizations are not enabled."},
         )
-    organization = model._default_manager.filter(
-        pk=_to_pk(model, raw_value, "organizationId")
-    ).first()
-    if organization is None:
-        raise UnknownOwner("No such organization.", fields={"organizationId": str(raw_value)})
-    return organization
+    return model._default_manager.filter(pk=_to_pk(model, raw_value, "organizationId")).first()
 
 
 def _is_member(user: Any, organization: Any) -> bool:

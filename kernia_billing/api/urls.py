@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import catalog, entitlements, lifecycle
+from . import batch, catalog, entitlements, lifecycle
 
 app_name = "kernia_billing"
 
@@ -13,6 +13,7 @@ urlpatterns = [
     # Entitlements
     path("billing/check", entitlements.CheckView.as_view(), name="billing-check"),
     path("billing/track", entitlements.TrackView.as_view(), name="billing-track"),
+    path("billing/track/batch", batch.BatchTrackView.as_view(), name="billing-track-batch"),
     path("billing/usage", entitlements.UsageView.as_view(), name="billing-usage"),
     # Stripe lifecycle
     path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),
@@ -28,11 +29,4 @@ urlpatterns = [
         lifecycle.WebhookHealthView.as_view(),
         name="billing-webhooks-health",
     ),
-]
-
-# Batch track (issue 7).
-from . import batch  # noqa: E402
-
-urlpatterns += [
-    path("billing/track/batch", batch.BatchTrackView.as_view(), name="billing-track-batch"),
 ]

@@ -63,10 +63,6 @@ class Feature(models.Model):
     def __str__(self) -> str:
         return self.key
 
-    @property
-    def is_consumable(self) -> bool:
-        return self.kind == FeatureKind.METERED
-
 
 class Plan(models.Model):
     """A set of plan features that one or more Stripe prices grant."""

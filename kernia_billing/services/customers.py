@@ -12,7 +12,6 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from .. import signals
 from ..conf import billing_settings
@@ -235,7 +234,3 @@ def customer_state(owner: Any) -> CustomerState:
         portal_available=bool(customer.stripe_customer_id),
         entitlements=tuple(entitlements),
     )
-
-
-def now() -> datetime:
-    return timezone.now()

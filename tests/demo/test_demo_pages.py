@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -144,3 +145,22 @@ def test_chart_has_a_bar_per_day_scaled_to_whole_ticks():
     assert chart.total == 12
     empty = daily_bars([], days=7, today=today)
     assert [line.label for line in empty.grid] == ["0", "1", "2", "3", "4"]
+
+
+def test_switch_only_redirects_within_the_site(client, demo):
+    client.login(username="alice", password="alice")
+    away = client.post("/switch/", {"organization": "", "next": "https://evil.example/"})
+    assert away.status_code == 302 and away["Location"] == "/"
+    home = client.post("/switch/", {"organization": "", "next": "/usage/"})
+    assert home["Location"] == "/usage/"
+
+
+def test_console_answers_a_non_number_in_the_error_shape(client, demo):
+    client.login(username="alice", password="alice")
+    response = client.get("/console/", {"feature": "messages", "amount": "lots"})
+    assert response.status_code == 200
+    error = json.loads(response.context["result_json"])["error"]
+    assert (error["code"], error["fields"]) == (
+        "invalid_request",
+        {"required": "Must be an integer."},
+    )

@@ -1,0 +1,51 @@
+"""System checks report each misconfiguration with its stable id."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from kernia_billing.checks import check_settings
+
+VALID = {
+    "ORGANIZATION_MODEL": "accounts.Organization",
+    "IS_ORGANIZATION_MEMBER": "example_project.accounts.billing.is_member",
+}
+
+
+def ids(**overrides) -> list[str]:
+    with override_settings(**overrides):
+        return [message.id for message in check_settings()]
+
+
+def test_the_example_settings_are_clean():
+    assert ids() == []
+
+
+def test_djstripe_foreign_key_field_must_be_id():
+    assert ids(DJSTRIPE_FOREIGN_KEY_TO_FIELD="djstripe_id") == ["kernia_billing.E002"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("not a dict", ["kernia_billing.E009"]),
+        ({**VALID, "PAST_DUE_GRACES": True}, ["kernia_billing.E003"]),
+        ({**VALID, "ORGANIZATION_MODEL": "accounts.Nope"}, ["kernia_billing.E004"]),
+        ({"ORGANIZATION_MODEL": "accounts.Organization"}, ["kernia_billing.E005"]),
+        ({**VALID, "IS_ORGANIZATION_MEMBER": "nowhere.at.all"}, ["kernia_billing.E006"]),
+    ],
+)
+def test_bad_kernia_billing_settings(value, expected):
+    assert ids(KERNIA_BILLING=value) == expected
+
+
+def test_djstripe_must_be_installed(settings):
+    apps = [app for app in settings.INSTALLED_APPS if app != "djstripe"]
+    from django.apps import apps as registry
+
+    registry.set_installed_apps(apps)
+    try:
+        assert "kernia_billing.E001" in [m.id for m in check_settings()]
+    finally:
+        registry.unset_installed_apps()
