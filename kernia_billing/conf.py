@@ -55,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH_SIZE": 1000,
     # ``track_usage`` decorator: count attempts that failed (non-2xx) too.
     "BILL_FAILED_ATTEMPTS": False,
-    # Hosts that checkout/portal return URLs may point at, besides ALLOWED_HOSTS.
+    # Hosts that checkout/portal return URLs may point at, besides ALLOWED_HOSTS
+    # (same patterns: "app.example.com", ".example.com"). A "*" in ALLOWED_HOSTS is
+    # ignored for redirects, so a project serving any host lists its hosts here.
     "REDIRECT_ALLOWED_HOSTS": (),
 }
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.utils import timezone
 
-from .models import CatalogPrice, UsageEvent
+from .models import CatalogPrice, ReviewState, UsageEvent
 
 # Stripe's zero-decimal currencies: amounts are in the currency's whole unit.
 ZERO_DECIMAL_CURRENCIES = frozenset(
@@ -62,8 +66,6 @@ def format_price(
 
 def flagged_mapped_prices() -> QuerySet[CatalogPrice]:
     """Prices mapped to a plan that Stripe has archived or deleted."""
-    from django.db.models import Q
-
     return (
         CatalogPrice.objects.filter(plan_mapping__isnull=False)
         .filter(Q(active=False) | Q(deleted_in_stripe=True))
@@ -114,21 +116,33 @@ def daily_usage_totals(events: QuerySet[UsageEvent]) -> list[dict[str, Any]]:
     ]
 
 
-# --- pricing table (GET billing/plans) ---------------------------------------------------
+# --- pricing table (GET billing/plans) and checkout -------------------------------------
+
+
+def offerable_prices() -> QuerySet[CatalogPrice]:
+    """Prices a customer can buy: the pricing table shows them, checkout sells them.
+
+    Approved (as reviewed), active and not deleted in Stripe, recurring, and mapped to
+    an active plan. Prices archived or deleted in Stripe stay mapped (existing
+    subscribers keep their plan) but are not offered.
+    """
+    return CatalogPrice.objects.filter(
+        review_state=ReviewState.APPROVED,
+        active=True,
+        deleted_in_stripe=False,
+        price_type="recurring",
+        plan_mapping__plan__active=True,
+    )
 
 
 def pricing_plans() -> QuerySet[Any]:
-    """Active plans in display order, with their offerable prices and current features.
-
-    Prices archived or deleted in Stripe stay mapped (existing subscribers keep their
-    plan) but are not offered.
-    """
+    """Active plans in display order, with their :func:`offerable_prices` and features."""
     from django.db.models import Prefetch
 
     from .models import Plan, PlanFeature, PlanPrice
 
     offered = (
-        PlanPrice.objects.filter(price__active=True, price__deleted_in_stripe=False)
+        PlanPrice.objects.filter(price__in=offerable_prices())
         .select_related("price")
         .order_by("price__currency", "price__recurring_interval", "price__unit_amount")
     )
@@ -140,4 +154,89 @@ def pricing_plans() -> QuerySet[Any]:
             Prefetch("plan_prices", queryset=offered, to_attr="offered_prices"),
             Prefetch("plan_features", queryset=features, to_attr="current_features"),
         )
+    )
+
+
+# --- webhook health (GET billing/webhooks/health, the admin page, the demo) --------------
+#
+# Read from dj-stripe's ``WebhookEventTrigger`` log. Outcomes of a delivery, as dj-stripe
+# records them:
+#
+# - ``processed``: signature valid and every receiver succeeded (duplicates included).
+# - ``failed``: a receiver (or the validation call) raised; dj-stripe answered 500 and
+#   stored the exception; Stripe retries.
+# - ``invalid_signature``: refused with 400; nothing processed.
+
+WEBHOOK_HEALTH_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookFailure:
+    at: datetime
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHealth:
+    last_received_at: datetime | None
+    window_start: datetime
+    processed: int
+    failed: int
+    invalid_signature: int
+    by_type: dict[str, int]
+    last_failure: WebhookFailure | None
+
+
+def _event_type(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return "unknown"
+    value = data.get("type") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else "unknown"
+
+
+def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
+    """Counts by outcome and by event type over the last 24 hours, and the last failure."""
+    from djstripe.models import WebhookEventTrigger
+
+    now = now or timezone.now()
+    since = now - WEBHOOK_HEALTH_WINDOW
+    recent = WebhookEventTrigger.objects.filter(created__gte=since)
+    failed_q = ~Q(exception="") | Q(valid=True, processed=False)
+    invalid_q = Q(valid=False, exception="")
+    counts = recent.aggregate(
+        n_processed=Count("pk", filter=Q(processed=True)),
+        n_failed=Count("pk", filter=failed_q & Q(processed=False)),
+        n_invalid=Count("pk", filter=invalid_q & Q(processed=False)),
+    )
+    by_type: Counter[str] = Counter()
+    # Processed deliveries have their Event row; only the rare others need the body parsed.
+    for event_type, count in (
+        recent.filter(processed=True, event__isnull=False)
+        .values_list("event__type")
+        .annotate(n=Count("pk"))
+    ):
+        by_type[event_type] += count
+    for body in recent.exclude(processed=True, event__isnull=False).values_list("body", flat=True):
+        by_type[_event_type(body)] += 1
+
+    last = WebhookEventTrigger.objects.order_by("-created").values_list("created", flat=True)
+    failure = (
+        WebhookEventTrigger.objects.filter(~Q(exception=""))
+        .order_by("-updated")
+        .values_list("updated", "body", "exception")
+        .first()
+    )
+    return WebhookHealth(
+        last_received_at=last.first(),
+        window_start=since,
+        processed=counts["n_processed"],
+        failed=counts["n_failed"],
+        invalid_signature=counts["n_invalid"],
+        by_type=dict(sorted(by_type.items())),
+        last_failure=WebhookFailure(at=failure[0], type=_event_type(failure[1]), message=failure[2])
+        if failure
+        else None,
     )

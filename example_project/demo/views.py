@@ -29,7 +29,7 @@ from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
 from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, FeatureKind
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
-from kernia_billing.services.customers import customer_state, get_customer
+from kernia_billing.services.customers import customer_state, get_customer, status_entitles
 from kernia_billing.services.entitlements import check
 from kernia_billing.types import CheckResult
 
@@ -75,7 +75,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Current plan, subscription state, balances, and the plans one can upgrade to."""
     context = _page(request, "plan")
     state = customer_state(context["owner"])
-    context.update(state=state, plans=selectors.pricing_plans())
+    # Subscribers change plans in the billing portal; a second checkout is refused.
+    subscribed = state.subscription is not None and status_entitles(state.subscription.status)
+    context.update(state=state, plans=selectors.pricing_plans(), subscribed=subscribed)
     return render(request, "demo/dashboard.html", context)
 
 

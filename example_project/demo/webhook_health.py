@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from kernia_billing.services.webhook_health import WebhookHealth, webhook_health
+from kernia_billing.selectors import WebhookHealth, webhook_health
 
 RECENT = 15
 

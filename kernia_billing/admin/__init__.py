@@ -1,6 +1,7 @@
-"""Django admin: the review queue of imported Stripe products/prices, plans and features.
+"""Django admin: the review queue of imported Stripe products/prices, plans and features,
+billing customers with their entitlements and usage, and webhook health.
 
 Importing the modules registers their ``ModelAdmin`` classes.
 """
 
-from . import catalog, plans  # noqa: F401
+from . import catalog, customers, plans  # noqa: F401

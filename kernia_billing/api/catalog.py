@@ -1,7 +1,8 @@
 """REST doors to the catalog: validate -> service -> render.
 
-- ``POST stripe/catalog/sync`` (staff): pull Stripe products and prices; the counts
-  as camelCase JSON. Stripe failures answer 502 ``stripe_error`` and change nothing.
+- ``POST stripe/catalog/sync`` (staff with the manage permission): pull Stripe products
+  and prices; the counts as camelCase JSON. Stripe failures answer 502 ``stripe_error``
+  and change nothing.
 - ``GET billing/plans`` (anyone): the pricing table.
 """
 
@@ -11,13 +12,14 @@ from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import selectors
 from ..services import catalog as catalog_service
 from .base import BillingAPIView
+from .permissions import CanManageBilling
 from .serializers import ErrorSerializer
 
 TAG = "catalog"
@@ -46,7 +48,7 @@ class SyncResultSerializer(serializers.Serializer):
 
 
 class CatalogSyncView(BillingAPIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanManageBilling]
 
     @extend_schema(
         tags=[TAG],
@@ -60,7 +62,7 @@ class CatalogSyncView(BillingAPIView):
         responses={
             200: SyncResultSerializer,
             401: _error("Not signed in (token authentication)."),
-            403: _error("Not signed in (session), or not staff."),
+            403: _error("Not signed in (session), or not staff with the manage permission."),
             502: _error("Stripe could not be reached or refused the request (stripe_error)."),
         },
     )

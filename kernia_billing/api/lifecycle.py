@@ -21,9 +21,9 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from ..selectors import webhook_health
 from ..services import checkout
 from ..services.customers import customer_state
-from ..services.webhook_health import webhook_health
 from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, READ_AUTH_ERRORS, _error
 from .lifecycle_serializers import (
@@ -44,7 +44,11 @@ TAG = "lifecycle"
 STRIPE_ERROR = _error("stripe_error: Stripe failed or could not be reached; nothing was changed.")
 
 
-def _default_url(request: Request) -> str:
+def _return_url(request: Request, url: str | None, *, field: str) -> str:
+    """The caller's URL, validated; else this site's root (its own host, never checked
+    against REDIRECT_ALLOWED_HOSTS, so it works with ``ALLOWED_HOSTS = ["*"]`` too)."""
+    if url:
+        return checkout.validate_redirect_url(url, field=field)
     return request.build_absolute_uri("/")
 
 
@@ -80,14 +84,17 @@ class CheckoutView(OwnerMixin, BillingAPIView):
         operation_id="billing_checkout",
         summary="Open a Stripe Checkout Session for a plan's price.",
         description="Creates the owner's Stripe customer on first use. successUrl and "
-        "cancelUrl must be on ALLOWED_HOSTS or KERNIA_BILLING['REDIRECT_ALLOWED_HOSTS']. "
+        "cancelUrl must be absolute URLs on ALLOWED_HOSTS or "
+        "KERNIA_BILLING['REDIRECT_ALLOWED_HOSTS'] (a '*' in ALLOWED_HOSTS allows nothing). "
         "Stripe returns the customer through billing/checkout/return, which applies the new "
-        "plan at once and then redirects to successUrl.",
+        "plan at once and then redirects to successUrl. A customer whose subscription "
+        "already entitles gets 409 already_subscribed: plan changes go through the portal.",
         request=CheckoutSerializer,
         responses={
             200: CheckoutResultSerializer,
             400: _error("Bad input, a URL on another host, or a plan without a price."),
             404: _error("unknown_plan, unknown_owner or unknown_customer."),
+            409: _error("already_subscribed: change plans in the billing portal."),
             502: STRIPE_ERROR,
             **AUTH_ERRORS,
         },
@@ -100,9 +107,7 @@ class CheckoutView(OwnerMixin, BillingAPIView):
         next_url = data.get("successUrl")
         if next_url:
             checkout.validate_redirect_url(next_url, field="successUrl")
-        cancel_url = checkout.validate_redirect_url(
-            data.get("cancelUrl") or _default_url(request), field="cancelUrl"
-        )
+        cancel_url = _return_url(request, data.get("cancelUrl"), field="cancelUrl")
         back = request.build_absolute_uri(reverse("kernia_billing:billing-checkout-return"))
         result = checkout.start_checkout(
             owner,
@@ -173,9 +178,7 @@ class PortalView(OwnerMixin, BillingAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         owner = self.get_owner(data)
-        url = checkout.validate_redirect_url(
-            data.get("returnUrl") or _default_url(request), field="returnUrl"
-        )
+        url = _return_url(request, data.get("returnUrl"), field="returnUrl")
         result = checkout.start_portal(owner, return_url=url)
         return Response(UrlSerializer(result).data)
 

@@ -43,6 +43,7 @@ from ..models import (
 )
 from ..selectors import flagged_mapped_prices
 from ..types import LoadResult, SyncResult
+from . import stripe_state
 from .entitlements import sync_plan_customers
 
 Outcome = Literal["created", "updated", "unchanged"]
@@ -75,7 +76,7 @@ def price_fingerprint(data: Mapping[str, Any]) -> str:
     recurring = data.get("recurring") or {}
     return _digest(
         {
-            "product": _stripe_id(data.get("product")),
+            "product": stripe_state.stripe_id(data.get("product")),
             "currency": data.get("currency") or "",
             "unit_amount": data.get("unit_amount"),
             "unit_amount_decimal": str(data.get("unit_amount_decimal") or ""),
@@ -88,20 +89,6 @@ def price_fingerprint(data: Mapping[str, Any]) -> str:
             "active": bool(data.get("active", True)),
         }
     )
-
-
-def _stripe_id(value: Any) -> str:
-    """A Stripe reference that may be an id or an expanded object."""
-    if isinstance(value, Mapping):
-        return str(value.get("id") or "")
-    return str(value or "")
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    """A StripeObject as plain JSON data (what dj-stripe stores in ``stripe_data``)."""
-    if isinstance(obj, dict) and not hasattr(obj, "to_dict"):
-        return obj
-    return json.loads(str(obj))  # type: ignore[no-any-return]
 
 
 # --- single-object upserts (sync and webhooks) -----------------------------------------
@@ -120,7 +107,7 @@ def _product_columns(data: Mapping[str, Any]) -> dict[str, Any]:
 def _price_columns(data: Mapping[str, Any]) -> dict[str, Any]:
     recurring = data.get("recurring") or {}
     return {
-        "stripe_product_id": _stripe_id(data.get("product")),
+        "stripe_product_id": stripe_state.stripe_id(data.get("product")),
         "nickname": (data.get("nickname") or "")[:250],
         "lookup_key": (data.get("lookup_key") or "")[:250],
         "currency": (data.get("currency") or "")[:3],
@@ -190,7 +177,7 @@ def apply_stripe_product(
     data: Mapping[str, Any], *, deleted: bool = False, now: datetime | None = None
 ) -> Outcome:
     """Upsert the review row of one Stripe product (from a webhook or a sync)."""
-    data = _plain(data)
+    data = stripe_state.plain(data)
     with transaction.atomic():
         row = CatalogProduct.objects.select_for_update().filter(stripe_id=data["id"]).first()
         product, outcome = _upsert(
@@ -214,7 +201,7 @@ def apply_stripe_price(
     A change to a reviewed field puts it back to ``pending``; an archived or deleted
     price that is mapped to a plan shows up in :func:`flagged_mapped_prices`.
     """
-    data = _plain(data)
+    data = stripe_state.plain(data)
     with transaction.atomic():
         row = CatalogPrice.objects.select_for_update().filter(stripe_id=data["id"]).first()
         columns = _price_columns(data)
@@ -241,22 +228,6 @@ def _resolve_livemode(livemode: bool | None) -> bool:
     return bool(djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode)
 
 
-def stripe_error_message(exc: stripe.StripeError) -> str:
-    """A sentence an operator can act on."""
-    detail = exc.user_message or str(exc) or type(exc).__name__
-    if isinstance(exc, stripe.AuthenticationError):
-        return (
-            "Stripe rejected the API key; check STRIPE_TEST_SECRET_KEY / "
-            f"STRIPE_LIVE_SECRET_KEY. Stripe said: {detail}"
-        )
-    if isinstance(exc, stripe.PermissionError):
-        return f"The Stripe API key may not read products and prices. Stripe said: {detail}"
-    if isinstance(exc, stripe.APIConnectionError):
-        return f"Could not reach Stripe at {stripe.api_base}: {detail}"
-    status = f" (HTTP {exc.http_status})" if exc.http_status else ""
-    return f"Stripe returned an error{status}: {detail}"
-
-
 def _fetch_all(
     resource: Any, *, api_key: str, progress: Progress | None, label: str
 ) -> list[dict[str, Any]]:
@@ -276,7 +247,7 @@ def _fetch_all(
             limit=PAGE_SIZE,
         )
         for obj in listing.auto_paging_iter():
-            data = _plain(obj)
+            data = stripe_state.plain(obj)
             objects[data["id"]] = data
             if progress and len(objects) % PAGE_SIZE == 0:
                 progress(f"Fetched {len(objects)} {label}…")
@@ -321,7 +292,7 @@ def sync_catalog(
             _mirror(StripePrice, prices, api_key=api_key)
             counts = _write_review_rows(products, prices, livemode=livemode)
     except stripe.StripeError as exc:
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
+        raise StripeUnavailable(stripe_state.stripe_error_message(exc)) from exc
     return SyncResult(
         **counts,
         pending_review=pending_review_count(),

@@ -23,11 +23,26 @@ import stripe
 from django.conf import settings
 from django.db import transaction
 from django.http.request import validate_host
+from django.utils.http import url_has_allowed_host_and_scheme
+from djstripe.settings import djstripe_settings
 
 from ..conf import billing_settings
-from ..exceptions import InvalidRequest, NoStripeCustomer, StripeUnavailable, UnknownPlan
-from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice, ReviewState
-from .customers import apply_subscription, get_customer, get_or_create_customer
+from ..exceptions import (
+    AlreadySubscribed,
+    InvalidRequest,
+    NoStripeCustomer,
+    StripeUnavailable,
+    UnknownPlan,
+)
+from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice
+from ..selectors import offerable_prices
+from .customers import (
+    apply_subscription,
+    get_customer,
+    get_or_create_customer,
+    plan_for_prices,
+    status_entitles,
+)
 from .stripe_state import (
     call_stripe,
     find_customer,
@@ -36,6 +51,7 @@ from .stripe_state import (
     pick_subscription,
     plain,
     request_options,
+    snapshot_from_stripe,
     stripe_error_message,
     stripe_id,
 )
@@ -68,29 +84,56 @@ class PortalStart:
 
 
 def allowed_redirect_hosts() -> list[str]:
-    return [*settings.ALLOWED_HOSTS, *billing_settings.REDIRECT_ALLOWED_HOSTS]
+    """Host patterns redirects may go to: ALLOWED_HOSTS and REDIRECT_ALLOWED_HOSTS.
+
+    ``"*"`` never counts: it would let any host through. A project that serves every
+    host lists its redirect targets in ``KERNIA_BILLING["REDIRECT_ALLOWED_HOSTS"]``.
+    In DEBUG with an empty ALLOWED_HOSTS, Django's local hosts are allowed.
+    """
+    hosts = [*settings.ALLOWED_HOSTS, *billing_settings.REDIRECT_ALLOWED_HOSTS]
+    if settings.DEBUG and not settings.ALLOWED_HOSTS:
+        hosts += ["localhost", "127.0.0.1", "[::1]"]
+    return [host for host in hosts if host != "*"]
 
 
 def validate_redirect_url(url: str, *, field: str) -> str:
-    """An absolute http(s) URL on ALLOWED_HOSTS or REDIRECT_ALLOWED_HOSTS, else 400."""
+    """An absolute http(s) URL on :func:`allowed_redirect_hosts`, else 400.
+
+    Django's ``url_has_allowed_host_and_scheme`` refuses what browsers read differently
+    from ``urlsplit`` (``https://evil.com\\@allowed/``, ``https:///evil.com``, control
+    characters); credentials in the URL are refused too. The host is then matched like
+    ALLOWED_HOSTS (any port, ``.example.com`` subdomain patterns).
+    """
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(
             f"{field} must be an absolute http(s) URL.", fields={field: "Not an absolute URL."}
         )
-    hosts = allowed_redirect_hosts()
-    if settings.DEBUG and not settings.ALLOWED_HOSTS:
-        hosts = [*hosts, "localhost", "127.0.0.1", "[::1]"]
-    if not validate_host(host, hosts):
+    well_formed = url_has_allowed_host_and_scheme(url, allowed_hosts={parts.netloc})
+    if (
+        not well_formed
+        or "@" in parts.netloc
+        or not validate_host(parts.hostname, allowed_redirect_hosts())
+    ):
         raise InvalidRequest(
             f"{field} must point at one of this site's hosts.",
-            fields={field: f"Host {host!r} is not allowed."},
+            fields={field: f"Host {parts.hostname!r} is not allowed."},
         )
     return url
 
 
 # --- Stripe customer -------------------------------------------------------------------
+
+
+def _api_key(api_key: str | None, customer: BillingCustomer) -> str:
+    """The key for this customer's Stripe mode: the mode Stripe reported (set when we
+    created the Stripe customer or applied its subscription), else the project's."""
+    if api_key:
+        return api_key
+    livemode = customer.livemode if customer.stripe_customer_id else None
+    return djstripe_settings.get_default_api_key(
+        djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode
+    )
 
 
 def _idempotency_key(customer: BillingCustomer) -> str:
@@ -122,30 +165,23 @@ def ensure_stripe_customer(owner: Any, *, api_key: str | None = None) -> Billing
         locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
         if not locked.stripe_customer_id:
             real_owner = owner if not isinstance(owner, BillingCustomer) else locked.owner
+            # The new Stripe customer lives in the project's current mode.
+            livemode = bool(djstripe_settings.STRIPE_LIVE_MODE)
             remote = call_stripe(
                 stripe.Customer.create,
                 metadata=owner_metadata(locked),
                 idempotency_key=_idempotency_key(locked),
                 **_owner_details(real_owner),
-                **request_options(api_key, locked.livemode),
+                **request_options(api_key, livemode),
             )
             locked.stripe_customer_id = str(remote["id"])
-            locked.save(update_fields=["stripe_customer_id", "updated_at"])
+            locked.livemode = livemode
+            locked.save(update_fields=["stripe_customer_id", "livemode", "updated_at"])
     customer.refresh_from_db()
     return customer
 
 
 # --- checkout --------------------------------------------------------------------------
-
-
-def _checkout_prices() -> Any:
-    return CatalogPrice.objects.filter(
-        review_state=ReviewState.APPROVED,
-        active=True,
-        deleted_in_stripe=False,
-        price_type="recurring",
-        plan_mapping__plan__active=True,
-    ).select_related("plan_mapping__plan")
 
 
 def resolve_checkout_price(
@@ -157,18 +193,18 @@ def resolve_checkout_price(
             "Name either a plan or a price.", fields={"plan": "Name a plan or a price."}
         )
     if price:
-        row = _checkout_prices().filter(stripe_id=price).first()
+        row = offerable_prices().filter(stripe_id=price).first()
         if row is None:
             raise InvalidRequest(
-                "This price cannot be bought: it is unknown, not approved, archived, or not "
-                "mapped to an active plan.",
+                "This price cannot be bought: it is unknown, not approved, archived, not "
+                "recurring, or not mapped to an active plan.",
                 fields={"price": price},
             )
-        return row  # type: ignore[no-any-return]
+        return row
     plan_row = Plan.objects.filter(key=plan, active=True).first()
     if plan_row is None:
         raise UnknownPlan(f"No such plan: {plan!r}.", fields={"plan": plan})
-    candidates = _checkout_prices().filter(plan_mapping__plan=plan_row)
+    candidates = offerable_prices().filter(plan_mapping__plan=plan_row)
     if interval:
         candidates = candidates.filter(recurring_interval=interval)
     # Monthly first when no interval is named, then the cheapest.
@@ -181,7 +217,7 @@ def resolve_checkout_price(
             f"Plan {plan!r} has no price{where} that can be bought.",
             fields={"interval" if interval else "plan": "No approved, active price."},
         )
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 def _is_seat_plan(plan: Plan) -> bool:
@@ -213,6 +249,9 @@ def start_checkout(
         raise InvalidRequest(
             "Only seat plans take a quantity.", fields={"quantity": "Not a seat plan."}
         )
+    current = get_customer(owner)
+    if current is not None and current.stripe_customer_id:
+        _refuse_second_subscription(current, api_key=api_key)
     customer = ensure_stripe_customer(owner, api_key=api_key)
     quantity = (quantity or customer.seat_quantity or 1) if seat_plan else 1
     metadata = owner_metadata(customer)
@@ -226,7 +265,7 @@ def start_checkout(
         cancel_url=cancel_url,
         metadata=metadata,
         subscription_data={"metadata": metadata},
-        **request_options(api_key, customer.livemode),
+        **request_options(_api_key(api_key, customer)),
     )
     return CheckoutStart(
         url=str(session["url"]),
@@ -235,6 +274,25 @@ def start_checkout(
         price_id=price_row.stripe_id,
         quantity=quantity,
     )
+
+
+def _refuse_second_subscription(customer: BillingCustomer, *, api_key: str | None) -> None:
+    """Plan changes go through the portal: checkout would open a second subscription.
+
+    Stripe is asked rather than our row, which lags until the return or the webhook.
+    """
+    subscriptions = list_customer_subscriptions(
+        str(customer.stripe_customer_id), api_key=_api_key(api_key, customer)
+    )
+    for data in subscriptions:
+        snapshot = snapshot_from_stripe(data)
+        plan = plan_for_prices(snapshot.price_ids)
+        if plan is not None and status_entitles(snapshot.status):
+            raise AlreadySubscribed(
+                f"This customer already has a {plan.name} subscription; change plans in the "
+                "billing portal instead of starting a new checkout.",
+                fields={"subscription": snapshot.id},
+            )
 
 
 def _with_session_placeholder(url: str) -> str:
@@ -284,7 +342,8 @@ def complete_checkout(
         )
     subscription_id = stripe_id(session.get("subscription"))
     if session.get("status") == "complete" and subscription_id:
-        subscriptions = {s["id"]: s for s in list_customer_subscriptions(stripe_customer_id)}
+        listed = list_customer_subscriptions(stripe_customer_id, api_key=api_key)
+        subscriptions = {s["id"]: s for s in listed}
         expanded = session.get("subscription")
         if isinstance(expanded, dict):
             subscriptions[subscription_id] = expanded
@@ -311,6 +370,6 @@ def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> 
         stripe.billing_portal.Session.create,
         customer=customer.stripe_customer_id,
         return_url=return_url,
-        **request_options(api_key, customer.livemode),
+        **request_options(_api_key(api_key, customer)),
     )
     return PortalStart(url=str(session["url"]))

@@ -7,7 +7,9 @@
 - :func:`audit_ledger` checks the ledger invariant: an entitlement's usage equals the sum
   of its usage events since its period start.
 
-Both only report unless ``fix=True``. ``kernia_reconcile`` is the command-line door.
+Both only report unless ``fix=True``. Customer state is only fixed from fresh Stripe
+data (``refresh=True``): the mirror may be older than what webhooks already applied, and
+applying it would roll a customer back. ``kernia_reconcile`` is the command-line door.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
 from .customers import SubscriptionSnapshot, apply_subscription, resolve_plan
@@ -113,8 +116,15 @@ def reconcile_customer(
     fix: bool = False,
     api_key: str | None = None,
 ) -> list[Drift]:
-    """Differences between one customer's stored state and its subscriptions' state."""
+    """Differences between one customer's stored state and its subscriptions' state.
+
+    ``fix`` applies the state only with ``refresh`` (read from Stripe now, guarded by
+    the time of that read, so a webhook applied meanwhile is not undone); otherwise the
+    drift is reported, unfixed.
+    """
     snapshot = None
+    # Stripe event times are whole seconds: an event of this very second is not older.
+    read_at = timezone.now().replace(microsecond=0)
     if customer.stripe_customer_id:
         if refresh:
             subscriptions = list_customer_subscriptions(
@@ -127,10 +137,11 @@ def reconcile_customer(
         snapshot = pick_subscription(subscriptions)
     expected, stored = _expected(snapshot), _stored(customer)
     differences = [name for name in CUSTOMER_FIELDS if expected[name] != stored[name]]
-    if differences and fix:
-        apply_subscription(customer, snapshot, state_at=None)
+    fixed = False
+    if differences and fix and refresh:
+        fixed = apply_subscription(customer, snapshot, state_at=read_at)
     return [
-        Drift("customer", customer.pk, name, expected[name], stored[name], fixed=fix)
+        Drift("customer", customer.pk, name, expected[name], stored[name], fixed=fixed)
         for name in differences
     ]
 

@@ -297,7 +297,17 @@ def call_stripe(method: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def stripe_error_message(exc: stripe.StripeError) -> str:
+    """A sentence an operator can act on."""
     detail = exc.user_message or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.AuthenticationError):
+        return (
+            "Stripe rejected the API key; check STRIPE_TEST_SECRET_KEY / "
+            f"STRIPE_LIVE_SECRET_KEY. Stripe said: {detail}"
+        )
+    if isinstance(exc, stripe.PermissionError):
+        return f"The Stripe API key is not allowed to do this. Stripe said: {detail}"
+    if isinstance(exc, stripe.APIConnectionError):
+        return f"Could not reach Stripe at {stripe.api_base}: {detail}"
     status = f" (HTTP {exc.http_status})" if exc.http_status else ""
     return f"Stripe returned an error{status}: {detail}"
 

@@ -175,3 +175,25 @@ def test_schema_documents_both_endpoints(client):
     text = response.content.decode()
     assert "/api/auth/stripe/catalog/sync" in text and "/api/auth/billing/plans" in text
     assert "pendingReview" in text and "intervalCount" in text
+
+
+def test_sync_needs_the_manage_permission_not_just_staff(api, fake_stripe):
+    from django.contrib.auth.models import Permission
+
+    seed_example_stripe(fake_stripe)
+    staff = UserFactory(is_staff=True)
+    api.force_authenticate(staff)
+
+    refused = api.post(SYNC)
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert not CatalogPrice.objects.exists()
+
+    staff.user_permissions.add(
+        Permission.objects.get(content_type__app_label="kernia_billing", codename="manage_billing")
+    )
+    staff = type(staff).objects.get(pk=staff.pk)  # a fresh permission cache
+    api.force_authenticate(staff)
+    assert api.post(SYNC).status_code == 200
+    assert CatalogPrice.objects.count() == 4

@@ -385,11 +385,11 @@ def test_asking_for_html_still_gets_json(api, plan):
     assert "error" in only_html.json()
 
 
-def test_unknown_organization_is_404_in_the_error_shape(api, plan, org):
+def test_unknown_organization_is_refused_in_the_error_shape(api, plan, org):
     response = api.post(
         TRACK, {"feature": "messages", "organizationId": org.pk + 1000}, format="json"
     )
-    assert_error(response, 404, "unknown_owner")
+    assert_error(response, 403)
 
 
 # --- throttling --------------------------------------------------------------------------

@@ -253,3 +253,203 @@ def test_concurrent_checkouts_create_one_stripe_customer(
     assert (
         BillingCustomer.objects.get().stripe_customer_id == stripe_customers(fake_stripe)[0]["id"]
     )
+
+
+# --- redirects (review item 1) -----------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        # urlsplit() sees host "testserver"; browsers treat "\" as "/" and go to evil.example.
+        "https://evil.example\\@testserver/",
+        "http://evil.example\\@testserver/account",
+        "https://user@testserver/",
+        "https:///evil.example/",
+        "//evil.example/",
+    ],
+)
+def test_redirects_to_a_disguised_host_are_refused(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog, url: str
+) -> None:
+    for endpoint, field in ((CHECKOUT_URL, "successUrl"), (CHECKOUT_URL, "cancelUrl")):
+        response = post(signed_in, endpoint, {"plan": "pro", field: url})
+        assert response.status_code == 400, (field, response.content)
+        assert response.json()["error"]["code"] == "invalid_request"
+    assert stripe_customers(fake_stripe) == []
+    session_id = post(signed_in, CHECKOUT_URL, {"plan": "pro"}).json()["sessionId"]
+    assert post(signed_in, PORTAL_URL, {"returnUrl": url}).status_code == 400
+    response = signed_in.get(RETURN_URL, {"session_id": session_id, "next": url})
+    assert response.status_code == 400
+    assert not response.has_header("Location")
+
+
+@pytest.mark.django_db
+def test_wildcard_allowed_hosts_does_not_allow_any_redirect(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog, settings: Any
+) -> None:
+    settings.ALLOWED_HOSTS = ["*"]
+    response = post(signed_in, CHECKOUT_URL, {"plan": "pro", "successUrl": "https://evil.example/"})
+    assert response.status_code == 400
+    assert post(signed_in, PORTAL_URL, {"returnUrl": "https://evil.example/"}).status_code == 400
+    # With "*", only KERNIA_BILLING["REDIRECT_ALLOWED_HOSTS"] names the hosts to go back to.
+    settings.KERNIA_BILLING = {
+        **settings.KERNIA_BILLING,
+        "REDIRECT_ALLOWED_HOSTS": ["app.example.com"],
+    }
+    response = post(
+        signed_in, CHECKOUT_URL, {"plan": "pro", "successUrl": "https://app.example.com/ok"}
+    )
+    assert response.status_code == 200, response.content
+
+
+@pytest.mark.django_db
+def test_redirects_to_own_host_with_a_port_stay_allowed(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    response = post(
+        signed_in,
+        CHECKOUT_URL,
+        {
+            "plan": "pro",
+            "successUrl": "http://testserver:8000/ok",
+            "cancelUrl": "https://testserver/",
+        },
+    )
+    assert response.status_code == 200, response.content
+
+
+# --- live mode (review item 2) -----------------------------------------------------------
+
+LIVE_KEY = "sk_live_" + "L" * 24
+
+
+@pytest.mark.django_db
+def test_live_mode_project_calls_stripe_with_the_live_key(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog, settings: Any
+) -> None:
+    settings.STRIPE_LIVE_MODE = True
+    settings.STRIPE_LIVE_SECRET_KEY = LIVE_KEY
+    assert post(signed_in, CHECKOUT_URL, {"plan": "pro"}).status_code == 200
+    assert post(signed_in, PORTAL_URL, {}).status_code == 200
+    used = {(r.method, r.path.split("/")[2]): r.api_key for r in fake_stripe.requests}
+    assert used[("POST", "customers")] == LIVE_KEY
+    assert used[("POST", "checkout")] == LIVE_KEY
+    assert used[("POST", "billing_portal")] == LIVE_KEY
+    assert BillingCustomer.objects.get().livemode is True
+
+
+# --- one subscription per customer (review item 3) ---------------------------------------
+
+
+def _pay(client: Client, fake: FakeStripe, plan: str) -> str:
+    session_id = post(client, CHECKOUT_URL, {"plan": plan}).json()["sessionId"]
+    fake.complete_checkout_session(session_id)
+    return session_id
+
+
+@pytest.mark.django_db
+def test_checkout_refuses_a_second_subscription(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    session_id = _pay(signed_in, fake_stripe, "pro")
+    assert signed_in.get(RETURN_URL, {"session_id": session_id}).json()["plan"] == "pro"
+    sessions_before = len(fake_stripe.store.list_objects("checkout.session"))
+
+    response = post(signed_in, CHECKOUT_URL, {"plan": "business"})
+
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "already_subscribed"
+    assert "billing portal" in error["message"]
+    assert len(fake_stripe.store.list_objects("checkout.session")) == sessions_before
+    assert len(stripe.Subscription.list(status="all").data) == 1
+
+
+@pytest.mark.django_db
+def test_checkout_asks_stripe_even_before_the_return_or_webhook_arrived(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    _pay(signed_in, fake_stripe, "pro")  # paid, but our rows still say Free
+    assert BillingCustomer.objects.get().plan == plans.free
+    response = post(signed_in, CHECKOUT_URL, {"plan": "pro"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "already_subscribed"
+
+
+@pytest.mark.django_db
+def test_checkout_is_open_again_after_the_subscription_ended(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    session_id = _pay(signed_in, fake_stripe, "pro")
+    signed_in.get(RETURN_URL, {"session_id": session_id})
+    stripe.Subscription.cancel(BillingCustomer.objects.get().stripe_subscription_id)
+    assert post(signed_in, CHECKOUT_URL, {"plan": "business"}).status_code == 200
+
+
+# --- complete_checkout with an explicit API key (review item 7) --------------------------
+
+
+@pytest.mark.django_db
+def test_complete_checkout_uses_the_api_key_it_is_given(
+    fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    from kernia_billing.services.checkout import complete_checkout, start_checkout
+
+    key = "sk_test_" + "K" * 24
+    user = UserFactory()
+    started = start_checkout(
+        user,
+        plan="pro",
+        success_url="http://testserver/ok",
+        cancel_url="http://testserver/",
+        api_key=key,
+    )
+    fake_stripe.complete_checkout_session(started.session_id)
+    seen = len(fake_stripe.requests)
+
+    result = complete_checkout(started.session_id, owner=user, api_key=key)
+
+    assert result.plan == "pro"
+    calls = fake_stripe.requests[seen:]
+    assert {r.path.split("/")[2] for r in calls} >= {"checkout", "subscriptions"}
+    assert {r.api_key for r in calls} == {key}
+
+
+# --- the pricing table offers what checkout sells (review item 5) ------------------------
+
+
+@pytest.mark.django_db
+def test_pricing_table_offers_exactly_the_prices_checkout_sells(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog
+) -> None:
+    from tests.factories import CatalogPriceFactory, PlanPriceFactory
+
+    # Stripe changed the yearly price since review: back in the queue, not for sale.
+    CatalogPrice.objects.filter(stripe_id=plans.pro_yearly).update(review_state="pending")
+    one_off = CatalogPriceFactory(price_type="one_time", recurring_interval="")
+    PlanPriceFactory(plan=plans.business, price=one_off)
+
+    table = signed_in.get("/api/auth/billing/plans").json()["plans"]
+    offered = {price["id"] for plan in table for price in plan["prices"]}
+
+    assert offered == {plans.pro_monthly, plans.business_monthly, plans.team_monthly}
+    for price in offered:
+        response = post(signed_in, CHECKOUT_URL, {"price": price})
+        assert response.status_code == 200, (price, response.content)
+    for refused in (plans.pro_yearly, one_off.stripe_id):
+        assert post(signed_in, CHECKOUT_URL, {"price": refused}).status_code == 400
+
+
+# --- one set of Stripe error messages (review item 8) ------------------------------------
+
+
+@pytest.mark.django_db
+def test_checkout_with_a_rejected_api_key_says_so(
+    signed_in: Client, fake_stripe: FakeStripe, plans: Catalog, settings: Any
+) -> None:
+    settings.STRIPE_TEST_SECRET_KEY = "not-a-stripe-key"
+    response = post(signed_in, CHECKOUT_URL, {"plan": "pro"})
+    assert response.status_code == 502
+    assert response.json()["error"]["message"].startswith("Stripe rejected the API key")

@@ -151,11 +151,28 @@ def test_a_non_member_gets_403_and_no_data(plan, org, stranger, method, path):
     assert UsageEvent.objects.count() == 0
 
 
-def test_an_unknown_organization_is_404(api, plan, org):
+def test_an_unknown_organization_looks_like_a_foreign_one_to_members(api, plan, org):
+    missing = Organization.objects.order_by("-pk").first().pk + 1
+    foreign = OrganizationFactory()
+
+    unknown = assert_error(
+        api.post(CHECK, {"feature": "messages", "organizationId": missing}, format="json"), 403
+    )
+    other = assert_error(
+        api.post(CHECK, {"feature": "messages", "organizationId": foreign.pk}, format="json"), 403
+    )
+
+    assert unknown == other  # nothing tells which organization ids exist
+
+
+def test_an_unknown_organization_is_404_for_managers(plan, org, manager):
     missing = Organization.objects.order_by("-pk").first().pk + 1
 
     error = assert_error(
-        api.post(CHECK, {"feature": "messages", "organizationId": missing}, format="json"), 404
+        client_for(manager).post(
+            CHECK, {"feature": "messages", "organizationId": missing}, format="json"
+        ),
+        404,
     )
 
     assert error["code"] == "unknown_owner"

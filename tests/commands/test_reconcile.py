@@ -56,7 +56,12 @@ def test_customer_drift_from_the_mirror_is_reported_then_fixed(
     assert "subscription_status" in output and "Run with --fix" in output
     assert BillingCustomer.objects.get(pk=pro_customer.pk).plan == plans.free  # report only
 
-    assert "Fixed:" in run("--fix")
+    # Without --refresh the mirror may be stale: --fix reports state drift, fixes none.
+    output = run("--fix")
+    assert "[drift]" in output and "--refresh" in output
+    assert BillingCustomer.objects.get(pk=pro_customer.pk).plan == plans.free
+
+    assert "Fixed:" in run("--refresh", "--fix")
     customer = BillingCustomer.objects.get(pk=pro_customer.pk)
     assert (customer.plan, customer.subscription_status) == (plans.pro, "active")
     assert customer.cancel_at_period_end is False
@@ -109,3 +114,42 @@ def test_stripe_outage_is_a_command_error(
     fake_stripe.inject_fault("/v1/subscriptions", status=500)
     with pytest.raises(CommandError, match="Stripe"):
         run("--refresh")
+
+
+@pytest.mark.django_db
+def test_fix_without_refresh_never_rolls_state_back_to_a_stale_mirror(
+    fake_stripe: FakeStripe, plans: Catalog, pro_customer: BillingCustomer
+) -> None:
+    from kernia_billing.services.stripe_state import sync_subscription_from_stripe
+    from tests.lifecycle import fake_now
+
+    stripe.Subscription.modify(pro_customer.stripe_subscription_id, cancel_at_period_end=True)
+    # Our receiver applied the change; dj-stripe's mirror still has the old subscription.
+    sync_subscription_from_stripe(
+        pro_customer.stripe_subscription_id, state_at=fake_now(fake_stripe)
+    )
+    assert BillingCustomer.objects.get(pk=pro_customer.pk).cancel_at_period_end is True
+
+    output = run("--fix")
+
+    assert "[drift]" in output and "cancel_at_period_end" in output
+    assert "--refresh" in output
+    assert BillingCustomer.objects.get(pk=pro_customer.pk).cancel_at_period_end is True
+    assert "No drift." in run("--refresh")
+
+
+@pytest.mark.django_db
+def test_fix_without_refresh_still_repairs_the_ledger(pro_customer: BillingCustomer) -> None:
+    entitlements.track(pro_customer.owner, "messages", 5)
+    Entitlement.objects.filter(customer=pro_customer).update(usage=1)
+    output = run("--fix")
+    assert "[fixed]" in output and "ledger messages" in output
+    assert Entitlement.objects.get(customer=pro_customer).usage == 5
+
+
+def test_help_says_state_fixes_need_refresh() -> None:
+    from kernia_billing.management.commands.kernia_reconcile import Command
+
+    text = Command().create_parser("manage.py", "kernia_reconcile").format_help()
+    fix_help = text.split("\n  --fix", 1)[1].split("\n  -", 1)[0]
+    assert "--refresh" in fix_help

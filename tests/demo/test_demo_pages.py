@@ -164,3 +164,31 @@ def test_console_answers_a_non_number_in_the_error_shape(client, demo):
         "invalid_request",
         {"required": "Must be an integer."},
     )
+
+
+def test_subscribers_change_plans_in_the_portal(client, demo, fake_stripe):
+    from kernia_billing.services.customers import (
+        SubscriptionSnapshot,
+        apply_subscription,
+        get_or_create_customer,
+    )
+
+    alice = get_user_model().objects.get(username="alice")
+    pro_price = CatalogPrice.objects.get(lookup_key="pro_monthly")
+    customer = get_or_create_customer(alice)
+    now = dt.datetime.now(dt.UTC)
+    apply_subscription(
+        customer,
+        SubscriptionSnapshot(
+            id="sub_demo",
+            stripe_customer_id="cus_demo",
+            status="active",
+            price_ids=(pro_price.stripe_id,),
+            current_period_start=now,
+            current_period_end=now + dt.timedelta(days=30),
+        ),
+    )
+    client.login(username="alice", password="alice")
+    page = client.get("/").content.decode()
+    assert "Change plan in portal" in page
+    assert 'action="/checkout/"' not in page

@@ -409,9 +409,7 @@ def test_a_default_plan_added_later_reaches_existing_customers(db, messages):
     assert (result.allowed, result.plan, result.balance) == (True, "free", 100)
 
 
-def test_switching_the_default_plan_moves_customers_without_subscription(
-    user, free_plan, messages
-):
+def test_switching_the_default_plan_moves_customers_without_subscription(user, free_plan, messages):
     from kernia_billing.services.entitlements import sync_plan_customers
 
     kernia_billing.track(user, "messages", 30)

@@ -2,14 +2,17 @@
 
     python manage.py kernia_reconcile                 # report drift, change nothing
     python manage.py kernia_reconcile --refresh       # compare with Stripe, not the mirror
-    python manage.py kernia_reconcile --fix           # repair what drifted
-    python manage.py kernia_reconcile --refresh --fix # also refresh dj-stripe's mirror
+    python manage.py kernia_reconcile --fix           # repair the ledger; report state drift
+    python manage.py kernia_reconcile --refresh --fix # also repair customer state from
+                                                      # Stripe and refresh dj-stripe's mirror
 
 Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
 seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
-``--refresh``. The ledger audit checks that each entitlement's usage equals the sum
-of its usage events since its period start. Same code as
-``kernia_billing.services.reconcile`` (``reconcile_customers()``, ``audit_ledger()``).
+``--refresh``. Only fresh Stripe data repairs it: the mirror can be older than what
+webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
+The ledger audit checks that each entitlement's usage equals the sum of its usage
+events since its period start. Same code as ``kernia_billing.services.reconcile``
+(``reconcile_customers()``, ``audit_ledger()``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--refresh", action="store_true", help="Fetch subscriptions from Stripe first."
         )
-        parser.add_argument("--fix", action="store_true", help="Repair the drift found.")
+        parser.add_argument(
+            "--fix",
+            action="store_true",
+            help="Repair the ledger drift found; customer state only with --refresh "
+            "(fresh Stripe data), else it is reported.",
+        )
 
     def handle(self, *args: Any, refresh: bool, fix: bool, **options: Any) -> None:
         try:
@@ -49,5 +57,12 @@ class Command(BaseCommand):
         elif fix:
             unfixed = sum(1 for d in [*customer_drift, *ledger_drift] if not d.fixed)
             self.stdout.write(self.style.SUCCESS(f"Fixed: {summary}; {unfixed} left unfixed."))
+            if customer_drift and not refresh:
+                self.stdout.write(
+                    self.style.WARNING(
+                        "Customer state is only fixed from fresh Stripe data: "
+                        "run with --refresh --fix."
+                    )
+                )
         else:
             self.stdout.write(self.style.WARNING(f"Found: {summary}. Run with --fix to repair."))

@@ -1,0 +1,202 @@
+"""Billing customers with their entitlements and usage, the usage ledger, webhook health.
+
+Everything here is read-only: Stripe (through the webhooks) and the services write
+these rows, so the admin shows them and changes nothing. Lists select or prefetch
+what they show, so a page costs the same number of queries whatever its length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+
+from ..models import BillingCustomer, Entitlement, UsageEvent
+from ..selectors import webhook_health
+
+#: Usage events shown on a customer's page; the rest are one click away.
+RECENT_USAGE_EVENTS = 50
+
+
+class ReadOnlyAdminMixin:
+    """Viewable by staff with the view permission; nobody adds, changes or deletes."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class EntitlementInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = Entitlement
+    readonly_fields = (
+        "feature",
+        "included",
+        "unlimited",
+        "usage",
+        "balance",
+        "allow_overage",
+        "reset_period",
+        "period_start",
+        "next_reset_at",
+    )
+    fields = readonly_fields
+    extra = 0
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Entitlement]:
+        return super().get_queryset(request).select_related("feature").order_by("feature__key")
+
+    @admin.display(description=_("balance"))
+    def balance(self, obj: Entitlement) -> Any:
+        return "∞" if obj.unlimited else obj.balance
+
+
+@admin.register(BillingCustomer)
+class BillingCustomerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    change_list_template = "admin/kernia_billing/billingcustomer_change_list.html"
+    list_display = [
+        "owner_name",
+        "plan",
+        "subscription_status",
+        "current_period_end",
+        "cancel_at_period_end",
+        "stripe_customer_id",
+    ]
+    list_filter = ["plan", "subscription_status"]
+    search_fields = ["stripe_customer_id", "stripe_subscription_id", "=owner_id"]
+    list_select_related = ["plan", "owner_type"]
+    fieldsets = [
+        (None, {"fields": ["owner_name", "plan", "stripe_customer_id", "livemode"]}),
+        (
+            _("Subscription"),
+            {
+                "fields": [
+                    "stripe_subscription_id",
+                    "subscription_status",
+                    ("current_period_start", "current_period_end"),
+                    ("billing_interval", "billing_interval_count"),
+                    "cancel_at_period_end",
+                    "trial_end",
+                    "seat_quantity",
+                    "stripe_state_at",
+                ]
+            },
+        ),
+        (_("Recent usage"), {"fields": ["recent_usage"]}),
+    ]
+    readonly_fields = ["owner_name", "recent_usage"]
+    inlines = [EntitlementInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BillingCustomer]:
+        # One query per owner model for the whole page, not one per row. (No
+        # select_related here: the changelist applies list_select_related only to a
+        # queryset without one.)
+        return super().get_queryset(request).prefetch_related("owner")
+
+    @admin.display(description=_("owner"), ordering="owner_id")
+    def owner_name(self, obj: BillingCustomer) -> str:
+        kind = obj.owner_type.model
+        if obj.owner is None:
+            return f"{kind} {obj.owner_id} ({_('deleted')})"
+        return f"{kind}: {obj.owner}"
+
+    @admin.display(description=_("last usage events"))
+    def recent_usage(self, obj: BillingCustomer) -> str:
+        events = (
+            UsageEvent.objects.filter(customer=obj)
+            .select_related("feature")
+            .order_by("-created_at", "-id")[:RECENT_USAGE_EVENTS]
+        )
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    e.created_at,
+                    e.feature.key,
+                    f"{e.amount:+d}",
+                    e.balance_after,
+                    e.idempotency_key or "",
+                )
+                for e in events
+            ),
+        )
+        everything = reverse(
+            "admin:kernia_billing_usageevent_changelist", current_app=self.admin_site.name
+        )
+        link = format_html(
+            '<a href="{}?customer__id__exact={}">{}</a>', everything, obj.pk, _("All usage events")
+        )
+        if not rows:
+            return format_html("{} {}", _("No usage yet."), link)
+        return format_html(
+            '<table data-testid="recent-usage"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+            "<th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table><p>{}</p>",
+            _("time"),
+            _("feature"),
+            _("amount"),
+            _("balance after"),
+            _("idempotency key"),
+            rows,
+            link,
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        health = path(
+            "webhooks/health/",
+            self.admin_site.admin_view(self.webhook_health_view),
+            name="kernia_billing_webhook_health",
+        )
+        return [health, *super().get_urls()]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "webhook_health_url": reverse(
+                "admin:kernia_billing_webhook_health", current_app=self.admin_site.name
+            ),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def webhook_health_view(self, request: HttpRequest) -> HttpResponse:
+        """The numbers of ``GET billing/webhooks/health``, for staff who may view customers."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Webhook health"),
+            "opts": self.model._meta,
+            "health": webhook_health(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/kernia_billing/webhook_health.html", context)
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "customer",
+        "feature",
+        "amount",
+        "balance_after",
+        "usage_after",
+        "idempotency_key",
+    ]
+    list_filter = ["feature"]
+    date_hierarchy = "created_at"
+    search_fields = ["idempotency_key", "=customer__stripe_customer_id", "=customer__owner_id"]
+    list_select_related = ["customer__owner_type", "feature"]
