@@ -1,6 +1,6 @@
 """Webhook health for the demo page.
 
-Counts come from kernia_billing's ``webhook_health`` service (the same numbers as
+Counts come from kernia_billing's ``webhook_health`` selector (the same numbers as
 ``GET billing/webhooks/health``); the page adds the latest deliveries, read from
 dj-stripe's ``WebhookEventTrigger`` log. Nothing here writes.
 """
