@@ -803,9 +803,11 @@ def load_catalog(
                 assert isinstance(plan, Plan)
                 if outcome != "unchanged":
                     counts[f"plans_{outcome}"] += 1
-                plan_changed = _load_plan_features(plan, pfs, features, counts, errors)
+                features_changed = _load_plan_features(plan, pfs, features, counts, errors)
                 _load_plan_prices(plan, prices, counts)
-                if plan_changed:
+                # A plan whose features, default flag or active flag changed: its
+                # customers (and those of the default plan) follow.
+                if features_changed or outcome != "unchanged":
                     changed_plans.append(plan)
             errors.raise_if_any()
             if changed_plans:

@@ -153,3 +153,36 @@ def test_dry_run_writes_nothing(synced, example):
     assert result.dry_run and result.plans_created == 3
     assert not Plan.objects.exists()
     assert not CatalogPrice.objects.filter(review_state=ReviewState.APPROVED).exists()
+
+
+@pytest.mark.django_db
+def test_switching_the_default_plan_in_the_file_moves_customers_without_subscription():
+    import kernia_billing
+    from kernia_billing.services.catalog import load_catalog
+    from tests.factories import UserFactory
+
+    features = [{"key": "messages", "kind": "metered"}]
+
+    def catalog(default: str) -> dict:
+        return {
+            "features": features,
+            "plans": [
+                {
+                    "key": "free",
+                    "isDefault": default == "free",
+                    "features": [{"key": "messages", "included": 10, "resetPeriod": "month"}],
+                },
+                {
+                    "key": "starter",
+                    "isDefault": default == "starter",
+                    "features": [{"key": "messages", "included": 500, "resetPeriod": "month"}],
+                },
+            ],
+        }
+
+    load_catalog(catalog("free"))
+    user = UserFactory()
+    assert kernia_billing.check(user, "messages").plan == "free"
+    load_catalog(catalog("starter"))
+    result = kernia_billing.check(user, "messages")
+    assert (result.plan, result.included) == ("starter", 500)
