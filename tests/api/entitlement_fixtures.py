@@ -34,6 +34,33 @@ __all__ = [
     "user",
 ]
 
+# The documented response fields, shared by the behaviour and schema tests.
+CHECK_FIELDS = {
+    "allowed",
+    "reason",
+    "feature",
+    "kind",
+    "balance",
+    "included",
+    "usage",
+    "unlimited",
+    "allowOverage",
+    "resetPeriod",
+    "nextResetAt",
+    "plan",
+}
+TRACK_FIELDS = {
+    "eventId",
+    "feature",
+    "amount",
+    "balance",
+    "usage",
+    "included",
+    "unlimited",
+    "replayed",
+    "createdAt",
+}
+
 SEED = {
     "key": "messages",
     "kind": "metered",

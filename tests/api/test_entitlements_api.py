@@ -11,38 +11,12 @@ from django.utils.dateparse import parse_datetime
 
 from kernia_billing.models import Entitlement, UsageEvent
 from tests.api.entitlement_fixtures import *  # noqa: F403
-from tests.api.entitlement_fixtures import SEED
+from tests.api.entitlement_fixtures import CHECK_FIELDS, SEED, TRACK_FIELDS
 from tests.factories import PlanFactory, UserFactory
 
 CHECK = "/api/auth/billing/check"
 TRACK = "/api/auth/billing/track"
 USAGE = "/api/auth/billing/usage"
-
-CHECK_FIELDS = {
-    "allowed",
-    "reason",
-    "feature",
-    "kind",
-    "balance",
-    "included",
-    "usage",
-    "unlimited",
-    "allowOverage",
-    "resetPeriod",
-    "nextResetAt",
-    "plan",
-}
-TRACK_FIELDS = {
-    "eventId",
-    "feature",
-    "amount",
-    "balance",
-    "usage",
-    "included",
-    "unlimited",
-    "replayed",
-    "createdAt",
-}
 
 pytestmark = pytest.mark.django_db
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
+from tests.api.entitlement_fixtures import CHECK_FIELDS, TRACK_FIELDS
+
 pytestmark = pytest.mark.django_db
 
 
@@ -36,20 +38,7 @@ def test_check_is_documented(schema):
         request["properties"]
     )
     assert request["required"] == ["feature"]
-    assert set(response["properties"]) == {
-        "allowed",
-        "reason",
-        "feature",
-        "kind",
-        "balance",
-        "included",
-        "usage",
-        "unlimited",
-        "allowOverage",
-        "resetPeriod",
-        "nextResetAt",
-        "plan",
-    }
+    assert set(response["properties"]) == CHECK_FIELDS
     for status in ("400", "401", "403", "404", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 
@@ -63,17 +52,7 @@ def test_track_is_documented(schema):
     assert request["properties"]["idempotencyKey"]["maxLength"] == 255
     assert request["properties"]["amount"]["type"] == "integer"
     assert request["properties"]["properties"]["type"] == "object"
-    assert set(response["properties"]) == {
-        "eventId",
-        "feature",
-        "amount",
-        "balance",
-        "usage",
-        "included",
-        "unlimited",
-        "replayed",
-        "createdAt",
-    }
+    assert set(response["properties"]) == TRACK_FIELDS
     for status in ("400", "402", "404", "409", "415", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 
