@@ -514,13 +514,17 @@ def _insert_event_sql(vendor: str) -> str:
     )
 
 
+@lru_cache(maxsize=1)
+def _event_fields() -> tuple[models.Field[Any, Any], ...]:
+    fields = (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
+    return tuple(field for field in fields if isinstance(field, models.Field))
+
+
 def _record_event(event: UsageEvent) -> UsageEvent:
     """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
-    fields = [UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS]
     params = [
         field.get_db_prep_save(getattr(event, field.attname), connection)
-        for field in fields
-        if isinstance(field, models.Field)
+        for field in _event_fields()
     ]
     with connection.cursor() as cursor:
         cursor.execute(_insert_event_sql(connection.vendor), params)
