@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -61,3 +61,15 @@ def test_before_anchor_is_first_period_and_interval_count_multiplies():
         at(2025, 4, 15),
         at(2025, 7, 15),
     )
+
+
+@pytest.mark.parametrize(
+    "anchor",
+    [at(2026, 11, 1, 9), at(2027, 2, 1, 9), at(2028, 1, 31, 9), at(2026, 12, 31, 23, 59)],
+)
+def test_a_monthly_period_lasts_a_calendar_month_not_31_days(anchor):
+    # Regression: the reset-boundary concurrency test assumed 31 days; the series is
+    # anchored on calendar months, so a 30- or 28-day month ends earlier than that.
+    start, end = period_containing(anchor, "month", anchor + timedelta(days=1))
+    assert (start, end) == (anchor, add_months(anchor, 1))
+    assert period_containing(anchor, "month", end) == (end, add_months(anchor, 2))

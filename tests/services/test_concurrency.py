@@ -19,6 +19,7 @@ from django.utils import timezone
 import kernia_billing
 from kernia_billing.exceptions import BillingError, InsufficientBalance
 from kernia_billing.models import Entitlement, ResetPeriod, UsageEvent
+from kernia_billing.periods import add_months
 from kernia_billing.services.customers import get_or_create_customer
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
@@ -86,9 +87,12 @@ def test_concurrent_tracks_never_overspend(owner):
 def test_concurrent_tracks_across_a_reset_boundary(owner):
     customer = get_or_create_customer(owner)
     boundary = timezone.now().replace(microsecond=0) + timedelta(days=1)
+    # The period that ends at ``boundary`` starts one calendar month earlier: a fixed
+    # 31 days would put the anchor off the monthly series whenever that month is shorter.
+    period_start = add_months(boundary, -1)
     Entitlement.objects.filter(customer=customer).update(
-        reset_anchor=boundary - timedelta(days=31),
-        period_start=boundary - timedelta(days=31),
+        reset_anchor=period_start,
+        period_start=period_start,
         next_reset_at=boundary,
     )
     before = boundary - timedelta(seconds=1)
