@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import time_machine
 from django.db import connection
 
+from tests.clock import CLOCK_DATES
+
 pytest_plugins = ["kernia_billing.testing.pytest_plugin"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.clock_matrix`` tests run once per date in ``tests.clock``."""
+    if metafunc.definition.get_closest_marker("clock_matrix"):
+        metafunc.fixturenames.append("clock_date")
+        metafunc.parametrize("clock_date", list(CLOCK_DATES), indirect=True)
+
+
+@pytest.fixture
+def clock_date(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _travel_to_clock_date(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Travel before any other function fixture builds data at "now"."""
+    callspec = getattr(request.node, "callspec", None)
+    name = callspec.params.get("clock_date") if callspec else None
+    date = CLOCK_DATES[name] if name else None
+    if date is None or date.moment is None:
+        yield
+        return
+    settings = request.getfixturevalue("settings") if date.time_zone else None
+    if settings is not None:
+        settings.TIME_ZONE = date.time_zone
+    with time_machine.travel(date.moment, tick=True):
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,8 @@ from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, Webhooks, plans, stripe_settings, webhooks
 
+pytestmark = pytest.mark.clock_matrix
+
 __all__ = ["plans", "stripe_settings", "webhooks"]
 
 

@@ -23,6 +23,8 @@ from kernia_billing.periods import add_months
 from kernia_billing.services.customers import get_or_create_customer
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
+pytestmark = pytest.mark.clock_matrix
+
 THREADS = 64
 
 

@@ -33,7 +33,7 @@ from tests.factories import (
     UserFactory,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock_matrix]
 
 
 def at(*args: int) -> datetime:

@@ -16,6 +16,8 @@ import stripe
 from kernia_billing.testing import FakeStripe
 from kernia_billing.testing.fake_stripe.store import period_boundary
 
+pytestmark = pytest.mark.clock_matrix
+
 FIXTURE_KEYS: dict[str, list[str]] = json.loads(
     (Path(__file__).parent / "data" / "stripe_fixture_keys.json").read_text()
 )

@@ -22,6 +22,8 @@ from kernia_billing.testing import FakeStripe
 from tests.factories import MembershipFactory, UserFactory
 from tests.lifecycle import Catalog, Webhooks, fake_now
 
+pytestmark = pytest.mark.clock_matrix
+
 
 def as_datetime(timestamp: int) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
