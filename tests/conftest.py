@@ -14,10 +14,18 @@ pytest_plugins = ["kernia_billing.testing.pytest_plugin"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``@pytest.mark.clock_matrix`` tests run once per date in ``tests.clock``."""
-    if metafunc.definition.get_closest_marker("clock_matrix"):
+    """``@pytest.mark.clock_matrix`` tests run once per date in ``tests.clock``.
+
+    ``@pytest.mark.clock_matrix("today", "feb29-leap")`` picks some of the dates (for
+    slow tests).
+    """
+    marker = metafunc.definition.get_closest_marker("clock_matrix")
+    if marker:
+        dates = list(marker.args) or list(CLOCK_DATES)
+        unknown = set(dates) - set(CLOCK_DATES)
+        assert not unknown, f"unknown clock dates: {sorted(unknown)}"
         metafunc.fixturenames.append("clock_date")
-        metafunc.parametrize("clock_date", list(CLOCK_DATES), indirect=True)
+        metafunc.parametrize("clock_date", dates, indirect=True)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from .customers import (
     plan_for_prices,
     status_entitles,
 )
+from .locking import lock_customer
 from .stripe_state import (
     call_stripe,
     find_customer,
@@ -162,7 +163,7 @@ def ensure_stripe_customer(owner: Any, *, api_key: str | None = None) -> Billing
     if customer.stripe_customer_id:
         return customer
     with transaction.atomic():
-        locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
+        locked = lock_customer(customer.pk)
         if not locked.stripe_customer_id:
             real_owner = owner if not isinstance(owner, BillingCustomer) else locked.owner
             # The new Stripe customer lives in the project's current mode.

@@ -17,6 +17,7 @@ from .. import signals
 from ..conf import billing_settings
 from ..models import BillingCustomer, Plan
 from ..types import CustomerState, SubscriptionState
+from .locking import atomic_with_retry, lock_customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ def apply_default_plan() -> int:
     moved = 0
     for customer_id in stale.values_list("pk", flat=True):
         with transaction.atomic():
-            customer = BillingCustomer.objects.select_for_update().get(pk=customer_id)
+            customer = lock_customer(customer_id)
             if status_entitles(customer.subscription_status) or customer.plan_id == (
                 plan.pk if plan else None
             ):
@@ -148,63 +149,70 @@ def apply_subscription(
     ``state_at`` is when Stripe produced this state (the event's ``created``);
     state older than what was already applied is ignored, so out-of-order
     deliveries never roll a customer back. Returns whether anything was applied.
-    A new billing period resets ``billing`` entitlements exactly once.
+    A new billing period resets ``billing`` entitlements exactly once. Follows the
+    lock order in :mod:`.locking` and retries a deadlock when it owns the transaction.
     """
+    applied = atomic_with_retry(lambda: _apply_locked(customer.pk, snapshot, state_at))
+    customer.refresh_from_db()
+    return applied
+
+
+def _apply_locked(
+    customer_id: int, snapshot: SubscriptionSnapshot | None, state_at: datetime | None
+) -> bool:
     from .entitlements import reanchor_entitlements, reset_for_new_period, sync_entitlements
 
-    with transaction.atomic():
-        locked = BillingCustomer.objects.select_for_update().get(pk=customer.pk)
-        if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
-            return False
-        previous_plan_id = locked.plan_id
-        previous_status = locked.subscription_status
-        previous_period_start = locked.current_period_start
-        plan = resolve_plan(snapshot)
+    locked = lock_customer(customer_id)
+    if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
+        return False
+    previous_plan_id = locked.plan_id
+    previous_status = locked.subscription_status
+    previous_period_start = locked.current_period_start
+    plan = resolve_plan(snapshot)
 
-        if snapshot is None:
-            locked.stripe_subscription_id = ""
-            locked.subscription_status = ""
-            locked.cancel_at_period_end = False
-            locked.trial_end = None
-            locked.seat_quantity = None
-            locked.current_period_start = None
-            locked.current_period_end = None
-        else:
-            if snapshot.stripe_customer_id and not locked.stripe_customer_id:
-                locked.stripe_customer_id = snapshot.stripe_customer_id
-            locked.stripe_subscription_id = snapshot.id
-            locked.subscription_status = snapshot.status
-            locked.current_period_start = snapshot.current_period_start
-            locked.current_period_end = snapshot.current_period_end
-            locked.billing_interval = snapshot.interval
-            locked.billing_interval_count = snapshot.interval_count or 1
-            locked.cancel_at_period_end = snapshot.cancel_at_period_end
-            locked.trial_end = snapshot.trial_end
-            locked.seat_quantity = snapshot.quantity
-            locked.livemode = snapshot.livemode
-        locked.plan = plan
-        if state_at is not None:
-            locked.stripe_state_at = state_at
-        locked.save()
+    if snapshot is None:
+        locked.stripe_subscription_id = ""
+        locked.subscription_status = ""
+        locked.cancel_at_period_end = False
+        locked.trial_end = None
+        locked.seat_quantity = None
+        locked.current_period_start = None
+        locked.current_period_end = None
+    else:
+        if snapshot.stripe_customer_id and not locked.stripe_customer_id:
+            locked.stripe_customer_id = snapshot.stripe_customer_id
+        locked.stripe_subscription_id = snapshot.id
+        locked.subscription_status = snapshot.status
+        locked.current_period_start = snapshot.current_period_start
+        locked.current_period_end = snapshot.current_period_end
+        locked.billing_interval = snapshot.interval
+        locked.billing_interval_count = snapshot.interval_count or 1
+        locked.cancel_at_period_end = snapshot.cancel_at_period_end
+        locked.trial_end = snapshot.trial_end
+        locked.seat_quantity = snapshot.quantity
+        locked.livemode = snapshot.livemode
+    locked.plan = plan
+    if state_at is not None:
+        locked.stripe_state_at = state_at
+    locked.save()
 
-        period_start = snapshot.current_period_start if snapshot is not None else None
-        if period_start != previous_period_start:
-            if period_start and previous_period_start and period_start > previous_period_start:
-                reset_for_new_period(locked, period_start)
-            reanchor_entitlements(locked)
-        sync_entitlements(locked)
+    period_start = snapshot.current_period_start if snapshot is not None else None
+    if period_start != previous_period_start:
+        if period_start and previous_period_start and period_start > previous_period_start:
+            reset_for_new_period(locked, period_start)
+        reanchor_entitlements(locked)
+    sync_entitlements(locked)
 
-        if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
-            transaction.on_commit(
-                lambda: signals.subscription_changed.send(
-                    sender=BillingCustomer,
-                    customer=locked,
-                    previous_plan_id=previous_plan_id,
-                    plan=locked.plan,
-                    status=locked.subscription_status,
-                )
+    if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
+        transaction.on_commit(
+            lambda: signals.subscription_changed.send(
+                sender=BillingCustomer,
+                customer=locked,
+                previous_plan_id=previous_plan_id,
+                plan=locked.plan,
+                status=locked.subscription_status,
             )
-    customer.refresh_from_db()
+        )
     return True
 
 

@@ -6,13 +6,10 @@ Runs on PostgreSQL, and on SQLite when the test database is a file
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, connections
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -22,6 +19,7 @@ from kernia_billing.models import Entitlement, ResetPeriod, UsageEvent
 from kernia_billing.periods import add_months
 from kernia_billing.services.customers import get_or_create_customer
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+from tests.threads import run_concurrently, skip_unless_shared_database
 
 pytestmark = pytest.mark.clock_matrix
 
@@ -30,30 +28,7 @@ THREADS = 64
 
 @pytest.fixture(autouse=True)
 def _needs_shared_database(transactional_db):
-    if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        pytest.skip("threads need a file database on SQLite (set SQLITE_TEST_NAME)")
-
-
-def run_concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run ``work(i)`` in ``count`` threads released at once; return results or exceptions."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-
-    def runner(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = work(index)
-        except Exception as exc:  # collected and asserted on by the caller
-            results[index] = exc
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    skip_unless_shared_database()
 
 
 @pytest.fixture

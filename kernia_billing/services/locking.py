@@ -1,0 +1,75 @@
+"""The one order in which writers of balances take rows, and the helpers that take them.
+
+Every writer follows this order and never another, so no two writers can wait on
+each other:
+
+1. **The billing customer**, with :func:`lock_customer` (``FOR NO KEY UPDATE``), by
+   writers that change the customer's plan, subscription state or Stripe link:
+   ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``),
+   ``apply_default_plan``, ``ensure_stripe_customer``.
+2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
+   conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook), plan
+   sync, ``track`` and ``track_batch``, the ledger audit's fix.
+3. **Rows that are only inserted** (ledger events) come last, after every lock above.
+
+``track`` and ``track_batch`` never lock the customer: they take step 2 and 3 only.
+
+Why ``NO KEY UPDATE`` and not ``FOR UPDATE`` for the customer: on PostgreSQL, Django's
+foreign keys are ``DEFERRABLE INITIALLY DEFERRED``, so the ledger row that a track
+inserts checks its customer at COMMIT, taking ``FOR KEY SHARE`` on the customer row
+while the track still holds its entitlement row. ``FOR UPDATE`` conflicts with
+``FOR KEY SHARE``; ``FOR NO KEY UPDATE`` does not. A renewal holding the customer
+``FOR UPDATE`` while waiting for that entitlement was a deadlock. No writer changes a
+customer's key columns, so nothing needs the stronger lock.
+
+SQLite has one writer at a time (``BEGIN IMMEDIATE``) and ignores row locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.db import OperationalError, connection, transaction
+
+from ..models import BillingCustomer
+
+T = TypeVar("T")
+
+# PostgreSQL's deadlock_detected and serialization_failure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+RETRY_ATTEMPTS = 3
+
+
+def lock_customer(customer_id: int) -> BillingCustomer:
+    """Step 1 of the lock order. Must run inside a transaction."""
+    return (
+        BillingCustomer.objects.select_related("plan")
+        .select_for_update(no_key=True, of=("self",))
+        .get(pk=customer_id)
+    )
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction can simply run again."""
+    cause = error.__cause__
+    return getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def atomic_with_retry(work: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run ``work`` in a transaction; retry a deadlock/serialization failure a few times.
+
+    Inside an outer transaction (a dj-stripe webhook, a caller's ``atomic``) nothing can
+    be retried here: the error goes up and the outer owner retries (Stripe redelivers).
+    """
+    if connection.in_atomic_block:
+        with transaction.atomic():
+            return work()
+    for attempt in range(1, attempts + 1):
+        try:
+            with transaction.atomic():
+                return work()
+        except OperationalError as error:
+            if attempt == attempts or not is_retryable(error):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
