@@ -7,6 +7,11 @@ Runs offline by default: SQLite and the fake Stripe API shipped in
 - ``STRIPE_SECRET_KEY``: a real ``sk_test_...`` key talks to Stripe instead of the fake
   (set ``STRIPE_API_BASE=https://api.stripe.com`` too).
 - ``STRIPE_API_BASE``: where the Stripe SDK sends requests (default: the local fake).
+- ``DJANGO_DEBUG=1``: Django's debug mode (off by default; ``scripts/demo`` turns it on
+  for its localhost-only server). With DEBUG on, dj-stripe accepts webhooks signed
+  with a secret the sender names (``X-Djstripe-Webhook-Secret``): never expose a
+  DEBUG site (system check ``kernia_billing.W003``).
+- ``DJANGO_ALLOWED_HOSTS``: comma-separated (default: local hosts only).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from urllib.parse import unquote, urlparse
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-insecure-key-for-the-demo-only")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
 
 INSTALLED_APPS = [

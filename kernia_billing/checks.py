@@ -152,3 +152,45 @@ def _check_subscription_policy(user_settings: dict[str, Any]) -> list[CheckMessa
             )
         )
     return errors
+
+
+#: ALLOWED_HOSTS entries that only name this machine.
+LOCAL_HOSTS = frozenset({"localhost", ".localhost", "127.0.0.1", "[::1]", "::1", "testserver"})
+
+
+@register(Tags.security)
+def check_debug_webhooks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """DEBUG on, non-local hosts allowed and dj-stripe's webhook URL routed (W003).
+
+    With DEBUG on, dj-stripe 2.11 verifies a webhook's signature with the secret in
+    the request's ``X-Djstripe-Webhook-Secret`` header when there is one (meant for
+    ``stripe listen``), so the sender picks the secret and can sign any event.
+    """
+    if not settings.DEBUG or not _djstripe_webhook_routed():
+        return []
+    public = [host for host in settings.ALLOWED_HOSTS if host.lower() not in LOCAL_HOSTS]
+    if not public:
+        return []
+    return [
+        Warning(
+            "DEBUG is on while dj-stripe's webhook URL is served to non-local hosts "
+            f"({', '.join(public)}): dj-stripe then accepts a webhook signed with any "
+            "secret the sender names in the X-Djstripe-Webhook-Secret header, so anyone "
+            "who reaches the site can forge Stripe events (and change plans).",
+            hint="Turn DEBUG off wherever the site is reachable from other machines, or "
+            "limit ALLOWED_HOSTS to localhost/127.0.0.1 while DEBUG is on.",
+            id="kernia_billing.W003",
+        )
+    ]
+
+
+def _djstripe_webhook_routed() -> bool:
+    from uuid import UUID
+
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("djstripe:djstripe_webhook_by_uuid", kwargs={"uuid": UUID(int=0)})
+    except NoReverseMatch:
+        return False
+    return True

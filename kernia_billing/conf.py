@@ -53,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_TRACK_AMOUNT": 1_000_000_000,
     # Largest number of events in one batch track.
     "MAX_BATCH_SIZE": 1000,
+    # A track's free-form ``properties``: at most this many bytes of JSON, this many
+    # keys (counted at every depth) and this many levels of objects/lists.
+    "MAX_PROPERTIES_BYTES": 8192,
+    "MAX_PROPERTIES_KEYS": 256,
+    "MAX_PROPERTIES_DEPTH": 16,
     # ``track_usage`` decorator: count attempts that failed (non-2xx) too.
     "BILL_FAILED_ATTEMPTS": False,
     # Hosts that checkout/portal return URLs may point at, besides ALLOWED_HOSTS
@@ -99,6 +104,18 @@ class BillingSettings:
     @property
     def MAX_BATCH_SIZE(self) -> int:
         return int(self._get("MAX_BATCH_SIZE"))
+
+    @property
+    def MAX_PROPERTIES_BYTES(self) -> int:
+        return int(self._get("MAX_PROPERTIES_BYTES"))
+
+    @property
+    def MAX_PROPERTIES_KEYS(self) -> int:
+        return int(self._get("MAX_PROPERTIES_KEYS"))
+
+    @property
+    def MAX_PROPERTIES_DEPTH(self) -> int:
+        return int(self._get("MAX_PROPERTIES_DEPTH"))
 
     @property
     def BILL_FAILED_ATTEMPTS(self) -> bool:

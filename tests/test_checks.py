@@ -49,3 +49,51 @@ def test_djstripe_must_be_installed(settings):
         assert "kernia_billing.E001" in [m.id for m in check_settings()]
     finally:
         registry.unset_installed_apps()
+
+
+def debug_ids(**overrides) -> list[str]:
+    from kernia_billing.checks import check_debug_webhooks
+
+    with override_settings(**overrides):
+        return [message.id for message in check_debug_webhooks()]
+
+
+@pytest.mark.parametrize(
+    ("debug", "hosts", "expected"),
+    [
+        (True, ["demo.example.com"], ["kernia_billing.W003"]),
+        (True, ["*"], ["kernia_billing.W003"]),
+        (True, ["127.0.0.1", "localhost", ".example.com"], ["kernia_billing.W003"]),
+        (True, ["127.0.0.1", "localhost", "[::1]", "testserver"], []),
+        (True, [], []),  # Django then serves local hosts only
+        (False, ["*"], []),
+    ],
+)
+def test_debug_with_public_hosts_and_djstripe_webhooks_warns(debug, hosts, expected):
+    assert debug_ids(DEBUG=debug, ALLOWED_HOSTS=hosts) == expected
+
+
+def test_no_warning_when_djstripe_webhooks_are_not_routed():
+    assert debug_ids(DEBUG=True, ALLOWED_HOSTS=["*"], ROOT_URLCONF="kernia_billing.api.urls") == []
+
+
+def test_the_warning_names_the_risk():
+    from kernia_billing.checks import check_debug_webhooks
+
+    with override_settings(DEBUG=True, ALLOWED_HOSTS=["demo.example.com"]):
+        (warning,) = check_debug_webhooks()
+    assert "X-Djstripe-Webhook-Secret" in warning.msg and "demo.example.com" in warning.msg
+    assert "DEBUG" in warning.hint
+
+
+def test_the_example_project_runs_with_debug_off_unless_asked(monkeypatch):
+    import importlib
+
+    import example_project.settings as example
+
+    monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+    assert importlib.reload(example).DEBUG is False
+    monkeypatch.setenv("DJANGO_DEBUG", "1")
+    assert importlib.reload(example).DEBUG is True
+    monkeypatch.delenv("DJANGO_DEBUG")
+    importlib.reload(example)

@@ -19,13 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
+
+from ..hygiene import validate_text
 
 THROTTLE_SCOPE = "kernia_billing"
 
@@ -88,9 +90,29 @@ class BillingAPIView(APIView):
         classes: list[Any] = [*api_settings.DEFAULT_THROTTLE_CLASSES, BillingRateThrottle]
         return [throttle() for throttle in classes]
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # Query strings cannot carry lone surrogates (Django decodes them with
+        # replacement characters) but can carry NUL (%00), which PostgreSQL refuses.
+        for name, values in request.query_params.lists():
+            for value in values:
+                validate_text(value, name)
+
     def get_exception_handler(self) -> Any:
         # The package's handler even if the host project configured another one:
         # these endpoints promise the error shape.
         from .exceptions import exception_handler
 
         return exception_handler
+
+
+class UnknownPathView(BillingAPIView):
+    """A path under the API's own namespaces that no route serves: 404 in the error shape.
+
+    Answered before authentication: which endpoints exist is public (the schema).
+    """
+
+    schema = None  # not an endpoint
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        raise NotFound("No such endpoint.")

@@ -1,12 +1,19 @@
 """One exception handler: every error leaves the API as
 ``{"error": {"code": "...", "message": "...", "fields": {...}}}``.
+
+That includes what Django's request layer raises lazily while a view reads the
+request: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (413 ``request_too_large``),
+more than ``DATA_UPLOAD_MAX_NUMBER_FIELDS`` query parameters and other malformed
+requests (400 ``bad_request``), never Django's HTML error pages.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import BadRequest as DjangoBadRequest
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -14,6 +21,17 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from ..exceptions import BillingError
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+
+
+class MalformedRequest(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request is malformed."
+
 
 # DRF exception class -> our stable error code.
 DRF_CODES: dict[type[exceptions.APIException], str] = {
@@ -27,6 +45,8 @@ DRF_CODES: dict[type[exceptions.APIException], str] = {
     exceptions.NotAcceptable: "not_acceptable",
     exceptions.UnsupportedMediaType: "unsupported_media_type",
     exceptions.Throttled: "throttled",
+    RequestTooLarge: "request_too_large",
+    MalformedRequest: "bad_request",
 }
 
 
@@ -55,6 +75,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = RequestTooLarge(f"The request body is larger than {limit} bytes.")
+    elif isinstance(exc, (SuspiciousOperation, DjangoBadRequest)):
+        # TooManyFieldsSent, TooManyFilesSent, DisallowedHost ... raised as the view reads.
+        exc = MalformedRequest(str(exc) or None)
+    elif isinstance(exc, UnicodeDecodeError):
+        exc = MalformedRequest("The request is not valid UTF-8.")
     elif isinstance(exc, (OperationalError, InterfaceError)) or type(exc) is DatabaseError:
         # The database went away: say so clearly; the transaction is rolled back.
         set_rollback()

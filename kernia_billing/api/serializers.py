@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..conf import billing_settings
+from ..hygiene import unstorable
 from ..services.entitlements import MAX_IDEMPOTENCY_KEY_LENGTH
 from ..types import CheckResult, TrackResult
 from .owners import MAX_OWNER_ID_LENGTH
@@ -53,13 +54,19 @@ class StrictCharField(serializers.CharField):
 class OwnerIdField(serializers.Field):
     """An owner's id as a JSON integer or string; its meaning is checked in ``owners.py``."""
 
-    default_error_messages = {"invalid": "Must be an id (integer or string)."}
+    default_error_messages = {
+        "invalid": "Must be an id (integer or string).",
+        "unstorable": "Must not contain {reason}.",
+    }
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, bool) or not isinstance(data, (int, str)):
             self.fail("invalid")
         if isinstance(data, str) and len(data) > MAX_OWNER_ID_LENGTH:
             self.fail("invalid")
+        reason = unstorable(data) if isinstance(data, str) else None
+        if reason:
+            self.fail("unstorable", reason=reason)
         return data
 
     def to_representation(self, value: Any) -> Any:

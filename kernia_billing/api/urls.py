@@ -1,8 +1,9 @@
 """REST routes. Mount them under a prefix of your choice (the example uses ``/api/auth/``)."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import batch, catalog, entitlements, lifecycle
+from .base import UnknownPathView
 
 app_name = "kernia_billing"
 
@@ -29,4 +30,7 @@ urlpatterns = [
         lifecycle.WebhookHealthView.as_view(),
         name="billing-webhooks-health",
     ),
+    # Anything else under billing/ or stripe/catalog/ is a JSON 404, not an HTML page.
+    # Only our own namespaces: the prefix stays free for the host project's routes.
+    re_path(r"^(?:billing|stripe/catalog)(?:/.*)?$", UnknownPathView.as_view()),
 ]

@@ -45,6 +45,7 @@ from ..exceptions import (
     UnknownFeature,
     UsageBelowZero,
 )
+from ..hygiene import validate_properties, validate_text
 from ..models import (
     BillingCustomer,
     Entitlement,
@@ -60,7 +61,6 @@ from ..types import BatchItemResult, CheckResult, EntitlementState, TrackRequest
 from .customers import apply_default_plan, get_or_create_customer, owner_ref, status_entitles
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-MAX_PROPERTIES_BYTES = 8192
 
 
 # --- reads -------------------------------------------------------------------------------
@@ -221,6 +221,7 @@ def check(
     the current period.
     """
     required = _validate_required(required)
+    validate_text(feature, "feature")
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         return found
@@ -275,8 +276,9 @@ def track(
     ``replayed=True``; with another payload it raises :class:`IdempotencyConflict`.
     """
     amount = _validate_amount(amount)
-    properties = _validate_properties(properties)
+    properties = validate_properties(properties)
     idempotency_key = validate_idempotency_key(idempotency_key)
+    validate_text(feature, "feature")
     fingerprint = _fingerprint(feature, amount, properties)
     if now is None and not isinstance(owner, BillingCustomer):
         tracked = _track_in_one_update(
@@ -643,43 +645,6 @@ def _validate_required(required: Any) -> int:
     return required
 
 
-def _validate_properties(properties: Any) -> dict[str, Any]:
-    if properties is None:
-        return {}
-    if not isinstance(properties, dict):
-        raise InvalidRequest(
-            "properties must be an object.", fields={"properties": "Must be an object."}
-        )
-    try:
-        size = len(json.dumps(properties, sort_keys=True))
-    except (TypeError, ValueError):
-        raise InvalidRequest(
-            "properties must be JSON.", fields={"properties": "Must be JSON."}
-        ) from None
-    if size > MAX_PROPERTIES_BYTES:
-        raise InvalidRequest(
-            f"properties must be at most {MAX_PROPERTIES_BYTES} bytes of JSON.",
-            fields={"properties": "Too large."},
-        )
-    if _has_nul(properties):
-        # PostgreSQL's jsonb cannot store NUL: refuse it rather than fail in the database.
-        raise InvalidRequest(
-            "properties must not contain NUL characters.",
-            fields={"properties": "Must not contain NUL characters."},
-        )
-    return properties
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
 def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str | None:
     """A usable idempotency key, or None for none; ``field`` names it in errors."""
     if key is None or key == "":
@@ -691,11 +656,7 @@ def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str 
             f"{field} must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
             fields={field: f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
         )
-    if "\x00" in key:
-        raise InvalidRequest(
-            f"{field} must not contain NUL characters.",
-            fields={field: "Must not contain NUL characters."},
-        )
+    validate_text(key, field)
     return key
 
 
@@ -1007,8 +968,9 @@ def _prepare(
     """Validate one event and find its entitlement (outside the transaction)."""
     owner = request.owner if request.owner is not None else default_owner
     amount = _validate_amount(request.amount)
-    properties = _validate_properties(request.properties)
+    properties = validate_properties(request.properties)
     key = validate_idempotency_key(request.idempotency_key)
+    validate_text(request.feature, "feature")
     cache_key = (owner_ref(owner), request.feature)
     row = rows_by_key.get(cache_key)
     if row is None:
