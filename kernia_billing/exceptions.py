@@ -98,6 +98,24 @@ class StripeUnavailable(BillingError):
     default_message = "Stripe could not be reached or refused the request."
 
 
+class StripeRefused(StripeUnavailable):
+    """Stripe answered and refused the request (4xx: bad key, no such object, invalid
+    parameters). Same code and status as :class:`StripeUnavailable`, so every door
+    answers as before; services that expect a refusal (e.g. an unknown id) catch this."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        http_status: int | None = None,
+        not_found: bool = False,
+        **kwargs: Any,
+    ):
+        self.http_status = http_status
+        self.not_found = not_found
+        super().__init__(message, **kwargs)
+
+
 class NoStripeCustomer(BillingError):
     """Portal (or another Stripe-side action) for a customer that never went through checkout."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from djstripe.event_handlers import djstripe_receiver
 from djstripe.models import Event
 
-from .services import catalog, stripe_state
+from .services import catalog, stripe_gateway, stripe_state
 
 SUBSCRIPTION_EVENTS = [
     "customer.subscription.created",
@@ -36,8 +36,8 @@ def _object(event: Event) -> dict[str, Any]:
     return dict((event.data or {}).get("object") or {})
 
 
-def _api_key(event: Event) -> str | None:
-    return getattr(event, "default_api_key", None) or None
+def _api_key(event: Event) -> str:
+    return stripe_gateway.api_key_for(event=event)
 
 
 def _sync_subscription(event: Event, subscription_id: str | None) -> None:
@@ -81,7 +81,7 @@ def on_product_event(sender: Any, event: Event, **kwargs: Any) -> None:
         catalog.apply_stripe_product(data, deleted=True)
         return
     catalog.apply_stripe_product(
-        stripe_state.retrieve("product", str(data["id"]), api_key=_api_key(event))
+        stripe_gateway.retrieve("product", str(data["id"]), api_key=_api_key(event))
     )
 
 
@@ -92,5 +92,5 @@ def on_price_event(sender: Any, event: Event, **kwargs: Any) -> None:
         catalog.apply_stripe_price(data, deleted=True)
         return
     catalog.apply_stripe_price(
-        stripe_state.retrieve("price", str(data["id"]), api_key=_api_key(event))
+        stripe_gateway.retrieve("price", str(data["id"]), api_key=_api_key(event))
     )

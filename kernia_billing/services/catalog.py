@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import stripe
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Model, Q
 from django.utils import timezone
 
-from ..exceptions import CatalogError, StripeUnavailable
+from ..exceptions import CatalogError
 from ..models import (
     CatalogPrice,
     CatalogProduct,
@@ -43,14 +42,11 @@ from ..models import (
 )
 from ..selectors import flagged_mapped_prices
 from ..types import LoadResult, SyncResult
-from . import stripe_state
+from . import stripe_gateway, stripe_state
 from .entitlements import sync_plan_customers
 
 Outcome = Literal["created", "updated", "unchanged"]
 Progress = Callable[[str], None]
-
-# Stripe allows at most 100 objects per list page.
-PAGE_SIZE = 100
 
 
 # --- fingerprints ----------------------------------------------------------------------
@@ -177,7 +173,7 @@ def apply_stripe_product(
     data: Mapping[str, Any], *, deleted: bool = False, now: datetime | None = None
 ) -> Outcome:
     """Upsert the review row of one Stripe product (from a webhook or a sync)."""
-    data = stripe_state.plain(data)
+    data = stripe_gateway.plain(data)
     with transaction.atomic():
         row = CatalogProduct.objects.select_for_update().filter(stripe_id=data["id"]).first()
         product, outcome = _upsert(
@@ -201,7 +197,7 @@ def apply_stripe_price(
     A change to a reviewed field puts it back to ``pending``; an archived or deleted
     price that is mapped to a plan shows up in :func:`flagged_mapped_prices`.
     """
-    data = stripe_state.plain(data)
+    data = stripe_gateway.plain(data)
     with transaction.atomic():
         row = CatalogPrice.objects.select_for_update().filter(stripe_id=data["id"]).first()
         columns = _price_columns(data)
@@ -216,40 +212,19 @@ def apply_stripe_price(
 # --- sync ------------------------------------------------------------------------------
 
 
-def _resolve_api_key(api_key: str | None, livemode: bool | None) -> str:
-    from djstripe.settings import djstripe_settings
-
-    return api_key or djstripe_settings.get_default_api_key(livemode)
-
-
-def _resolve_livemode(livemode: bool | None) -> bool:
-    from djstripe.settings import djstripe_settings
-
-    return bool(djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode)
-
-
 def _fetch_all(
-    resource: Any, *, api_key: str, progress: Progress | None, label: str
+    resource: stripe_gateway.Resource, *, api_key: str, progress: Progress | None, label: str
 ) -> list[dict[str, Any]]:
     """Every object of a list endpoint, active and archived, following pagination.
 
     Stripe's price list returns only active prices unless ``active=false`` is asked
     for, so both halves are requested explicitly (for products too, to be safe).
     """
-    from djstripe.settings import djstripe_settings
-
     objects: dict[str, dict[str, Any]] = {}
     for active in (True, False):
-        listing = resource.list(
-            api_key=api_key,
-            stripe_version=djstripe_settings.STRIPE_API_VERSION,
-            active=active,
-            limit=PAGE_SIZE,
-        )
-        for obj in listing.auto_paging_iter():
-            data = stripe_state.plain(obj)
+        for data in stripe_gateway.list_all(resource, api_key=api_key, active=active):
             objects[data["id"]] = data
-            if progress and len(objects) % PAGE_SIZE == 0:
+            if progress and len(objects) % stripe_gateway.PAGE_SIZE == 0:
                 progress(f"Fetched {len(objects)} {label}…")
     if progress:
         progress(f"Fetched {len(objects)} {label}.")
@@ -263,7 +238,7 @@ def _mirror(model: Any, objects: list[dict[str, Any]], *, api_key: str) -> None:
     )
     for data in objects:
         if stored.get(data["id"]) != data:
-            model.sync_from_stripe_data(data, api_key=api_key)
+            stripe_gateway.mirror(model, data, api_key=api_key)
 
 
 def sync_catalog(
@@ -280,19 +255,16 @@ def sync_catalog(
     from djstripe.models import Price as StripePrice
     from djstripe.models import Product as StripeProduct
 
-    livemode = _resolve_livemode(livemode)
-    api_key = _resolve_api_key(api_key, livemode)
-    try:
-        products = _fetch_all(stripe.Product, api_key=api_key, progress=progress, label="products")
-        prices = _fetch_all(stripe.Price, api_key=api_key, progress=progress, label="prices")
-        if progress:
-            progress("Writing…")
-        with transaction.atomic():
-            _mirror(StripeProduct, products, api_key=api_key)
-            _mirror(StripePrice, prices, api_key=api_key)
-            counts = _write_review_rows(products, prices, livemode=livemode)
-    except stripe.StripeError as exc:
-        raise StripeUnavailable(stripe_state.stripe_error_message(exc)) from exc
+    livemode = stripe_gateway.project_livemode(livemode)
+    api_key = stripe_gateway.api_key_for(api_key=api_key, livemode=livemode)
+    products = _fetch_all("product", api_key=api_key, progress=progress, label="products")
+    prices = _fetch_all("price", api_key=api_key, progress=progress, label="prices")
+    if progress:
+        progress("Writing…")
+    with transaction.atomic():
+        _mirror(StripeProduct, products, api_key=api_key)
+        _mirror(StripePrice, prices, api_key=api_key)
+        counts = _write_review_rows(products, prices, livemode=livemode)
     return SyncResult(
         **counts,
         pending_review=pending_review_count(),

@@ -19,23 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import stripe
 from django.conf import settings
 from django.db import transaction
 from django.http.request import validate_host
 from django.utils.http import url_has_allowed_host_and_scheme
-from djstripe.settings import djstripe_settings
 
 from ..conf import billing_settings
 from ..exceptions import (
     AlreadySubscribed,
     InvalidRequest,
     NoStripeCustomer,
-    StripeUnavailable,
+    StripeRefused,
     UnknownPlan,
 )
 from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice
 from ..selectors import offerable_prices
+from . import stripe_gateway
 from .customers import (
     apply_subscription,
     get_customer,
@@ -44,15 +43,11 @@ from .customers import (
     status_entitles,
 )
 from .stripe_state import (
-    call_stripe,
     find_customer,
     list_customer_subscriptions,
     owner_metadata,
     pick_subscription,
-    plain,
-    request_options,
     snapshot_from_stripe,
-    stripe_error_message,
     stripe_id,
 )
 
@@ -128,11 +123,9 @@ def validate_redirect_url(url: str, *, field: str) -> str:
 def _api_key(api_key: str | None, customer: BillingCustomer) -> str:
     """The key for this customer's Stripe mode: the mode Stripe reported (set when we
     created the Stripe customer or applied its subscription), else the project's."""
-    if api_key:
-        return api_key
     livemode = customer.livemode if customer.stripe_customer_id else None
-    return djstripe_settings.get_default_api_key(
-        djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode
+    return stripe_gateway.api_key_for(
+        api_key=api_key, livemode=stripe_gateway.project_livemode(livemode)
     )
 
 
@@ -166,13 +159,14 @@ def ensure_stripe_customer(owner: Any, *, api_key: str | None = None) -> Billing
         if not locked.stripe_customer_id:
             real_owner = owner if not isinstance(owner, BillingCustomer) else locked.owner
             # The new Stripe customer lives in the project's current mode.
-            livemode = bool(djstripe_settings.STRIPE_LIVE_MODE)
-            remote = call_stripe(
-                stripe.Customer.create,
-                metadata=owner_metadata(locked),
+            livemode = stripe_gateway.project_livemode()
+            remote = stripe_gateway.create(
+                "customer",
+                api_key=api_key,
+                livemode=livemode,
                 idempotency_key=_idempotency_key(locked),
+                metadata=owner_metadata(locked),
                 **_owner_details(real_owner),
-                **request_options(api_key, livemode),
             )
             locked.stripe_customer_id = str(remote["id"])
             locked.livemode = livemode
@@ -255,8 +249,9 @@ def start_checkout(
     customer = ensure_stripe_customer(owner, api_key=api_key)
     quantity = (quantity or customer.seat_quantity or 1) if seat_plan else 1
     metadata = owner_metadata(customer)
-    session = call_stripe(
-        stripe.checkout.Session.create,
+    session = stripe_gateway.create(
+        "checkout.session",
+        api_key=_api_key(api_key, customer),
         mode="subscription",
         customer=customer.stripe_customer_id,
         client_reference_id=str(customer.pk),
@@ -265,7 +260,6 @@ def start_checkout(
         cancel_url=cancel_url,
         metadata=metadata,
         subscription_data={"metadata": metadata},
-        **request_options(_api_key(api_key, customer)),
     )
     return CheckoutStart(
         url=str(session["url"]),
@@ -320,19 +314,15 @@ def complete_checkout(
     webhooks for the same subscription, re-reading the same state, change nothing.
     """
     try:
-        session = plain(
-            stripe.checkout.Session.retrieve(
-                session_id, expand=["subscription"], **request_options(api_key)
-            )
+        session = stripe_gateway.retrieve(
+            "checkout.session", session_id, api_key=api_key, expand=["subscription"]
         )
-    except stripe.InvalidRequestError as exc:
-        if exc.http_status == 404:
+    except StripeRefused as exc:
+        if exc.not_found:
             raise InvalidRequest(
                 "No such checkout session.", fields={"sessionId": session_id}
             ) from exc
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
-    except stripe.StripeError as exc:
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
+        raise
     stripe_customer_id = stripe_id(session.get("customer"))
     customer = find_customer(stripe_customer_id, metadata=session.get("metadata"), api_key=api_key)
     expected = get_customer(owner) if owner is not None else None
@@ -366,10 +356,10 @@ def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> 
     customer = get_customer(owner)
     if customer is None or not customer.stripe_customer_id:
         raise NoStripeCustomer()
-    session = call_stripe(
-        stripe.billing_portal.Session.create,
+    session = stripe_gateway.create(
+        "billing_portal.session",
+        api_key=_api_key(api_key, customer),
         customer=customer.stripe_customer_id,
         return_url=return_url,
-        **request_options(_api_key(api_key, customer)),
     )
     return PortalStart(url=str(session["url"]))

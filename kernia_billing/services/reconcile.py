@@ -22,6 +22,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
+from . import stripe_gateway
 from .customers import SubscriptionSnapshot, apply_subscription, resolve_plan
 from .stripe_state import list_customer_subscriptions, pick_subscription
 
@@ -66,16 +67,11 @@ def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:
 
 
 def _refresh_mirror(subscriptions: list[dict[str, Any]], api_key: str | None) -> None:
-    import stripe
     from djstripe.models import Subscription
-    from djstripe.settings import djstripe_settings
 
-    key = api_key or djstripe_settings.get_default_api_key(None)
     for data in subscriptions:
         # dj-stripe pages through items, so it wants SDK objects rather than dicts.
-        Subscription.sync_from_stripe_data(
-            stripe.Subscription.construct_from(data, key), api_key=key
-        )
+        stripe_gateway.mirror(Subscription, data, api_key=api_key, as_sdk_object="subscription")
 
 
 def _expected(snapshot: SubscriptionSnapshot | None) -> dict[str, Any]:
