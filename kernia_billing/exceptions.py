@@ -42,6 +42,14 @@ class UnknownPlan(BillingError):
     default_message = "No such plan."
 
 
+class UnknownOwner(BillingError):
+    """A REST request names an organization or user that is not there (or not yours)."""
+
+    code = "unknown_owner"
+    status = 404
+    default_message = "No such organization or user."
+
+
 class NoPlan(BillingError):
     """The customer has no plan at all (no entitling subscription and no default plan)."""
 

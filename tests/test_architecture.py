@@ -38,20 +38,13 @@ ALLOWED_IN_FUNCTION_IMPORTS = {
     # App start-up: receivers and checks are registered once the registry is ready.
     ("kernia_billing.apps", "kernia_billing.webhooks"),
     ("kernia_billing.apps", "kernia_billing.checks"),
-    # To go (issue 10): circles broken by importing inside functions.
-    ("kernia_billing.api.base", "kernia_billing.api.exceptions"),
-    ("kernia_billing.api.permissions", "kernia_billing.services"),
-    ("kernia_billing.api.permissions", "kernia_billing.services.entitlements"),
-    ("kernia_billing.checks", "kernia_billing.conf"),
-    ("kernia_billing.checks", "kernia_billing.selectors"),
-    ("kernia_billing.decorators", "kernia_billing.api"),
-    ("kernia_billing.decorators", "kernia_billing.api.exceptions"),
+    # Decorators are imported by a project's views modules; the services they call
+    # import models, which must wait for the app registry (like the lazy public API).
     ("kernia_billing.decorators", "kernia_billing.services"),
-    ("kernia_billing.decorators", "kernia_billing.services.entitlements"),
-    ("kernia_billing.models.catalog", "kernia_billing.selectors"),
-    ("kernia_billing.selectors", "kernia_billing.models"),
-    ("kernia_billing.services.customers", "kernia_billing.services.entitlements"),
-    ("kernia_billing.services.entitlements", "kernia_billing.services.customers"),
+    ("kernia_billing.decorators", "kernia_billing.services.usage"),
+    ("kernia_billing.decorators", "kernia_billing.services.usage.check"),
+    ("kernia_billing.decorators", "kernia_billing.services.usage.track"),
+    ("kernia_billing.decorators", "kernia_billing.services.usage.validation"),
 }
 
 

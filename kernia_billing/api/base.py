@@ -27,6 +27,8 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
+from .exceptions import exception_handler
+
 THROTTLE_SCOPE = "kernia_billing"
 
 
@@ -91,6 +93,4 @@ class BillingAPIView(APIView):
     def get_exception_handler(self) -> Any:
         # The package's handler even if the host project configured another one:
         # these endpoints promise the error shape.
-        from .exceptions import exception_handler
-
         return exception_handler

@@ -43,7 +43,7 @@ from ..models import (
 from ..selectors import flagged_mapped_prices
 from ..types import LoadResult, SyncResult
 from . import stripe_gateway, stripe_state
-from .entitlements import sync_plan_customers
+from .entitlements.sync import sync_plan_customers
 
 Outcome = Literal["created", "updated", "unchanged"]
 Progress = Callable[[str], None]

@@ -15,7 +15,6 @@ leave the local rows as they were.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -33,15 +32,10 @@ from ..exceptions import (
     UnknownPlan,
 )
 from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice
-from ..selectors import offerable_prices
+from ..selectors import get_customer, offerable_prices, plan_for_prices, status_entitles
+from ..types import CheckoutReturn, CheckoutStart, PortalStart
 from . import stripe_gateway
-from .customers import (
-    apply_subscription,
-    get_customer,
-    get_or_create_customer,
-    plan_for_prices,
-    status_entitles,
-)
+from .customers import apply_subscription, get_or_create_customer
 from .stripe_state import (
     find_customer,
     list_customer_subscriptions,
@@ -50,30 +44,6 @@ from .stripe_state import (
     snapshot_from_stripe,
     stripe_id,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutStart:
-    url: str
-    session_id: str
-    stripe_customer_id: str
-    price_id: str
-    quantity: int
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutReturn:
-    customer_id: int
-    session_id: str
-    status: str
-    subscription_id: str
-    plan: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PortalStart:
-    url: str
-
 
 # --- redirects -------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ applying it would roll a customer back. ``kernia_reconcile`` is the command-line
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import OuterRef, Subquery, Sum, Value
@@ -22,8 +21,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
+from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
-from .customers import SubscriptionSnapshot, apply_subscription, resolve_plan
+from .customers import apply_subscription, resolve_plan
 from .stripe_state import list_customer_subscriptions, pick_subscription
 
 CUSTOMER_FIELDS = (
@@ -36,25 +36,6 @@ CUSTOMER_FIELDS = (
     "trial_end",
     "seat_quantity",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    """One difference between what is stored and what it should be."""
-
-    kind: str  # "customer" or "ledger"
-    customer_id: int
-    subject: str  # a customer field, or a feature key
-    expected: Any
-    actual: Any
-    fixed: bool = False
-
-    def __str__(self) -> str:
-        state = "fixed" if self.fixed else "drift"
-        return (
-            f"[{state}] customer {self.customer_id} {self.kind} {self.subject}: "
-            f"stored {self.actual!r}, expected {self.expected!r}"
-        )
 
 
 def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:

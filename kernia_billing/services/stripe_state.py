@@ -22,13 +22,10 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 
 from ..models import BillingCustomer, PlanPrice
+from ..selectors import status_entitles
+from ..types import SubscriptionSnapshot
 from . import stripe_gateway
-from .customers import (
-    SubscriptionSnapshot,
-    apply_subscription,
-    get_or_create_customer,
-    status_entitles,
-)
+from .customers import apply_subscription, get_or_create_customer
 
 logger = logging.getLogger(__name__)
 
