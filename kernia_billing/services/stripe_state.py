@@ -3,7 +3,7 @@
 Webhooks are notifications, not state: every door here re-reads the subscription
 from Stripe (dj-stripe's own receivers run in no guaranteed order relative to
 ours, and event payloads may be rendered in another API version), parses it into
-a :class:`~kernia_billing.services.customers.SubscriptionSnapshot` and hands it
+a :class:`~kernia_billing.types.SubscriptionSnapshot` and hands it
 to :func:`~kernia_billing.services.customers.apply_subscription`.
 
 Parsing never uses dj-stripe's ``Subscription.is_valid()``,
