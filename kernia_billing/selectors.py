@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from djstripe.models import WebhookEventTrigger
 
 from .conf import billing_settings
 from .models import (
@@ -156,8 +157,6 @@ def offerable_prices() -> QuerySet[CatalogPrice]:
 
 def pricing_plans() -> QuerySet[Any]:
     """Active plans in display order, with their :func:`offerable_prices` and features."""
-    from django.db.models import Prefetch
-
     offered = (
         PlanPrice.objects.filter(price__in=offerable_prices())
         .select_related("price")
@@ -216,8 +215,6 @@ def _event_type(body: str) -> str:
 
 def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
     """Counts by outcome and by event type over the last 24 hours, and the last failure."""
-    from djstripe.models import WebhookEventTrigger
-
     now = now or timezone.now()
     since = now - WEBHOOK_HEALTH_WINDOW
     recent = WebhookEventTrigger.objects.filter(created__gte=since)

@@ -19,6 +19,7 @@ from typing import Any
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from djstripe.models import Subscription
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
 from ..types import Drift, SubscriptionSnapshot
@@ -39,8 +40,6 @@ CUSTOMER_FIELDS = (
 
 
 def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:
-    from djstripe.models import Subscription
-
     rows = Subscription.objects.filter(customer__id=stripe_customer_id).values_list(
         "stripe_data", flat=True
     )
@@ -48,8 +47,6 @@ def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:
 
 
 def _refresh_mirror(subscriptions: list[dict[str, Any]], api_key: str | None) -> None:
-    from djstripe.models import Subscription
-
     for data in subscriptions:
         # dj-stripe pages through items, so it wants SDK objects rather than dicts.
         stripe_gateway.mirror(Subscription, data, api_key=api_key, as_sdk_object="subscription")

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from djstripe.models import Price as StripePrice
+from djstripe.models import Product as StripeProduct
 
 from ...models import (
     CatalogPrice,
@@ -235,9 +237,6 @@ def sync_catalog(
     Raises :class:`StripeUnavailable` (and writes nothing) when Stripe cannot be
     reached or refuses the request.
     """
-    from djstripe.models import Price as StripePrice
-    from djstripe.models import Product as StripeProduct
-
     livemode = stripe_gateway.project_livemode(livemode)
     api_key = stripe_gateway.api_key_for(api_key=api_key, livemode=livemode)
     products = _fetch_all("product", api_key=api_key, progress=progress, label="products")
