@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -60,8 +60,36 @@ class EntitlementRow:
         return self.reset_anchor or self.customer_period_start or self.customer_created_at
 
 
-_DATETIME_COLUMNS = (11, 12, 13, 16, 17)
-_BOOLEAN_COLUMNS = (5, 8, 9)
+#: One list drives the row: each field of :class:`EntitlementRow`, in order, and the
+#: ``alias.column`` it is read from (e: entitlement, c: customer, f: feature, p: plan).
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("id", "e", "id"),
+    ("customer_id", "e", "customer_id"),
+    ("feature_id", "e", "feature_id"),
+    ("feature", "f", "key"),
+    ("kind", "f", "kind"),
+    ("granted", "e", "granted"),
+    ("included", "e", "included"),
+    ("usage", "e", "usage"),
+    ("unlimited", "e", "unlimited"),
+    ("allow_overage", "e", "allow_overage"),
+    ("reset_period", "e", "reset_period"),
+    ("reset_anchor", "e", "reset_anchor"),
+    ("period_start", "e", "period_start"),
+    ("next_reset_at", "e", "next_reset_at"),
+    ("plan_id", "c", "plan_id"),
+    ("plan", "p", "key"),
+    ("customer_period_start", "c", "current_period_start"),
+    ("customer_created_at", "c", "created_at"),
+    ("billing_interval", "c", "billing_interval"),
+    ("billing_interval_count", "c", "billing_interval_count"),
+    ("feature_name", "f", "name"),
+)
+_FIELDS = fields(EntitlementRow)
+assert [f.name for f in _FIELDS] == [name for name, _, _ in COLUMNS], "COLUMNS follows the row"
+# Converters follow the fields' types: the drivers differ for datetimes and booleans.
+_DATETIME_COLUMNS = tuple(i for i, f in enumerate(_FIELDS) if str(f.type).startswith("datetime"))
+_BOOLEAN_COLUMNS = tuple(i for i, f in enumerate(_FIELDS) if str(f.type) == "bool")
 
 
 @lru_cache(maxsize=4)
@@ -71,14 +99,7 @@ def _select_sql(where: str) -> str:
     customer = quote(BillingCustomer._meta.db_table)
     feature = quote(Feature._meta.db_table)
     plan = quote(Plan._meta.db_table)
-    columns = ", ".join(
-        [
-            "e.id, e.customer_id, e.feature_id, f.key, f.kind, e.granted, e.included",
-            f"e.{quote('usage')}, e.unlimited, e.allow_overage, e.reset_period, e.reset_anchor",
-            "e.period_start, e.next_reset_at, c.plan_id, p.key, c.current_period_start",
-            "c.created_at, c.billing_interval, c.billing_interval_count, f.name",
-        ]
-    )
+    columns = ", ".join(f"{alias}.{quote(column)}" for _, alias, column in COLUMNS)
     return (
         f"SELECT {columns} FROM {entitlement} e "
         f"JOIN {customer} c ON c.id = e.customer_id "
