@@ -99,7 +99,7 @@ def _build(spec: dict[str, Any]) -> dict[str, Any]:
 
     from kernia_billing.models import Feature, Plan, PlanFeature
     from kernia_billing.services.customers import get_or_create_customer
-    from kernia_billing.services.entitlements import sync_entitlements
+    from kernia_billing.services.entitlements.sync import sync_entitlements
 
     messages = Feature.objects.create(key="messages", name="Messages", kind="metered")
     user_model = get_user_model()

@@ -11,9 +11,9 @@ from typing import Any
 __version__ = "0.1.0.dev0"
 
 _PUBLIC = {
-    "check": "kernia_billing.services.entitlements",
-    "track": "kernia_billing.services.entitlements",
-    "track_batch": "kernia_billing.services.entitlements",
+    "check": "kernia_billing.services.usage.check",
+    "track": "kernia_billing.services.usage.track",
+    "track_batch": "kernia_billing.services.usage.batch",
     "TrackRequest": "kernia_billing.types",
     "customer_state": "kernia_billing.services.customers",
 }

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, STRIPE_SUBSCRIPTION_STATUSES
+from .selectors import flagged_mapped_prices
 
 
 @register()
@@ -88,8 +89,6 @@ def check_mapped_prices(
     """Mapped prices that Stripe archived or deleted (``check --database default``)."""
     from django.db import DatabaseError
 
-    from .selectors import flagged_mapped_prices
-
     warnings: list[Warning] = []
     for alias in databases or ():
         try:
@@ -112,8 +111,6 @@ def check_mapped_prices(
 
 def _check_subscription_policy(user_settings: dict[str, Any]) -> list[CheckMessage]:
     """PAST_DUE_GRACE must be a bool; ENTITLING_STATUSES a list of Stripe statuses."""
-    from .conf import STRIPE_SUBSCRIPTION_STATUSES
-
     errors: list[CheckMessage] = []
     grace = user_settings.get("PAST_DUE_GRACE", True)
     if not isinstance(grace, bool):

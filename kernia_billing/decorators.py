@@ -45,6 +45,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
+from .api.exceptions import error_body
 from .conf import billing_settings
 from .exceptions import (
     BillingError,
@@ -68,8 +69,6 @@ def _refuse(request: Any, exc: Exception) -> HttpResponseBase:
     """Inside DRF: raise for the exception handler. Plain Django: the error shape as JSON."""
     if _is_drf(request):
         raise exc
-    from .api.exceptions import error_body
-
     if isinstance(exc, BillingError):
         return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
     if isinstance(exc, drf_exceptions.NotAuthenticated):
@@ -108,7 +107,7 @@ def requires_feature(
     on_denied: Callable[[Any, CheckResult], HttpResponseBase] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Run the view only if ``check(owner, feature, required)`` allows it (else 402)."""
-    from .services.entitlements import check, denial_error
+    from .services.usage import check, denial_error
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
@@ -142,7 +141,7 @@ def track_usage(
     Failed attempts (non-2xx, exceptions) are tracked only when
     ``BILL_FAILED_ATTEMPTS`` is on. ``amount`` may be ``callable(request) -> int``.
     """
-    from .services.entitlements import check, denial_error, track
+    from .services.usage import check, denial_error, track
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
@@ -192,7 +191,7 @@ def track_usage(
 
 
 def _idempotency_key(request: Any, header: str | None) -> str | None:
-    from .services.entitlements import validate_idempotency_key
+    from .services.usage.validation import validate_idempotency_key
 
     if not header:
         return None

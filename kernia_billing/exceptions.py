@@ -42,6 +42,14 @@ class UnknownPlan(BillingError):
     default_message = "No such plan."
 
 
+class UnknownOwner(BillingError):
+    """A REST request names an organization or user that is not there (or not yours)."""
+
+    code = "unknown_owner"
+    status = 404
+    default_message = "No such organization or user."
+
+
 class NoPlan(BillingError):
     """The customer has no plan at all (no entitling subscription and no default plan)."""
 
@@ -96,6 +104,24 @@ class StripeUnavailable(BillingError):
     code = "stripe_error"
     status = 502
     default_message = "Stripe could not be reached or refused the request."
+
+
+class StripeRefused(StripeUnavailable):
+    """Stripe answered and refused the request (4xx: bad key, no such object, invalid
+    parameters). Same code and status as :class:`StripeUnavailable`, so every door
+    answers as before; services that expect a refusal (e.g. an unknown id) catch this."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        http_status: int | None = None,
+        not_found: bool = False,
+        **kwargs: Any,
+    ):
+        self.http_status = http_status
+        self.not_found = not_found
+        super().__init__(message, **kwargs)
 
 
 class NoStripeCustomer(BillingError):

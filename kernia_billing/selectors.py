@@ -6,62 +6,82 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from djstripe.models import WebhookEventTrigger
 
-from .models import CatalogPrice, ReviewState, UsageEvent
-
-# Stripe's zero-decimal currencies: amounts are in the currency's whole unit.
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    [
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    ]
+from .conf import billing_settings
+from .models import (
+    BillingCustomer,
+    CatalogPrice,
+    CatalogProduct,
+    Plan,
+    PlanFeature,
+    PlanPrice,
+    ReviewState,
+    UsageEvent,
 )
-CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
+
+# --- customers ---------------------------------------------------------------------------
 
 
-def format_amount(unit_amount: int | None, currency: str) -> str:
-    """``1200, "usd"`` -> ``$12.00``; unknown currencies as ``12.00 CHF``."""
-    if unit_amount is None:
-        return "custom"
-    currency = (currency or "").lower()
-    if currency in ZERO_DECIMAL_CURRENCIES:
-        number = f"{unit_amount:,}"
-    else:
-        number = f"{Decimal(unit_amount) / 100:,.2f}"
-    symbol = CURRENCY_SYMBOLS.get(currency)
-    return f"{symbol}{number}" if symbol else f"{number} {currency.upper()}"
+def owner_ref(owner: Any) -> tuple[int, str]:
+    """``(content type id, primary key)`` of a user or organization; no query once cached."""
+    if isinstance(owner, BillingCustomer):
+        return owner.owner_type_id, owner.owner_id
+    if owner is None or getattr(owner, "pk", None) is None:
+        raise ValueError("A billing owner must be a saved model instance.")
+    content_type = ContentType.objects.get_for_model(owner, for_concrete_model=True)
+    return content_type.pk, str(owner.pk)
 
 
-def format_price(
-    unit_amount: int | None, currency: str, interval: str, interval_count: int = 1
-) -> str:
-    """``$12.00 / month``, ``$120.00 / year``, ``$30.00 / 3 months``, ``$5.00`` (one-off)."""
-    amount = format_amount(unit_amount, currency)
-    if not interval:
-        return amount
-    if interval_count and interval_count > 1:
-        return f"{amount} / {interval_count} {interval}s"
-    return f"{amount} / {interval}"
+def get_customer(owner: Any) -> BillingCustomer | None:
+    if isinstance(owner, BillingCustomer):
+        return owner
+    owner_type_id, owner_id = owner_ref(owner)
+    return (
+        BillingCustomer.objects.select_related("plan")
+        .filter(owner_type_id=owner_type_id, owner_id=owner_id)
+        .first()
+    )
+
+
+# --- plans -------------------------------------------------------------------------------
+
+
+def default_plan() -> Plan | None:
+    return Plan.objects.filter(is_default=True, active=True).first()
+
+
+def plan_for_prices(price_ids: tuple[str, ...] | list[str]) -> Plan | None:
+    """The plan that the given Stripe prices map to (the highest-ordered one if several)."""
+    if not price_ids:
+        return None
+    return (
+        Plan.objects.filter(plan_prices__price__stripe_id__in=list(price_ids))
+        .order_by("-display_order", "key")
+        .first()
+    )
+
+
+def status_entitles(status: str) -> bool:
+    return status in billing_settings.ENTITLING_STATUSES
+
+
+# --- catalog review ----------------------------------------------------------------------
+
+
+def pending_review_count() -> int:
+    """Products and prices (not deleted in Stripe) that await review."""
+    pending = Q(review_state=ReviewState.PENDING, deleted_in_stripe=False)
+    return (
+        CatalogProduct.objects.filter(pending).count()
+        + CatalogPrice.objects.filter(pending).count()
+    )
 
 
 def flagged_mapped_prices() -> QuerySet[CatalogPrice]:
@@ -137,10 +157,6 @@ def offerable_prices() -> QuerySet[CatalogPrice]:
 
 def pricing_plans() -> QuerySet[Any]:
     """Active plans in display order, with their :func:`offerable_prices` and features."""
-    from django.db.models import Prefetch
-
-    from .models import Plan, PlanFeature, PlanPrice
-
     offered = (
         PlanPrice.objects.filter(price__in=offerable_prices())
         .select_related("price")
@@ -199,8 +215,6 @@ def _event_type(body: str) -> str:
 
 def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
     """Counts by outcome and by event type over the last 24 hours, and the last failure."""
-    from djstripe.models import WebhookEventTrigger
-
     now = now or timezone.now()
     since = now - WEBHOOK_HEALTH_WINDOW
     recent = WebhookEventTrigger.objects.filter(created__gte=since)

@@ -148,3 +148,67 @@ class LoadResult:
     @property
     def changed(self) -> bool:
         return any(value for name, value in asdict(self).items() if name != "dry_run")
+
+
+# --- Stripe state, checkout and reconciliation ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSnapshot:
+    """What kernia needs of a Stripe subscription, parsed from any API version."""
+
+    id: str
+    stripe_customer_id: str
+    status: str
+    price_ids: tuple[str, ...]
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    interval: str = ""
+    interval_count: int = 1
+    cancel_at_period_end: bool = False
+    trial_end: datetime | None = None
+    # Quantity of the subscription item whose price maps to the plan (seats).
+    quantity: int | None = None
+    livemode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStart:
+    url: str
+    session_id: str
+    stripe_customer_id: str
+    price_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutReturn:
+    customer_id: int
+    session_id: str
+    status: str
+    subscription_id: str
+    plan: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalStart:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One difference between what is stored and what it should be."""
+
+    kind: str  # "customer" or "ledger"
+    customer_id: int
+    subject: str  # a customer field, or a feature key
+    expected: Any
+    actual: Any
+    fixed: bool = False
+
+    def __str__(self) -> str:
+        state = "fixed" if self.fixed else "drift"
+        return (
+            f"[{state}] customer {self.customer_id} {self.kind} {self.subject}: "
+            f"stored {self.actual!r}, expected {self.expected!r}"
+        )

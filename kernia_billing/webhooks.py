@@ -13,31 +13,17 @@ event older than the state a customer already applied is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from djstripe.event_handlers import djstripe_receiver
 from djstripe.models import Event
 
-from .services import catalog, stripe_state
-
-SUBSCRIPTION_EVENTS = [
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "customer.subscription.paused",
-    "customer.subscription.resumed",
-]
-INVOICE_EVENTS = ["invoice.paid", "invoice.payment_failed"]
-PRODUCT_EVENTS = ["product.created", "product.updated", "product.deleted"]
-PRICE_EVENTS = ["price.created", "price.updated", "price.deleted"]
+from .services import catalog, stripe_gateway, stripe_state
 
 
 def _object(event: Event) -> dict[str, Any]:
     return dict((event.data or {}).get("object") or {})
-
-
-def _api_key(event: Event) -> str | None:
-    return getattr(event, "default_api_key", None) or None
 
 
 def _sync_subscription(event: Event, subscription_id: str | None) -> None:
@@ -48,49 +34,67 @@ def _sync_subscription(event: Event, subscription_id: str | None) -> None:
         subscription_id,
         state_at=event.created,
         stripe_customer_id=stripe_state.stripe_id(_object(event).get("customer")),
-        api_key=_api_key(event),
+        api_key=stripe_gateway.api_key_for(event=event),
     )
 
 
-@djstripe_receiver(SUBSCRIPTION_EVENTS)
-def on_subscription_event(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_subscription(event: Event) -> None:
     _sync_subscription(event, stripe_state.stripe_id(_object(event).get("id")))
 
 
-@djstripe_receiver(INVOICE_EVENTS)
-def on_invoice_event(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_invoice(event: Event) -> None:
     _sync_subscription(event, stripe_state.invoice_subscription_id(_object(event)))
 
 
-@djstripe_receiver("checkout.session.completed")
-def on_checkout_completed(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_checkout_completed(event: Event) -> None:
     _sync_subscription(event, stripe_state.stripe_id(_object(event).get("subscription")))
 
 
-@djstripe_receiver("customer.deleted")
-def on_customer_deleted(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_customer_deleted(event: Event) -> None:
     stripe_state.detach_stripe_customer(
         stripe_state.stripe_id(_object(event).get("id")), state_at=event.created
     )
 
 
-@djstripe_receiver(PRODUCT_EVENTS)
-def on_product_event(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_product(event: Event) -> None:
     data = _object(event)
     if event.type == "product.deleted":
         catalog.apply_stripe_product(data, deleted=True)
         return
-    catalog.apply_stripe_product(
-        stripe_state.retrieve("product", str(data["id"]), api_key=_api_key(event))
-    )
+    key = stripe_gateway.api_key_for(event=event)
+    catalog.apply_stripe_product(stripe_gateway.retrieve("product", str(data["id"]), api_key=key))
 
 
-@djstripe_receiver(PRICE_EVENTS)
-def on_price_event(sender: Any, event: Event, **kwargs: Any) -> None:
+def on_price(event: Event) -> None:
     data = _object(event)
     if event.type == "price.deleted":
         catalog.apply_stripe_price(data, deleted=True)
         return
-    catalog.apply_stripe_price(
-        stripe_state.retrieve("price", str(data["id"]), api_key=_api_key(event))
-    )
+    key = stripe_gateway.api_key_for(event=event)
+    catalog.apply_stripe_price(stripe_gateway.retrieve("price", str(data["id"]), api_key=key))
+
+
+#: Event type -> the one handler that deals with it.
+HANDLERS: dict[str, Callable[[Event], None]] = {
+    "customer.subscription.created": on_subscription,
+    "customer.subscription.updated": on_subscription,
+    "customer.subscription.deleted": on_subscription,
+    "customer.subscription.paused": on_subscription,
+    "customer.subscription.resumed": on_subscription,
+    "invoice.paid": on_invoice,
+    "invoice.payment_failed": on_invoice,
+    "checkout.session.completed": on_checkout_completed,
+    "customer.deleted": on_customer_deleted,
+    "product.created": on_product,
+    "product.updated": on_product,
+    "product.deleted": on_product,
+    "price.created": on_price,
+    "price.updated": on_price,
+    "price.deleted": on_price,
+}
+
+
+@djstripe_receiver(list(HANDLERS))
+def receive(sender: Any, event: Event, **kwargs: Any) -> None:
+    """dj-stripe's one receiver for every event type in :data:`HANDLERS`."""
+    HANDLERS[event.type](event)

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from kernia_billing.api.permissions import RequiresFeature, request_owner
 from kernia_billing.decorators import requires_feature, track_usage
 from kernia_billing.models import Entitlement, UsageEvent
-from kernia_billing.services.entitlements import check, track
+from kernia_billing.services.usage import check, track
 from tests.api.entitlement_fixtures import *  # noqa: F403
 
 pytestmark = pytest.mark.django_db

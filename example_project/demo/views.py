@@ -28,9 +28,10 @@ from kernia_billing.api.serializers import render_check
 from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
 from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, FeatureKind
+from kernia_billing.selectors import get_customer, status_entitles
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
-from kernia_billing.services.customers import customer_state, get_customer, status_entitles
-from kernia_billing.services.entitlements import check
+from kernia_billing.services.customers import customer_state
+from kernia_billing.services.usage import check
 from kernia_billing.types import CheckResult
 
 from . import chart, webhook_health

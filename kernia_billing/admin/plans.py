@@ -10,8 +10,9 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 
-from ..models import CatalogPrice, Feature, Plan, PlanFeature, PlanPrice, ReviewState
-from ..services import catalog as catalog_service
+from ..models import CatalogPrice, Feature, Plan, PlanFeature, PlanPrice
+from ..services.catalog import rules
+from ..services.entitlements.sync import sync_plan_customers
 from .catalog import warn_flagged_prices
 
 
@@ -34,7 +35,7 @@ class PlanPriceForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        offered = Q(review_state=ReviewState.APPROVED, deleted_in_stripe=False)
+        offered = rules.MAPPABLE
         if self.instance.price_id:
             offered |= Q(pk=self.instance.price_id)
         self.fields["price"].queryset = CatalogPrice.objects.filter(offered).select_related(  # type: ignore[attr-defined]
@@ -43,12 +44,7 @@ class PlanPriceForm(forms.ModelForm):
 
     def clean_price(self) -> CatalogPrice:
         price: CatalogPrice = self.cleaned_data["price"]
-        other = (
-            PlanPrice.objects.filter(price=price)
-            .exclude(pk=self.instance.pk)
-            .select_related("plan")
-            .first()
-        )
+        other = rules.mapped_plans([price.pk], excluding_mapping=self.instance.pk).get(price.pk)
         if other is not None:
             raise forms.ValidationError(
                 _(
@@ -56,7 +52,7 @@ class PlanPriceForm(forms.ModelForm):
                     "one plan. Remove it from %(plan)s first."
                 ),
                 code="mapped_elsewhere",
-                params={"price": price.stripe_id, "plan": other.plan.key},
+                params={"price": price.stripe_id, "plan": other.key},
             )
         return price
 
@@ -138,7 +134,7 @@ class PlanAdmin(admin.ModelAdmin):
         super().save_related(request, form, formsets, change)
         # Included amounts follow the plan, and a new default plan reaches customers
         # without a subscription: bring them in line now.
-        catalog_service.resync_plan_customers([form.instance])
+        sync_plan_customers([form.instance.pk])
 
 
 @admin.register(Feature)

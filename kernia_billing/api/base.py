@@ -28,6 +28,7 @@ from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from ..hygiene import validate_text
+from .exceptions import exception_handler
 
 THROTTLE_SCOPE = "kernia_billing"
 
@@ -101,8 +102,6 @@ class BillingAPIView(APIView):
     def get_exception_handler(self) -> Any:
         # The package's handler even if the host project configured another one:
         # these endpoints promise the error shape.
-        from .exceptions import exception_handler
-
         return exception_handler
 
 

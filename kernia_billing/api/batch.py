@@ -26,7 +26,7 @@ from rest_framework.response import Response
 
 from ..conf import billing_settings
 from ..exceptions import BillingError
-from ..services import entitlements
+from ..services import usage
 from ..types import BatchItemResult, TrackRequest
 from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, TAG, _error
@@ -154,7 +154,7 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
                     owner=owner,
                 )
             )
-        answered = entitlements.track_batch(default_owner, requests) if requests else []
+        answered = usage.track_batch(default_owner, requests) if requests else []
         for item in answered:
             refused[positions[item.index]] = _reindexed(item, positions[item.index])
         results = [_render(refused[index]) for index in range(len(data["events"]))]
@@ -199,7 +199,7 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
 
 def _refusal(index: int, error: BillingError | exceptions.APIException) -> BatchItemResult:
     if isinstance(error, BillingError):
-        return entitlements.refusal(index, error)
+        return usage.refusal(index, error)
     code, message, fields = describe_api_exception(error)
     return BatchItemResult(
         index=index,

@@ -21,8 +21,8 @@ from rest_framework.utils.urls import remove_query_param, replace_query_param
 from .. import selectors
 from ..exceptions import UnknownFeature
 from ..models import Feature
-from ..services import entitlements
-from ..services.customers import get_customer
+from ..selectors import get_customer
+from ..services import usage
 from .base import BillingAPIView
 from .owners import IsBillingCaller, OwnerMixin
 from .serializers import (
@@ -77,7 +77,7 @@ class CheckView(OwnerMixin, BillingAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         owner = self.get_owner(data)
-        result = entitlements.check(owner, data["feature"], required=data["required"])
+        result = usage.check(owner, data["feature"], required=data["required"])
         return Response(render_check(result))
 
 
@@ -113,7 +113,7 @@ class TrackView(OwnerMixin, BillingAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         owner = self.get_owner(data)
-        result = entitlements.track(
+        result = usage.track(
             owner,
             data["feature"],
             data["amount"],

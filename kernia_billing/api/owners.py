@@ -29,17 +29,11 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from ..conf import billing_settings
-from ..exceptions import BillingError, InvalidRequest, UnknownCustomer
+from ..exceptions import InvalidRequest, UnknownCustomer, UnknownOwner
 from ..models import BillingCustomer
 
 OWNER_FIELDS = ("organizationId", "customerId", "userId")
 MAX_OWNER_ID_LENGTH = 64
-
-
-class UnknownOwner(BillingError):
-    code = "unknown_owner"
-    status = 404
-    default_message = "No such organization or user."
 
 
 class OwnerForbidden(exceptions.PermissionDenied):

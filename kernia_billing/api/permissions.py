@@ -19,7 +19,7 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from ..services.entitlements import denial_error
+from ..services.usage.check import check, denial_error
 from .owners import IsBillingCaller, can_manage_billing, request_owner
 
 __all__ = ["CanManageBilling", "IsBillingCaller", "RequiresFeature", "request_owner"]
@@ -39,8 +39,6 @@ def RequiresFeature(
         def has_permission(self, request: Request, view: Any) -> bool:
             if not (request.user and request.user.is_authenticated):
                 return False
-            from ..services.entitlements import check
-
             who = owner(request) if owner is not None else request.user
             result = check(who, feature, required=required)
             if not result.allowed:

@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from ..conf import billing_settings
 from ..hygiene import unstorable
-from ..services.entitlements import MAX_IDEMPOTENCY_KEY_LENGTH
+from ..services.usage.validation import MAX_IDEMPOTENCY_KEY_LENGTH
 from ..types import CheckResult, TrackResult
 from .owners import MAX_OWNER_ID_LENGTH
 

@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from ..money import format_price
+
 
 class FeatureKind(models.TextChoices):
     BOOLEAN = "boolean", _("Boolean (on/off)")
@@ -249,8 +251,6 @@ class CatalogPrice(ReviewedStripeObject):
     @property
     def human_readable_amount(self) -> str:
         """``$12.00 / month``, ``€120.00 / year``, ``¥500 / 3 months``."""
-        from ..selectors import format_price
-
         return format_price(
             self.unit_amount,
             self.currency,

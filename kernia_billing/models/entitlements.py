@@ -14,7 +14,8 @@ class Entitlement(models.Model):
     """What a customer may use of a feature now: ``balance = included - usage``.
 
     ``usage`` is only ever changed by conditional ``UPDATE`` statements in
-    :mod:`kernia_billing.services.entitlements`; it equals the sum of the
+    :mod:`kernia_billing.services.usage` (track) and
+    :mod:`kernia_billing.services.entitlements.resets`; it equals the sum of the
     customer's usage events for the feature since ``period_start``.
     """
 

@@ -15,71 +15,36 @@ leave the local rows as they were.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import stripe
 from django.conf import settings
 from django.db import transaction
 from django.http.request import validate_host
 from django.utils.http import url_has_allowed_host_and_scheme
-from djstripe.settings import djstripe_settings
 
 from ..conf import billing_settings
 from ..exceptions import (
     AlreadySubscribed,
     InvalidRequest,
     NoStripeCustomer,
-    StripeUnavailable,
+    StripeRefused,
     UnknownPlan,
 )
 from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice
-from ..selectors import offerable_prices
-from .customers import (
-    apply_subscription,
-    get_customer,
-    get_or_create_customer,
-    plan_for_prices,
-    status_entitles,
-)
+from ..selectors import get_customer, offerable_prices, plan_for_prices, status_entitles
+from ..types import CheckoutReturn, CheckoutStart, PortalStart
+from . import stripe_gateway
+from .customers import apply_subscription, get_or_create_customer
 from .locking import lock_customer
 from .stripe_state import (
-    call_stripe,
     find_customer,
     list_customer_subscriptions,
     owner_metadata,
     pick_subscription,
-    plain,
-    request_options,
     snapshot_from_stripe,
-    stripe_error_message,
     stripe_id,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutStart:
-    url: str
-    session_id: str
-    stripe_customer_id: str
-    price_id: str
-    quantity: int
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutReturn:
-    customer_id: int
-    session_id: str
-    status: str
-    subscription_id: str
-    plan: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PortalStart:
-    url: str
-
 
 # --- redirects -------------------------------------------------------------------------
 
@@ -129,11 +94,9 @@ def validate_redirect_url(url: str, *, field: str) -> str:
 def _api_key(api_key: str | None, customer: BillingCustomer) -> str:
     """The key for this customer's Stripe mode: the mode Stripe reported (set when we
     created the Stripe customer or applied its subscription), else the project's."""
-    if api_key:
-        return api_key
     livemode = customer.livemode if customer.stripe_customer_id else None
-    return djstripe_settings.get_default_api_key(
-        djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode
+    return stripe_gateway.api_key_for(
+        api_key=api_key, livemode=stripe_gateway.project_livemode(livemode)
     )
 
 
@@ -167,13 +130,14 @@ def ensure_stripe_customer(owner: Any, *, api_key: str | None = None) -> Billing
         if not locked.stripe_customer_id:
             real_owner = owner if not isinstance(owner, BillingCustomer) else locked.owner
             # The new Stripe customer lives in the project's current mode.
-            livemode = bool(djstripe_settings.STRIPE_LIVE_MODE)
-            remote = call_stripe(
-                stripe.Customer.create,
-                metadata=owner_metadata(locked),
+            livemode = stripe_gateway.project_livemode()
+            remote = stripe_gateway.create(
+                "customer",
+                api_key=api_key,
+                livemode=livemode,
                 idempotency_key=_idempotency_key(locked),
+                metadata=owner_metadata(locked),
                 **_owner_details(real_owner),
-                **request_options(api_key, livemode),
             )
             locked.stripe_customer_id = str(remote["id"])
             locked.livemode = livemode
@@ -256,8 +220,9 @@ def start_checkout(
     customer = ensure_stripe_customer(owner, api_key=api_key)
     quantity = (quantity or customer.seat_quantity or 1) if seat_plan else 1
     metadata = owner_metadata(customer)
-    session = call_stripe(
-        stripe.checkout.Session.create,
+    session = stripe_gateway.create(
+        "checkout.session",
+        api_key=_api_key(api_key, customer),
         mode="subscription",
         customer=customer.stripe_customer_id,
         client_reference_id=str(customer.pk),
@@ -266,7 +231,6 @@ def start_checkout(
         cancel_url=cancel_url,
         metadata=metadata,
         subscription_data={"metadata": metadata},
-        **request_options(_api_key(api_key, customer)),
     )
     return CheckoutStart(
         url=str(session["url"]),
@@ -321,19 +285,15 @@ def complete_checkout(
     webhooks for the same subscription, re-reading the same state, change nothing.
     """
     try:
-        session = plain(
-            stripe.checkout.Session.retrieve(
-                session_id, expand=["subscription"], **request_options(api_key)
-            )
+        session = stripe_gateway.retrieve(
+            "checkout.session", session_id, api_key=api_key, expand=["subscription"]
         )
-    except stripe.InvalidRequestError as exc:
-        if exc.http_status == 404:
+    except StripeRefused as exc:
+        if exc.not_found:
             raise InvalidRequest(
                 "No such checkout session.", fields={"sessionId": session_id}
             ) from exc
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
-    except stripe.StripeError as exc:
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
+        raise
     stripe_customer_id = stripe_id(session.get("customer"))
     customer = find_customer(stripe_customer_id, metadata=session.get("metadata"), api_key=api_key)
     expected = get_customer(owner) if owner is not None else None
@@ -367,10 +327,10 @@ def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> 
     customer = get_customer(owner)
     if customer is None or not customer.stripe_customer_id:
         raise NoStripeCustomer()
-    session = call_stripe(
-        stripe.billing_portal.Session.create,
+    session = stripe_gateway.create(
+        "billing_portal.session",
+        api_key=_api_key(api_key, customer),
         customer=customer.stripe_customer_id,
         return_url=return_url,
-        **request_options(_api_key(api_key, customer)),
     )
     return PortalStart(url=str(session["url"]))

@@ -6,58 +6,18 @@ find or create a customer and to change its plan or subscription state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
 
 from .. import signals
-from ..conf import billing_settings
 from ..models import BillingCustomer, Plan
-from ..types import CustomerState, SubscriptionState
+from ..selectors import default_plan, get_customer, owner_ref, plan_for_prices, status_entitles
+from ..types import CustomerState, SubscriptionSnapshot, SubscriptionState
+from .entitlements.resets import reanchor_entitlements, reset_for_new_period
+from .entitlements.sync import refresh_entitlements, sync_entitlements
 from .locking import atomic_with_retry, lock_customer
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionSnapshot:
-    """What kernia needs of a Stripe subscription, parsed from any API version."""
-
-    id: str
-    stripe_customer_id: str
-    status: str
-    price_ids: tuple[str, ...]
-    current_period_start: datetime | None
-    current_period_end: datetime | None
-    interval: str = ""
-    interval_count: int = 1
-    cancel_at_period_end: bool = False
-    trial_end: datetime | None = None
-    # Quantity of the subscription item whose price maps to the plan (seats).
-    quantity: int | None = None
-    livemode: bool = False
-
-
-def owner_ref(owner: Any) -> tuple[int, str]:
-    """``(content type id, primary key)`` of a user or organization; no query once cached."""
-    if isinstance(owner, BillingCustomer):
-        return owner.owner_type_id, owner.owner_id
-    if owner is None or getattr(owner, "pk", None) is None:
-        raise ValueError("A billing owner must be a saved model instance.")
-    content_type = ContentType.objects.get_for_model(owner, for_concrete_model=True)
-    return content_type.pk, str(owner.pk)
-
-
-def get_customer(owner: Any) -> BillingCustomer | None:
-    if isinstance(owner, BillingCustomer):
-        return owner
-    owner_type_id, owner_id = owner_ref(owner)
-    return (
-        BillingCustomer.objects.select_related("plan")
-        .filter(owner_type_id=owner_type_id, owner_id=owner_id)
-        .first()
-    )
 
 
 def get_or_create_customer(owner: Any) -> BillingCustomer:
@@ -71,8 +31,6 @@ def get_or_create_customer(owner: Any) -> BillingCustomer:
             customer = BillingCustomer.objects.create(
                 owner_type_id=owner_type_id, owner_id=owner_id, plan=default_plan()
             )
-            from .entitlements import sync_entitlements
-
             sync_entitlements(customer)
     except IntegrityError:
         # Another request created it first: the unique (owner_type, owner_id) says so.
@@ -80,53 +38,6 @@ def get_or_create_customer(owner: Any) -> BillingCustomer:
             owner_type_id=owner_type_id, owner_id=owner_id
         )
     return customer
-
-
-def default_plan() -> Plan | None:
-    return Plan.objects.filter(is_default=True, active=True).first()
-
-
-def apply_default_plan() -> int:
-    """Put every customer without an entitling subscription on the current default plan.
-
-    Called after plans change (a new default, a default switched or deactivated), so
-    such customers follow at once. Returns how many customers moved.
-    """
-    from .entitlements import sync_entitlements
-
-    plan = default_plan()
-    stale = BillingCustomer.objects.exclude(
-        subscription_status__in=billing_settings.ENTITLING_STATUSES
-    )
-    stale = stale.exclude(plan=plan) if plan is not None else stale.exclude(plan=None)
-    moved = 0
-    for customer_id in stale.values_list("pk", flat=True):
-        with transaction.atomic():
-            customer = lock_customer(customer_id)
-            if status_entitles(customer.subscription_status) or customer.plan_id == (
-                plan.pk if plan else None
-            ):
-                continue
-            customer.plan = plan
-            customer.save(update_fields=["plan", "updated_at"])
-            sync_entitlements(customer)
-            moved += 1
-    return moved
-
-
-def plan_for_prices(price_ids: tuple[str, ...] | list[str]) -> Plan | None:
-    """The plan that the given Stripe prices map to (the highest-ordered one if several)."""
-    if not price_ids:
-        return None
-    return (
-        Plan.objects.filter(plan_prices__price__stripe_id__in=list(price_ids))
-        .order_by("-display_order", "key")
-        .first()
-    )
-
-
-def status_entitles(status: str) -> bool:
-    return status in billing_settings.ENTITLING_STATUSES
 
 
 def resolve_plan(snapshot: SubscriptionSnapshot | None) -> Plan | None:
@@ -160,8 +71,6 @@ def apply_subscription(
 def _apply_locked(
     customer_id: int, snapshot: SubscriptionSnapshot | None, state_at: datetime | None
 ) -> bool:
-    from .entitlements import reanchor_entitlements, reset_for_new_period, sync_entitlements
-
     locked = lock_customer(customer_id)
     if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
         return False
@@ -218,8 +127,6 @@ def _apply_locked(
 
 def customer_state(owner: Any) -> CustomerState:
     """Everything a billing page shows: subscription, plan, entitlements (resets applied)."""
-    from .entitlements import refresh_entitlements
-
     customer = get_or_create_customer(owner)
     entitlements = refresh_entitlements(customer)
     subscription = None

@@ -43,11 +43,7 @@ RETRY_ATTEMPTS = 3
 
 def lock_customer(customer_id: int) -> BillingCustomer:
     """Step 1 of the lock order. Must run inside a transaction."""
-    return (
-        BillingCustomer.objects.select_related("plan")
-        .select_for_update(no_key=True, of=("self",))
-        .get(pk=customer_id)
-    )
+    return BillingCustomer.objects.select_for_update(no_key=True).get(pk=customer_id)
 
 
 def is_retryable(error: BaseException) -> bool:

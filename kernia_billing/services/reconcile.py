@@ -14,15 +14,17 @@ applying it would roll a customer back. ``kernia_reconcile`` is the command-line
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from djstripe.models import Subscription
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
-from .customers import SubscriptionSnapshot, apply_subscription, resolve_plan
+from ..types import Drift, SubscriptionSnapshot
+from . import stripe_gateway
+from .customers import apply_subscription, resolve_plan
 from .stripe_state import list_customer_subscriptions, pick_subscription
 
 CUSTOMER_FIELDS = (
@@ -37,28 +39,7 @@ CUSTOMER_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Drift:
-    """One difference between what is stored and what it should be."""
-
-    kind: str  # "customer" or "ledger"
-    customer_id: int
-    subject: str  # a customer field, or a feature key
-    expected: Any
-    actual: Any
-    fixed: bool = False
-
-    def __str__(self) -> str:
-        state = "fixed" if self.fixed else "drift"
-        return (
-            f"[{state}] customer {self.customer_id} {self.kind} {self.subject}: "
-            f"stored {self.actual!r}, expected {self.expected!r}"
-        )
-
-
 def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:
-    from djstripe.models import Subscription
-
     rows = Subscription.objects.filter(customer__id=stripe_customer_id).values_list(
         "stripe_data", flat=True
     )
@@ -66,16 +47,9 @@ def _mirror_subscriptions(stripe_customer_id: str) -> list[dict[str, Any]]:
 
 
 def _refresh_mirror(subscriptions: list[dict[str, Any]], api_key: str | None) -> None:
-    import stripe
-    from djstripe.models import Subscription
-    from djstripe.settings import djstripe_settings
-
-    key = api_key or djstripe_settings.get_default_api_key(None)
     for data in subscriptions:
         # dj-stripe pages through items, so it wants SDK objects rather than dicts.
-        Subscription.sync_from_stripe_data(
-            stripe.Subscription.construct_from(data, key), api_key=key
-        )
+        stripe_gateway.mirror(Subscription, data, api_key=api_key, as_sdk_object="subscription")
 
 
 def _expected(snapshot: SubscriptionSnapshot | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Webhooks are notifications, not state: every door here re-reads the subscription
 from Stripe (dj-stripe's own receivers run in no guaranteed order relative to
 ours, and event payloads may be rendered in another API version), parses it into
-a :class:`~kernia_billing.services.customers.SubscriptionSnapshot` and hands it
+a :class:`~kernia_billing.types.SubscriptionSnapshot` and hands it
 to :func:`~kernia_billing.services.customers.apply_subscription`.
 
 Parsing never uses dj-stripe's ``Subscription.is_valid()``,
@@ -13,24 +13,19 @@ from API 2025-03-31 the period boundaries live on the subscription items.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import stripe
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 
-from ..exceptions import StripeUnavailable
 from ..models import BillingCustomer, PlanPrice
-from .customers import (
-    SubscriptionSnapshot,
-    apply_subscription,
-    get_or_create_customer,
-    status_entitles,
-)
+from ..selectors import status_entitles
+from ..types import SubscriptionSnapshot
+from . import stripe_gateway
+from .customers import apply_subscription, get_or_create_customer
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +38,6 @@ ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 
 # --- plain data ------------------------------------------------------------------------
-
-
-def plain(obj: Any) -> dict[str, Any]:
-    """A StripeObject (or dict) as plain JSON data."""
-    if obj is None:
-        return {}
-    if isinstance(obj, stripe.StripeObject):
-        return json.loads(str(obj))  # type: ignore[no-any-return]
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"Not Stripe data: {type(obj).__name__}")
 
 
 def stripe_id(value: Any) -> str:
@@ -125,7 +109,7 @@ def snapshot_from_stripe(subscription: Any) -> SubscriptionSnapshot:
     - ``cancel_at_period_end`` is also true when ``cancel_at`` falls within the current
       period: newer dashboards schedule "cancel at period end" that way.
     """
-    data = plain(subscription)
+    data = stripe_gateway.plain(subscription)
     items = _items(data)
     price_ids = tuple(pid for pid in (stripe_id(_item_price(i).get("id")) for i in items) if pid)
     mapped = _mapped_price_ids(price_ids)
@@ -191,7 +175,7 @@ def pick_subscription(subscriptions: Iterable[Any]) -> SubscriptionSnapshot | No
     """
     candidates = []
     for subscription in subscriptions:
-        data = plain(subscription)
+        data = stripe_gateway.plain(subscription)
         candidates.append((_rank(snapshot_from_stripe(data)), -int(data.get("created") or 0), data))
     if not candidates:
         return None
@@ -253,9 +237,7 @@ def find_customer(
     if found is not None:
         return found
     # A deleted Stripe customer must not be linked again by a late event.
-    remote = plain(
-        call_stripe(stripe.Customer.retrieve, stripe_customer_id, **request_options(api_key))
-    )
+    remote = stripe_gateway.retrieve("customer", stripe_customer_id, api_key=api_key)
     if remote.get("deleted"):
         return None
     customer = _customer_from_metadata(metadata) or _customer_from_metadata(remote.get("metadata"))
@@ -276,66 +258,18 @@ def find_customer(
     return customer if customer.stripe_customer_id == stripe_customer_id else None
 
 
-# --- Stripe calls ----------------------------------------------------------------------
-
-
-def request_options(api_key: str | None = None, livemode: bool | None = None) -> dict[str, Any]:
-    from djstripe.settings import djstripe_settings
-
-    return {
-        "api_key": api_key or djstripe_settings.get_default_api_key(livemode),
-        "stripe_version": djstripe_settings.STRIPE_API_VERSION,
-    }
-
-
-def call_stripe(method: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the Stripe SDK; connection problems and 5xx become :class:`StripeUnavailable`."""
-    try:
-        return method(*args, **kwargs)
-    except stripe.StripeError as exc:
-        raise StripeUnavailable(stripe_error_message(exc)) from exc
-
-
-def stripe_error_message(exc: stripe.StripeError) -> str:
-    """A sentence an operator can act on."""
-    detail = exc.user_message or str(exc) or type(exc).__name__
-    if isinstance(exc, stripe.AuthenticationError):
-        return (
-            "Stripe rejected the API key; check STRIPE_TEST_SECRET_KEY / "
-            f"STRIPE_LIVE_SECRET_KEY. Stripe said: {detail}"
-        )
-    if isinstance(exc, stripe.PermissionError):
-        return f"The Stripe API key is not allowed to do this. Stripe said: {detail}"
-    if isinstance(exc, stripe.APIConnectionError):
-        return f"Could not reach Stripe at {stripe.api_base}: {detail}"
-    status = f" (HTTP {exc.http_status})" if exc.http_status else ""
-    return f"Stripe returned an error{status}: {detail}"
-
-
-_RESOURCES: dict[str, Any] = {
-    "product": stripe.Product,
-    "price": stripe.Price,
-    "subscription": stripe.Subscription,
-}
-
-
-def retrieve(kind: str, object_id: str, *, api_key: str | None = None) -> dict[str, Any]:
-    """The current state of a Stripe object, as plain data."""
-    return plain(call_stripe(_RESOURCES[kind].retrieve, object_id, **request_options(api_key)))
+# --- Stripe reads ----------------------------------------------------------------------
 
 
 def list_customer_subscriptions(
     stripe_customer_id: str, *, api_key: str | None = None
 ) -> list[dict[str, Any]]:
     """Every subscription of a Stripe customer, ended ones included."""
-    listing = call_stripe(
-        stripe.Subscription.list,
-        customer=stripe_customer_id,
-        status="all",
-        limit=100,
-        **request_options(api_key),
+    return list(
+        stripe_gateway.list_all(
+            "subscription", customer=stripe_customer_id, status="all", api_key=api_key
+        )
     )
-    return [plain(sub) for sub in listing.auto_paging_iter()]
 
 
 # --- services --------------------------------------------------------------------------
@@ -360,9 +294,7 @@ def sync_subscription_from_stripe(
         known = BillingCustomer.objects.filter(stripe_customer_id=stripe_customer_id).first()
         if known is not None and _is_stale(known, state_at):
             return known
-    subscription = plain(
-        call_stripe(stripe.Subscription.retrieve, subscription_id, **request_options(api_key))
-    )
+    subscription = stripe_gateway.retrieve("subscription", subscription_id, api_key=api_key)
     stripe_customer_id = stripe_id(subscription.get("customer"))
     customer = find_customer(
         stripe_customer_id, metadata=subscription.get("metadata"), api_key=api_key

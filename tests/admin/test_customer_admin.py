@@ -13,7 +13,7 @@ from django.utils import timezone
 from djstripe.models import WebhookEventTrigger
 
 from kernia_billing.models import BillingCustomer, Entitlement, UsageEvent
-from kernia_billing.services import entitlements
+from kernia_billing.services import usage as entitlements
 from kernia_billing.services.customers import get_or_create_customer
 from tests.factories import (
     FeatureFactory,

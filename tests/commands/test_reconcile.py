@@ -9,7 +9,7 @@ import stripe
 from django.core.management import call_command
 
 from kernia_billing.models import BillingCustomer, Entitlement
-from kernia_billing.services import entitlements
+from kernia_billing.services import usage as entitlements
 from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 from kernia_billing.testing import FakeStripe

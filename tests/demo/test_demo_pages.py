@@ -167,11 +167,8 @@ def test_console_answers_a_non_number_in_the_error_shape(client, demo):
 
 
 def test_subscribers_change_plans_in_the_portal(client, demo, fake_stripe):
-    from kernia_billing.services.customers import (
-        SubscriptionSnapshot,
-        apply_subscription,
-        get_or_create_customer,
-    )
+    from kernia_billing.services.customers import apply_subscription, get_or_create_customer
+    from kernia_billing.types import SubscriptionSnapshot
 
     alice = get_user_model().objects.get(username="alice")
     pro_price = CatalogPrice.objects.get(lookup_key="pro_monthly")

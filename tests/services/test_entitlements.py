@@ -20,11 +20,8 @@ from kernia_billing.exceptions import (
     UsageBelowZero,
 )
 from kernia_billing.models import BillingCustomer, Entitlement, FeatureKind, ResetPeriod, UsageEvent
-from kernia_billing.services.customers import (
-    SubscriptionSnapshot,
-    apply_subscription,
-    get_or_create_customer,
-)
+from kernia_billing.services.customers import apply_subscription, get_or_create_customer
+from kernia_billing.types import SubscriptionSnapshot
 from tests.factories import (
     FeatureFactory,
     PlanFactory,
@@ -410,7 +407,7 @@ def test_a_default_plan_added_later_reaches_existing_customers(db, messages):
 
 
 def test_switching_the_default_plan_moves_customers_without_subscription(user, free_plan, messages):
-    from kernia_billing.services.entitlements import sync_plan_customers
+    from kernia_billing.services.entitlements.sync import sync_plan_customers
 
     kernia_billing.track(user, "messages", 30)
     starter = PlanFactory(key="starter")

@@ -17,7 +17,7 @@ from django.test import Client
 
 from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import BillingCustomer, Entitlement, UsageEvent
-from kernia_billing.services import entitlements
+from kernia_billing.services import usage
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
@@ -50,7 +50,7 @@ def test_renewal_delivered_several_times_while_tracks_run(
     subscribed: tuple[Any, str, Catalog, Webhooks], fake_stripe: FakeStripe
 ) -> None:
     user, subscription_id, _, webhooks = subscribed
-    entitlements.track(user, "messages", 990)
+    usage.track(user, "messages", 990)
     fake_stripe.advance_subscription(subscription_id)
     renewal = webhooks.pending("customer.subscription.updated")[-1]
     others = [e for e in webhooks.pending() if e["id"] != renewal["id"]]
@@ -63,7 +63,7 @@ def test_renewal_delivered_several_times_while_tracks_run(
         if index < DELIVERIES + len(others):
             return ("delivery", webhooks.post(others[index - DELIVERIES]).status_code)
         try:
-            result = entitlements.track(user, "messages", 1, now=after_renewal)
+            result = usage.track(user, "messages", 1, now=after_renewal)
         except InsufficientBalance:
             return ("refused", None)
         return ("tracked", result.event_id)

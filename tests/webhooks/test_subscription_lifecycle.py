@@ -16,7 +16,7 @@ from django.test import override_settings
 from django.utils.dateparse import parse_datetime
 
 from kernia_billing.models import BillingCustomer
-from kernia_billing.services import entitlements
+from kernia_billing.services import usage as entitlements
 from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.testing import FakeStripe
 from tests.factories import MembershipFactory, UserFactory

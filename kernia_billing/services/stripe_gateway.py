@@ -1,0 +1,219 @@
+"""The one way to reach Stripe: every Stripe SDK call in kernia_billing is made here.
+
+What every call shares lives here once:
+
+- the API key (:func:`api_key_for`: an explicit key, else the event's, else the
+  project's key for the mode), and the pinned ``STRIPE_API_VERSION``;
+- idempotency keys (:func:`create` and :func:`modify` take one);
+- error translation (:func:`translated`): a Stripe that cannot be reached or answers
+  5xx raises :class:`~kernia_billing.exceptions.StripeUnavailable`, a request Stripe
+  refused raises :class:`~kernia_billing.exceptions.StripeRefused` (a subclass, same
+  code and HTTP status), both with a sentence an operator can act on;
+- answers as plain JSON data (:func:`plain`), never SDK objects.
+
+Timeouts and retries are the SDK's (``stripe.max_network_retries`` and its default
+HTTP client), configured once by the project. dj-stripe calls that may reach Stripe
+on our behalf (``sync_from_stripe_data`` with an API key) go through :func:`mirror`.
+
+To add a call (meters, invoices, subscription updates, portal configurations): add
+the SDK class to :data:`RESOURCES` and call :func:`retrieve`, :func:`list_all`,
+:func:`create` or :func:`modify` with its name. ``tests/test_stripe_gateway_only.py``
+fails on any use of the ``stripe`` module outside this file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import stripe
+from djstripe.settings import djstripe_settings
+
+from ..exceptions import StripeRefused, StripeUnavailable
+
+Resource = Literal[
+    "customer",
+    "product",
+    "price",
+    "subscription",
+    "checkout.session",
+    "billing_portal.session",
+]
+
+#: The Stripe SDK resource behind each name the services use.
+RESOURCES: dict[str, Any] = {
+    "customer": stripe.Customer,
+    "product": stripe.Product,
+    "price": stripe.Price,
+    "subscription": stripe.Subscription,
+    "checkout.session": stripe.checkout.Session,
+    "billing_portal.session": stripe.billing_portal.Session,
+}
+
+# Stripe allows at most 100 objects per list page.
+PAGE_SIZE = 100
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def project_livemode(livemode: bool | None = None) -> bool:
+    """``livemode``, or the project's mode (``STRIPE_LIVE_MODE``) when it is unknown."""
+    return bool(djstripe_settings.STRIPE_LIVE_MODE if livemode is None else livemode)
+
+
+def api_key_for(
+    *, api_key: str | None = None, livemode: bool | None = None, event: Any = None
+) -> str:
+    """The secret key for a call: ``api_key`` when given, else the key of the webhook
+    ``event`` (dj-stripe's ``default_api_key``), else the project's key for ``livemode``
+    (``None``: dj-stripe's default key)."""
+    if api_key:
+        return api_key
+    event_key = getattr(event, "default_api_key", None) if event is not None else None
+    if event_key:
+        return str(event_key)
+    return djstripe_settings.get_default_api_key(livemode)
+
+
+def _options(api_key: str | None, livemode: bool | None = None) -> dict[str, Any]:
+    return {
+        "api_key": api_key_for(api_key=api_key, livemode=livemode),
+        "stripe_version": djstripe_settings.STRIPE_API_VERSION,
+    }
+
+
+# --- errors and data -------------------------------------------------------------------
+
+
+def error_message(exc: stripe.StripeError) -> str:
+    """A sentence an operator can act on."""
+    detail = exc.user_message or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.AuthenticationError):
+        return (
+            "Stripe rejected the API key; check STRIPE_TEST_SECRET_KEY / "
+            f"STRIPE_LIVE_SECRET_KEY. Stripe said: {detail}"
+        )
+    if isinstance(exc, stripe.PermissionError):
+        return f"The Stripe API key is not allowed to do this. Stripe said: {detail}"
+    if isinstance(exc, stripe.APIConnectionError):
+        return f"Could not reach Stripe at {stripe.api_base}: {detail}"
+    status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+    return f"Stripe returned an error{status}: {detail}"
+
+
+def translate(exc: stripe.StripeError) -> StripeUnavailable:
+    """The project's error for a Stripe SDK error (raise it ``from exc``)."""
+    message = error_message(exc)
+    unreachable = isinstance(exc, stripe.APIConnectionError | stripe.APIError) or (
+        exc.http_status is not None and exc.http_status >= 500
+    )
+    if unreachable:
+        return StripeUnavailable(message)
+    return StripeRefused(
+        message,
+        http_status=exc.http_status,
+        not_found=isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404,
+    )
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Run a block that talks to Stripe; its Stripe errors become the project's."""
+    try:
+        yield
+    except stripe.StripeError as exc:
+        raise translate(exc) from exc
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A StripeObject (or dict) as plain JSON data."""
+    if obj is None:
+        return {}
+    if isinstance(obj, stripe.StripeObject):
+        return json.loads(str(obj))  # type: ignore[no-any-return]
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"Not Stripe data: {type(obj).__name__}")
+
+
+# --- calls -----------------------------------------------------------------------------
+
+
+def retrieve(
+    resource: Resource,
+    object_id: str,
+    *,
+    api_key: str | None = None,
+    expand: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The current state of one Stripe object."""
+    params: dict[str, Any] = {"expand": list(expand)} if expand else {}
+    with translated():
+        return plain(RESOURCES[resource].retrieve(object_id, **params, **_options(api_key)))
+
+
+def list_all(
+    resource: Resource, *, api_key: str | None = None, **params: Any
+) -> Iterator[dict[str, Any]]:
+    """Every object of a list endpoint matching ``params``, page by page."""
+    with translated():
+        listing = RESOURCES[resource].list(limit=PAGE_SIZE, **params, **_options(api_key))
+        for obj in listing.auto_paging_iter():
+            yield plain(obj)
+
+
+def create(
+    resource: Resource,
+    *,
+    api_key: str | None = None,
+    livemode: bool | None = None,
+    idempotency_key: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Create a Stripe object; a retry with the same ``idempotency_key`` creates none."""
+    if idempotency_key:
+        params["idempotency_key"] = idempotency_key
+    with translated():
+        return plain(RESOURCES[resource].create(**params, **_options(api_key, livemode)))
+
+
+def modify(
+    resource: Resource,
+    object_id: str,
+    *,
+    api_key: str | None = None,
+    idempotency_key: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Update a Stripe object."""
+    if idempotency_key:
+        params["idempotency_key"] = idempotency_key
+    with translated():
+        return plain(RESOURCES[resource].modify(object_id, **params, **_options(api_key)))
+
+
+# --- dj-stripe's mirror ----------------------------------------------------------------
+
+
+def mirror(
+    model: Any,
+    data: Mapping[str, Any],
+    *,
+    api_key: str | None = None,
+    as_sdk_object: Resource | None = None,
+) -> Any:
+    """Write Stripe data into dj-stripe's mirror (``model.sync_from_stripe_data``).
+
+    dj-stripe may call Stripe meanwhile (to refetch related objects, or page through a
+    subscription's items: pass ``as_sdk_object="subscription"``, it wants an SDK object
+    then), so it gets the key, and its Stripe errors are translated like ours.
+    """
+    key = api_key_for(api_key=api_key)
+    payload: Any = data
+    if as_sdk_object is not None:
+        payload = RESOURCES[as_sdk_object].construct_from(data, key)
+    with translated():
+        return model.sync_from_stripe_data(payload, api_key=key)

@@ -1,0 +1,120 @@
+"""check: may an owner use a feature now? Never writes usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from ...exceptions import (
+    BillingError,
+    InsufficientBalance,
+    NoPlan,
+    NotIncluded,
+    UnknownFeature,
+)
+from ...hygiene import validate_text
+from ...models import (
+    Feature,
+    FeatureKind,
+    PlanFeature,
+)
+from ...selectors import status_entitles
+from ...types import CheckResult
+from ..customers import get_or_create_customer
+from ..entitlements.resets import reset_if_due
+from ..entitlements.rows import EntitlementRow, _load
+from ..entitlements.sync import apply_default_plan, sync_entitlements
+from .validation import _validate_required
+
+
+def _load_or_explain(owner: Any, feature_key: str) -> EntitlementRow | CheckResult:
+    """The entitlement, or a denial saying why there is none (unknown feature raises)."""
+    entitlement = _load(owner, feature_key)
+    if entitlement is not None:
+        return entitlement
+    # Rare path: first use by this owner, a plan edited since the last sync, or a
+    # feature the plan does not grant.
+    feature = Feature.objects.filter(key=feature_key).first()
+    if feature is None:
+        raise UnknownFeature(f"No such feature: {feature_key!r}.", fields={"feature": feature_key})
+    customer = get_or_create_customer(owner)
+    if customer.plan_id is None and not status_entitles(customer.subscription_status):
+        # A default plan may have appeared since this customer was created.
+        apply_default_plan()
+        customer.refresh_from_db()
+    if (
+        customer.plan_id
+        and PlanFeature.objects.filter(plan_id=customer.plan_id, feature=feature).exists()
+    ):
+        sync_entitlements(customer)
+        entitlement = _load(customer, feature_key)
+        if entitlement is not None:
+            return entitlement
+    return CheckResult(
+        allowed=False,
+        feature=feature.key,
+        kind=feature.kind,
+        reason="no_plan" if customer.plan_id is None else "not_included",
+        plan=customer.plan.key if customer.plan else None,
+    )
+
+
+def check(
+    owner: Any, feature: str, required: int = 1, *, now: datetime | None = None
+) -> CheckResult:
+    """May ``owner`` use ``required`` units of ``feature`` now? Never writes usage.
+
+    A reset that fell due is applied first (exactly once), so the answer reflects
+    the current period.
+    """
+    required = _validate_required(required)
+    validate_text(feature, "feature")
+    found = _load_or_explain(owner, feature)
+    if isinstance(found, CheckResult):
+        return found
+    entitlement = reset_if_due(found, now or timezone.now())
+    return _check_result(entitlement, required)
+
+
+def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
+    reason = None
+    boolean = entitlement.kind == FeatureKind.BOOLEAN
+    if not entitlement.granted:
+        reason = "no_plan" if entitlement.plan_id is None else "not_included"
+    elif not boolean and not (
+        entitlement.unlimited or entitlement.allow_overage or entitlement.balance >= required
+    ):
+        reason = "insufficient_balance"
+    return CheckResult(
+        allowed=reason is None,
+        feature=entitlement.feature,
+        kind=entitlement.kind,
+        reason=reason,
+        balance=None if boolean or entitlement.unlimited else entitlement.balance,
+        included=None if boolean else entitlement.included,
+        usage=None if boolean else entitlement.usage,
+        unlimited=entitlement.unlimited,
+        allow_overage=entitlement.allow_overage,
+        reset_period=entitlement.reset_period,
+        next_reset_at=entitlement.next_reset_at,
+        plan=entitlement.plan,
+        required=required,
+    )
+
+
+def denial_error(result: CheckResult) -> BillingError:
+    """The domain error (402) that says why a check was denied; every door raises this."""
+    fields: dict[str, Any] = {"feature": result.feature}
+    if result.reason == "no_plan":
+        return NoPlan(fields=fields)
+    if result.reason == "insufficient_balance":
+        fields.update(balance=result.balance, required=result.required)
+        return InsufficientBalance(
+            f"Not enough {result.feature!r} left: balance {result.balance}, "
+            f"required {result.required}.",
+            balance=result.balance,
+            fields=fields,
+        )
+    return NotIncluded(f"The plan does not include {result.feature!r}.", fields=fields)

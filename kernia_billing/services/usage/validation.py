@@ -1,0 +1,63 @@
+"""Input validation of check and track, shared by every door."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ...conf import billing_settings
+from ...exceptions import InvalidRequest
+from ...hygiene import validate_text
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+# --- input validation (every door shares it) ---------------------------------------------
+
+
+def _validate_integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer.", fields={name: "Must be an integer."})
+    limit = billing_settings.MAX_TRACK_AMOUNT
+    if abs(value) > limit:
+        raise InvalidRequest(
+            f"{name} must be at most {limit} in size.", fields={name: f"At most {limit}."}
+        )
+    return value
+
+
+def _validate_amount(amount: Any) -> int:
+    amount = _validate_integer(amount, "amount")
+    if amount == 0:
+        raise InvalidRequest("amount must not be zero.", fields={"amount": "Must not be zero."})
+    return amount
+
+
+def _validate_required(required: Any) -> int:
+    required = _validate_integer(required, "required")
+    if required < 0:
+        raise InvalidRequest(
+            "required must be zero or more.", fields={"required": "Must be zero or more."}
+        )
+    return required
+
+
+def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str | None:
+    """A usable idempotency key, or None for none; ``field`` names it in errors."""
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise InvalidRequest(f"{field} must be a string.", fields={field: "Must be a string."})
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidRequest(
+            f"{field} must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            fields={field: f"At most {MAX_IDEMPOTENCY_KEY_LENGTH} characters."},
+        )
+    validate_text(key, field)
+    return key
+
+
+def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> str:
+    payload = json.dumps([feature, amount, properties], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
