@@ -17,7 +17,7 @@ on our behalf (``sync_from_stripe_data`` with an API key) go through :func:`mirr
 
 To add a call (meters, invoices, subscription updates, portal configurations): add
 the SDK class to :data:`RESOURCES` and call :func:`retrieve`, :func:`list_all`,
-:func:`create` or :func:`modify` with its name. ``tests/test_stripe_gateway_only.py``
+:func:`create` or :func:`modify` with its name. ``tests/test_architecture.py``
 fails on any use of the ``stripe`` module outside this file.
 """
 
