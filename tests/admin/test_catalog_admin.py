@@ -133,6 +133,51 @@ def test_map_to_plan_refuses_unapproved_and_mapped_elsewhere(staff_client):
     assert not PlanPrice.objects.filter(plan=pro).exists()
 
 
+def test_map_to_plan_makes_staff_choose_the_plan(staff_client):
+    PlanFactory(key="free", name="Free", is_default=True, display_order=0)
+    pro = PlanFactory(key="pro", name="Pro", display_order=1)
+    monthly = CatalogPriceFactory(unit_amount=9900)
+
+    page = _action(staff_client, PRICES, "map_to_plan", [monthly]).content.decode()
+    # The first option is the empty one, selected; no plan is pre-selected.
+    select = page[page.index('<select name="plan"') : page.index("</select>")]
+    assert '<option value="" selected>' in select
+    assert select.count("selected") == 1
+    assert "Free (free) — default plan" in select
+
+    # Clicking through without choosing maps nothing.
+    done = _action(staff_client, PRICES, "map_to_plan", [monthly], post="yes", plan="")
+    assert _messages(done) == ["Choose a plan."]
+    assert not PlanPrice.objects.exists()
+
+    done = _action(staff_client, PRICES, "map_to_plan", [monthly], post="yes", plan=pro.pk)
+    assert "1 price(s) mapped to plan pro." in _messages(done)
+
+
+def test_map_to_plan_warns_about_prices_mapped_elsewhere(staff_client):
+    PlanFactory(key="pro")
+    elsewhere = PlanPriceFactory(plan=PlanFactory(key="team")).price
+    fresh = CatalogPriceFactory()
+
+    page = _action(staff_client, PRICES, "map_to_plan", [elsewhere, fresh]).content.decode()
+
+    assert 'data-testid="mapped-elsewhere"' in page
+    assert f"{elsewhere.stripe_id} (team)" in page
+
+
+def test_map_to_plan_refuses_when_no_selected_price_is_approved(staff_client):
+    PlanFactory(key="pro")
+    pending = CatalogPriceFactory(review_state=ReviewState.PENDING)
+    ignored = CatalogPriceFactory(review_state=ReviewState.IGNORED)
+
+    response = _action(staff_client, PRICES, "map_to_plan", [pending, ignored])
+
+    assert "Map prices to a plan" not in response.content.decode()
+    (message,) = _messages(response)
+    assert "None of the selected prices is approved" in message
+    assert pending.stripe_id in message and ignored.stripe_id in message
+
+
 def test_sync_button_runs_the_sync_and_reports_counts(staff_client, fake_stripe):
     seed_example_stripe(fake_stripe)
 
