@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
@@ -146,3 +146,28 @@ class FeatureAdmin(admin.ModelAdmin):
     list_display = ["key", "name", "kind", "unit", "archived"]
     list_filter = ["kind", "archived"]
     search_fields = ["key", "name", "description"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.in_use():
+            readonly += [f for f in Feature.FROZEN_WHEN_IN_USE if f not in readonly]
+        return readonly
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        feature = self.get_object(request, object_id)
+        if request.method == "GET" and feature is not None and feature.in_use():
+            messages.info(
+                request,
+                _(
+                    "Customers use this feature, so its key and kind are read-only. To rename "
+                    "it or change its kind, add a new feature, map it to the plans, move your "
+                    "code to the new key, then archive this one."
+                ),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import stripe
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+import kernia_billing
 from kernia_billing.models import (
     CatalogPrice,
     CatalogProduct,
@@ -311,6 +313,42 @@ def test_feature_admin_lists_features(staff_client):
     FeatureFactory(key="messages", name="Messages")
     page = staff_client.get(reverse("admin:kernia_billing_feature_changelist")).content.decode()
     assert "messages" in page
+
+
+def test_a_used_features_key_and_kind_are_read_only(staff_client):
+    messages_feature = FeatureFactory(key="messages", kind="metered")
+    unused = FeatureFactory(key="sso", kind="boolean")
+    plan = PlanFactory(key="pro", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages_feature, included=100)
+    user = UserFactory()
+    kernia_billing.track(user, "messages", 3)
+    url = reverse("admin:kernia_billing_feature_change", args=[messages_feature.pk])
+
+    page = staff_client.get(url, follow=True).content.decode()
+    assert 'name="key"' not in page and 'name="kind"' not in page
+    assert "key and kind are read-only" in page
+
+    staff_client.post(
+        url, {"key": "msgs", "kind": "boolean", "name": "Messages", "unit": "", "description": ""}
+    )
+    messages_feature.refresh_from_db()
+    assert (messages_feature.key, messages_feature.kind) == ("messages", "metered")
+    assert kernia_billing.check(user, "messages").balance == 97
+
+    # The rule lives on the model, so every writer (the catalog loader too) meets it.
+    messages_feature.kind = "boolean"
+    with pytest.raises(ValidationError) as refused:
+        messages_feature.full_clean()
+    assert "kind" in refused.value.message_dict
+
+    # A feature nobody uses yet can still be renamed.
+    unused_url = reverse("admin:kernia_billing_feature_change", args=[unused.pk])
+    assert 'name="key"' in staff_client.get(unused_url).content.decode()
+    staff_client.post(
+        unused_url, {"key": "saml", "kind": "boolean", "name": "SSO", "unit": "", "description": ""}
+    )
+    unused.refresh_from_db()
+    assert unused.key == "saml"
 
 
 def test_non_staff_cannot_see_or_act(user_client, fake_stripe):
