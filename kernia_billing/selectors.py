@@ -76,6 +76,29 @@ def flagged_mapped_prices() -> QuerySet[CatalogPrice]:
 # --- usage history (GET billing/usage) ---------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class GrantImpact:
+    """What lowering (or removing) one plan feature would do to current customers."""
+
+    customers: int  # customers on the plan who hold the feature now
+    negative: int  # of them, those whose usage already exceeds the new amount
+
+
+def lower_grant_impact(plan: Any, feature_id: int, *, included: int | None) -> GrantImpact:
+    """Customers of ``plan`` affected if the feature's grant becomes ``included``.
+
+    ``included=None`` means the feature leaves the plan.
+    """
+    from .models import Entitlement
+
+    held = Entitlement.objects.filter(customer__plan=plan, feature_id=feature_id, granted=True)
+    counts = held.aggregate(
+        customers=Count("pk"),
+        negative=Count("pk", filter=Q(usage__gt=included if included is not None else 0)),
+    )
+    return GrantImpact(customers=counts["customers"], negative=counts["negative"])
+
+
 def usage_events(
     customer_id: int | None,
     *,

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 
 from ..models import CatalogPrice, Feature, Plan, PlanFeature, PlanPrice, ReviewState
+from ..selectors import lower_grant_impact
 from ..services import catalog as catalog_service
 from .catalog import warn_flagged_prices
 
@@ -69,8 +70,79 @@ class PlanPriceInline(admin.TabularInline):
     verbose_name_plural = _("Stripe prices (only approved prices can be mapped)")
 
 
+CONFIRM_LOWER_FIELD = "confirm_lower_grants"
+
+
+class PlanForm(forms.ModelForm):
+    confirm_lower_grants = forms.BooleanField(
+        required=False,
+        label=_("Confirm lower grants"),
+        help_text=_(
+            "Needed when a change lowers or removes what current customers of this plan "
+            "hold; the admin says how many customers it affects."
+        ),
+    )
+
+    class Meta:
+        model = Plan
+        fields = ["name", "key", "description", "is_default", "active", "display_order"]
+
+
+class PlanFeatureFormSet(forms.BaseInlineFormSet):
+    """Refuses, until confirmed, a change that lowers what current customers hold."""
+
+    def clean(self) -> None:
+        super().clean()
+        if self.instance.pk is None or self.data.get(CONFIRM_LOWER_FIELD):
+            return
+        problems = []
+        for form in self.forms:
+            if not form.initial.get("feature") or not hasattr(form, "cleaned_data"):
+                continue
+            was_unlimited = bool(form.initial.get("unlimited"))
+            was_included = int(form.initial.get("included") or 0)
+            feature = form.initial["feature"]
+            if self.can_delete and self._should_delete_form(form):
+                included: int | None = None
+            elif form.cleaned_data.get("unlimited") or form.cleaned_data.get(
+                "included_from_quantity"
+            ):
+                continue
+            else:
+                included = form.cleaned_data.get("included")
+                if included is None or (not was_unlimited and included >= was_included):
+                    continue
+            impact = lower_grant_impact(self.instance, feature, included=included)
+            if not impact.customers:
+                continue
+            key = Feature.objects.filter(pk=feature).values_list("key", flat=True).first()
+            change = (
+                _("removing %(feature)s") % {"feature": key}
+                if included is None
+                else _("lowering %(feature)s from %(old)s to %(new)d")
+                % {
+                    "feature": key,
+                    "old": _("unlimited") if was_unlimited else was_included,
+                    "new": included,
+                }
+            )
+            problems.append(
+                _(
+                    "%(change)s affects %(customers)d customer(s) on this plan; "
+                    "%(negative)d of them would be left with a negative balance."
+                )
+                % {"change": change, "customers": impact.customers, "negative": impact.negative}
+            )
+        if problems:
+            raise forms.ValidationError(
+                [*problems, _('Tick "Confirm lower grants" and save again to apply it.')],
+                code="confirm_lower_grants",
+            )
+
+
 class PlanFeatureInline(admin.TabularInline):
     model = PlanFeature
+    formset = PlanFeatureFormSet
     extra = 1
     fields = [
         "feature",
@@ -92,6 +164,7 @@ class PlanFeatureInline(admin.TabularInline):
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
+    form = PlanForm
     list_display = ["name", "key", "is_default", "active", "display_order", "prices", "features"]
     list_filter = ["active", "is_default"]
     search_fields = ["key", "name"]

@@ -309,6 +309,54 @@ def test_editing_plan_features_resyncs_its_customers(staff_client):
     assert customer.entitlements.get().included == 500
 
 
+def test_lowering_a_grant_says_how_many_customers_it_hurts_and_asks_first(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    heavy, light = UserFactory(), UserFactory()
+    kernia_billing.track(heavy, "messages", 80)
+    kernia_billing.track(light, "messages", 5)
+    url = reverse("admin:kernia_billing_plan_change", args=[pro.pk])
+    feature_row = {
+        "id": pf.pk,
+        "plan": pro.pk,
+        "feature": pf.feature_id,
+        "included": 16,
+        "reset_period": "month",
+    }
+    data = _plan_form("pro", features=[feature_row], initial_features=1)
+    data["is_default"] = "on"
+
+    refused = staff_client.post(url, data)
+
+    assert refused.status_code == 200
+    page = refused.content.decode()
+    assert "lowering messages from 100 to 16 affects 2 customer(s) on this plan" in page
+    assert "1 of them would be left with a negative balance" in page
+    pf.refresh_from_db()
+    assert pf.included == 100
+    assert kernia_billing.check(heavy, "messages").balance == 20
+
+    data["confirm_lower_grants"] = "on"
+    assert staff_client.post(url, data).status_code == 302
+    assert kernia_billing.check(heavy, "messages").balance == -64
+
+
+def test_raising_a_grant_needs_no_confirmation(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    kernia_billing.track(UserFactory(), "messages", 80)
+    row = {"id": pf.pk, "plan": pro.pk, "feature": pf.feature_id, "included": 500}
+    data = _plan_form("pro", features=[{**row, "reset_period": "month"}], initial_features=1)
+    data["is_default"] = "on"
+
+    assert (
+        staff_client.post(
+            reverse("admin:kernia_billing_plan_change", args=[pro.pk]), data
+        ).status_code
+        == 302
+    )
+
+
 def test_feature_admin_lists_features(staff_client):
     FeatureFactory(key="messages", name="Messages")
     page = staff_client.get(reverse("admin:kernia_billing_feature_changelist")).content.decode()
