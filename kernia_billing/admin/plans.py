@@ -102,7 +102,7 @@ class PlanFeatureFormSet(forms.BaseInlineFormSet):
             was_unlimited = bool(form.initial.get("unlimited"))
             was_included = int(form.initial.get("included") or 0)
             feature = form.initial["feature"]
-            if self.can_delete and self._should_delete_form(form):
+            if self.can_delete and form.cleaned_data.get("DELETE"):
                 included: int | None = None
             elif form.cleaned_data.get("unlimited") or form.cleaned_data.get(
                 "included_from_quantity"

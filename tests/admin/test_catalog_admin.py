@@ -341,6 +341,20 @@ def test_lowering_a_grant_says_how_many_customers_it_hurts_and_asks_first(staff_
     assert kernia_billing.check(heavy, "messages").balance == -64
 
 
+def test_removing_a_granted_feature_asks_first(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    kernia_billing.track(UserFactory(), "messages", 1)
+    row = {"id": pf.pk, "plan": pro.pk, "feature": pf.feature_id, "included": 100}
+    data = _plan_form("pro", features=[{**row, "DELETE": "on"}], initial_features=1)
+    data["is_default"] = "on"
+
+    refused = staff_client.post(reverse("admin:kernia_billing_plan_change", args=[pro.pk]), data)
+
+    assert "removing messages affects 1 customer(s)" in refused.content.decode()
+    assert pro.plan_features.exists()
+
+
 def test_raising_a_grant_needs_no_confirmation(staff_client):
     pro = PlanFactory(key="pro", is_default=True)
     pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
