@@ -10,7 +10,15 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 
-from ..models import CatalogPrice, Feature, Plan, PlanFeature, PlanPrice, ReviewState
+from ..models import (
+    BillingCustomer,
+    CatalogPrice,
+    Feature,
+    Plan,
+    PlanFeature,
+    PlanPrice,
+    ReviewState,
+)
 from ..selectors import lower_grant_impact
 from ..services import catalog as catalog_service
 from .catalog import warn_flagged_prices
@@ -206,6 +214,31 @@ class PlanAdmin(admin.ModelAdmin):
         if request.method == "GET":
             warn_flagged_prices(request)
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        """A plan with billing customers is protected: say why, and nothing else.
+
+        Django would otherwise report a missing permission to delete billing customers,
+        as if deleting the plan deleted them; the database protects them instead.
+        """
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        on_plan = dict(
+            BillingCustomer.objects.filter(plan__in=list(objs))
+            .values_list("plan__name")
+            .annotate(n=Count("pk"))
+        )
+        if on_plan:
+            protected = [
+                _(
+                    "%(plan)s: %(count)d billing customer(s) are on this plan. Mark the plan "
+                    "inactive instead (it leaves the pricing table), or move its customers "
+                    "to another plan first."
+                )
+                % {"plan": name, "count": count}
+                for name, count in on_plan.items()
+            ]
+            perms_needed = set()
+        return to_delete, model_count, perms_needed, protected
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)

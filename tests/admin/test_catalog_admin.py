@@ -371,6 +371,41 @@ def test_raising_a_grant_needs_no_confirmation(staff_client):
     )
 
 
+def test_a_plan_with_customers_cannot_be_deleted_and_the_page_says_why(staff_client):
+    pro = PlanFactory(key="pro", name="Pro", is_default=True)
+    PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    get_or_create_customer(UserFactory())
+    url = reverse("admin:kernia_billing_plan_delete", args=[pro.pk])
+
+    page = staff_client.get(url).content.decode()
+
+    assert "Cannot delete plan" in page
+    assert "1 billing customer(s) are on this plan" in page
+    assert "Mark the plan inactive instead" in page
+    assert "permission to delete" not in page
+    staff_client.post(url, {"post": "yes"})
+    assert Plan.objects.filter(pk=pro.pk).exists()
+
+    bulk = _action(
+        staff_client,
+        reverse("admin:kernia_billing_plan_changelist"),
+        "delete_selected",
+        [pro],
+        post="yes",
+    )
+    assert "1 billing customer(s) are on this plan" in bulk.content.decode()
+    assert Plan.objects.filter(pk=pro.pk).exists()
+
+
+def test_a_plan_without_customers_can_be_deleted(staff_client):
+    team = PlanFactory(key="team")
+    PlanFeatureFactory(plan=team)
+    url = reverse("admin:kernia_billing_plan_delete", args=[team.pk])
+    assert "Are you sure" in staff_client.get(url).content.decode()
+    staff_client.post(url, {"post": "yes"})
+    assert not Plan.objects.filter(pk=team.pk).exists()
+
+
 def test_feature_admin_lists_features(staff_client):
     FeatureFactory(key="messages", name="Messages")
     page = staff_client.get(reverse("admin:kernia_billing_feature_changelist")).content.decode()
