@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import CharField, Count, Q, QuerySet, Sum
+from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from .models import CatalogPrice, ReviewState, UsageEvent
@@ -74,6 +74,46 @@ def flagged_mapped_prices() -> QuerySet[CatalogPrice]:
 
 
 # --- usage history (GET billing/usage) ---------------------------------------------------
+
+
+def owner_search(term: str, *, prefix: str = "") -> Q:
+    """Billing customers whose owner's name or email contains ``term``.
+
+    The owner is generic, so the admin's ``search_fields`` cannot reach it: users match
+    on username, email, first and last name; organizations on their name (or slug).
+    """
+    from django.apps import apps
+    from django.contrib.auth import get_user_model
+    from django.contrib.contenttypes.models import ContentType
+
+    from .conf import billing_settings
+
+    models: list[tuple[Any, tuple[str, ...]]] = [
+        (get_user_model(), ("username", "email", "first_name", "last_name"))
+    ]
+    if billing_settings.ORGANIZATION_MODEL:
+        models.append((apps.get_model(billing_settings.ORGANIZATION_MODEL), ("name", "slug")))
+    found = Q(pk__in=[])
+    for model, candidates in models:
+        names = {f.name for f in model._meta.get_fields()}
+        lookups = Q()
+        for field in candidates:
+            if field in names:
+                lookups |= Q(**{f"{field}__icontains": term})
+        if not lookups:
+            continue
+        ids = (
+            model._default_manager.filter(lookups)
+            .annotate(owner_key=Cast("pk", CharField()))
+            .values("owner_key")
+        )
+        found |= Q(
+            **{
+                f"{prefix}owner_type": ContentType.objects.get_for_model(model),
+                f"{prefix}owner_id__in": ids,
+            }
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,20 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
-from ..selectors import webhook_health
+from ..selectors import owner_search, webhook_health
 
 #: Usage events shown on a customer's page; the rest are one click away.
 RECENT_USAGE_EVENTS = 50
+
+
+def _with_owner_search(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Any, term: str, *, prefix: str
+) -> tuple[Any, bool]:
+    """The admin's own search, or-ed with a search by the owner's name and email."""
+    results, duplicates = admin.ModelAdmin.get_search_results(model_admin, request, queryset, term)
+    if term.strip():
+        results = results | queryset.filter(owner_search(term.strip(), prefix=prefix))
+    return results, duplicates
 
 
 class ReadOnlyAdminMixin:
@@ -106,10 +116,12 @@ class BillingCustomerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("owner"), ordering="owner_id")
     def owner_name(self, obj: BillingCustomer) -> str:
-        kind = obj.owner_type.model
-        if obj.owner is None:
-            return f"{kind} {obj.owner_id} ({_('deleted')})"
-        return f"{kind}: {obj.owner}"
+        return obj.owner_label
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[BillingCustomer], search_term: str
+    ) -> tuple[QuerySet[BillingCustomer], bool]:
+        return _with_owner_search(self, request, queryset, search_term, prefix="")
 
     @admin.display(description=_("last usage events"))
     def recent_usage(self, obj: BillingCustomer) -> str:
@@ -200,3 +212,12 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ["idempotency_key", "=customer__stripe_customer_id", "=customer__owner_id"]
     list_select_related = ["customer__owner_type", "feature"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageEvent]:
+        # The owner (name, email) of every row's customer, one query per owner model.
+        return super().get_queryset(request).prefetch_related("customer__owner")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        return _with_owner_search(self, request, queryset, search_term, prefix="customer__")

@@ -81,7 +81,7 @@ def test_customer_list_shows_owner_plan_and_stripe_ids(admin_client, free_plan):
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert "user: ada" in page and "cus_ada" in page and "Free" in page
+    assert "ada &lt;ada@example.com&gt;" in page and "cus_ada" in page and "Free" in page
     assert reverse("admin:kernia_billing_webhook_health") in page
     assert admin_client.get(CUSTOMERS, {"q": "cus_ada"}).context["cl"].result_count == 1
     assert admin_client.get(CUSTOMERS, {"q": "cus_nobody"}).context["cl"].result_count == 0
@@ -90,6 +90,27 @@ def test_customer_list_shows_owner_plan_and_stripe_ids(admin_client, free_plan):
     assert filtered.context["cl"].result_count == 1
     by_status = admin_client.get(CUSTOMERS, {"subscription_status": "canceled"})
     assert by_status.context["cl"].result_count == 0
+
+
+def test_customers_and_usage_events_show_and_find_owners_by_name_and_email(admin_client, free_plan):
+    ada = UserFactory(username="ada", first_name="Ada", last_name="Lovelace")
+    org = OrganizationFactory(name="Analytical Engines")
+    for owner in (ada, org, UserFactory(username="bob")):
+        entitlements.track(owner, "messages", 1)
+    ada_customer = get_or_create_customer(ada)
+
+    page = admin_client.get(customer_url(ada_customer)).content.decode()
+    assert "Ada Lovelace &lt;ada@example.com&gt;" in page
+    assert "user:" not in page
+    listing = admin_client.get(CUSTOMERS).content.decode()
+    assert "Analytical Engines (organization)" in listing
+
+    for url in (CUSTOMERS, EVENTS):
+        for term, expected in (("lovelace", 1), ("ada@exa", 1), ("analytical", 1), ("zed", 0)):
+            found = admin_client.get(url, {"q": term})
+            assert found.context["cl"].result_count == expected, (url, term)
+    events = admin_client.get(EVENTS).content.decode()
+    assert "Ada Lovelace &lt;ada@example.com&gt;" in events
 
 
 def test_customer_list_queries_do_not_grow_with_rows(admin_client, free_plan):
