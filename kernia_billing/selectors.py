@@ -231,6 +231,8 @@ def pricing_plans() -> QuerySet[Any]:
 # - ``invalid_signature``: refused with 400; nothing processed.
 
 WEBHOOK_HEALTH_WINDOW = timedelta(hours=24)
+REFUSED_MESSAGE = "Invalid signature: refused with HTTP 400, nothing was processed."
+PENDING_MESSAGE = "Valid, but not processed."
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +251,11 @@ class WebhookHealth:
     invalid_signature: int
     by_type: dict[str, int]
     last_failure: WebhookFailure | None
+
+    @property
+    def failures(self) -> int:
+        """Deliveries that changed nothing: receiver failures and refused signatures."""
+        return self.failed + self.invalid_signature
 
 
 def _event_type(body: str) -> str:
@@ -286,10 +293,11 @@ def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
         by_type[_event_type(body)] += 1
 
     last = WebhookEventTrigger.objects.order_by("-created").values_list("created", flat=True)
+    # A refused delivery (bad signature) is a failure too: nothing it carried was applied.
     failure = (
-        WebhookEventTrigger.objects.filter(~Q(exception=""))
-        .order_by("-updated")
-        .values_list("updated", "body", "exception")
+        WebhookEventTrigger.objects.filter(processed=False)
+        .order_by("-updated", "-pk")
+        .values_list("updated", "body", "exception", "valid")
         .first()
     )
     return WebhookHealth(
@@ -299,7 +307,11 @@ def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
         failed=counts["n_failed"],
         invalid_signature=counts["n_invalid"],
         by_type=dict(sorted(by_type.items())),
-        last_failure=WebhookFailure(at=failure[0], type=_event_type(failure[1]), message=failure[2])
+        last_failure=WebhookFailure(
+            at=failure[0],
+            type=_event_type(failure[1]),
+            message=failure[2] or (REFUSED_MESSAGE if not failure[3] else PENDING_MESSAGE),
+        )
         if failure
         else None,
     )

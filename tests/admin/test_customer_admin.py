@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 CUSTOMERS = reverse("admin:kernia_billing_billingcustomer_changelist")
 EVENTS = reverse("admin:kernia_billing_usageevent_changelist")
-HEALTH = reverse("admin:kernia_billing_webhook_health")
+HEALTH = reverse("admin:kernia_billing_webhookdelivery_changelist")
 
 
 def customer_url(customer: BillingCustomer, action: str = "change") -> str:
@@ -82,7 +82,7 @@ def test_customer_list_shows_owner_plan_and_stripe_ids(admin_client, free_plan):
     assert response.status_code == 200
     page = response.content.decode()
     assert "ada &lt;ada@example.com&gt;" in page and "cus_ada" in page and "Free" in page
-    assert reverse("admin:kernia_billing_webhook_health") in page
+    assert HEALTH in page
     assert admin_client.get(CUSTOMERS, {"q": "cus_ada"}).context["cl"].result_count == 1
     assert admin_client.get(CUSTOMERS, {"q": "cus_nobody"}).context["cl"].result_count == 0
     assert admin_client.get(CUSTOMERS, {"q": str(user.pk)}).context["cl"].result_count == 1
@@ -230,10 +230,32 @@ def test_webhook_health_page_renders_the_health_selector(admin_client):
     assert response.status_code == 200
     health = response.context["health"]
     assert (health.processed, health.failed, health.invalid_signature) == (2, 1, 1)
+    assert health.failures == 2
     page = response.content.decode()
     assert "invoice.paid</td><td>2<" in page
     assert "customer.subscription.updated</td><td>2<" in page
     assert "Injected fault 503" in page
+    # Every delivery is listed with its outcome (the old one too: the list is not windowed).
+    assert response.context["cl"].result_count == 5
+    assert page.count("Refused: invalid signature") >= 2  # the row and the filter
+    assert "Signature did not verify" in page
+
+
+def test_a_refused_delivery_is_the_last_failure(admin_client):
+    _trigger("invoice.paid", valid=True, exception="Injected fault 503")
+    _trigger("customer.subscription.updated", valid=False)
+
+    health = admin_client.get(HEALTH).context["health"]
+
+    assert health.failures == 2
+    assert health.last_failure.type == "customer.subscription.updated"
+    assert "Invalid signature" in health.last_failure.message
+
+
+def test_billing_section_on_the_admin_index_links_webhook_deliveries(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Webhook deliveries and health" in page
+    assert HEALTH in page
 
 
 def test_webhook_health_page_without_deliveries(admin_client):
