@@ -5,7 +5,9 @@ from django.utils.translation import gettext_lazy as _
 class KerniaBillingConfig(AppConfig):
     name = "kernia_billing"
     label = "kernia_billing"
-    verbose_name = _("Billing entitlements")
+    # The admin index lists apps by name: this sorts before dj-stripe's look-alike
+    # models (its Customer, Price, Product, Feature...) and says what is ours.
+    verbose_name = _("Billing — plans, features, customers (kernia)")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

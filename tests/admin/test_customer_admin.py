@@ -258,6 +258,15 @@ def test_billing_section_on_the_admin_index_links_webhook_deliveries(admin_clien
     assert HEALTH in page
 
 
+def test_the_billing_section_is_named_clearly_and_comes_before_dj_stripe(admin_client):
+    apps = admin_client.get(reverse("admin:index")).context["app_list"]
+    names = [app["name"] for app in apps]
+    ours = names.index("Billing — plans, features, customers (kernia)")
+    assert ours < names.index("Djstripe")
+    models = {m["object_name"] for m in apps[ours]["models"]}
+    assert {"Plan", "Feature", "BillingCustomer", "CatalogPrice", "WebhookDelivery"} <= models
+
+
 def test_webhook_health_page_without_deliveries(admin_client):
     response = admin_client.get(HEALTH)
     assert response.status_code == 200
