@@ -135,12 +135,18 @@ def track_usage(
     amount: AmountArg = 1,
     owner: OwnerCallable | None = None,
     idempotency_header: str | None = IDEMPOTENCY_HEADER,
+    idempotency_key: Callable[[Any], str | None] | None = None,
+    track_redirects: bool = False,
     on_denied: Callable[[Any, CheckResult], HttpResponseBase] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Check before the view; track ``amount`` after it answered 2xx.
 
     Failed attempts (non-2xx, exceptions) are tracked only when
     ``BILL_FAILED_ATTEMPTS`` is on. ``amount`` may be ``callable(request) -> int``.
+    ``idempotency_key=callable(request)`` names the track (e.g. a token the form
+    carries, so a resubmitted form counts once); it wins over the header. An HTML
+    form view that answers with a redirect (post/redirect/get) passes
+    ``track_redirects=True`` so a 3xx counts as success.
     """
     from .services.entitlements import check, denial_error, track
 
@@ -150,7 +156,11 @@ def track_usage(
             try:
                 who = _owner_of(request, owner)
                 units = _amount_of(amount, request)
-                key = _idempotency_key(request, idempotency_header)
+                key = (
+                    _validated_key(idempotency_key(request), "idempotencyKey")
+                    if idempotency_key is not None
+                    else _idempotency_key(request, idempotency_header)
+                )
                 # Removing seats needs no balance; the track itself keeps usage >= 0.
                 required = units if isinstance(units, int) and units > 0 else 0
                 result = check(who, feature, required=required)
@@ -181,7 +191,8 @@ def track_usage(
                 if billing_settings.BILL_FAILED_ATTEMPTS:
                     record()
                 raise
-            succeeded = 200 <= getattr(response, "status_code", 500) < 300
+            status = getattr(response, "status_code", 500)
+            succeeded = 200 <= status < (400 if track_redirects else 300)
             if succeeded or billing_settings.BILL_FAILED_ATTEMPTS:
                 record()
             return response
@@ -197,3 +208,9 @@ def _idempotency_key(request: Any, header: str | None) -> str | None:
     if not header:
         return None
     return validate_idempotency_key(request.headers.get(header), field=header)
+
+
+def _validated_key(value: str | None, field: str) -> str | None:
+    from .services.entitlements import validate_idempotency_key
+
+    return validate_idempotency_key(value, field=field)

@@ -141,6 +141,22 @@ def test_track_usage_does_not_track_failures(plan, user, status):
     assert usage(user) == 0
 
 
+def test_track_usage_with_track_redirects_counts_a_post_redirect_get_once_per_key(plan, user):
+    view = track_usage(
+        "messages",
+        idempotency_key=lambda request: request.headers.get("X-Form-Token"),
+        track_redirects=True,
+    )(Calls(status=302))
+
+    assert view(get(user, HTTP_X_FORM_TOKEN="abc")).status_code == 302
+    assert view(get(user, HTTP_X_FORM_TOKEN="abc")).status_code == 302
+    assert usage(user) == 1
+    assert UsageEvent.objects.get().idempotency_key == "abc"
+    failed = track_usage("messages", track_redirects=True)(Calls(status=404))(get(user))
+    assert failed.status_code == 404
+    assert usage(user) == 1
+
+
 def test_track_usage_does_not_track_a_view_that_raises(plan, user):
     view = track_usage("messages")(Calls(raises=RuntimeError("boom")))
     with pytest.raises(RuntimeError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import uuid
 from typing import Any
 
 from django.contrib import messages
@@ -41,6 +43,8 @@ USE_FEATURE = "messages"
 MAX_MESSAGES_PER_CLICK = 100_000
 CHART_DAYS = 14
 USAGE_ROWS = 50
+SENT_SESSION_KEY = "demo_sent"
+SUBMISSION_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 def _page(request: HttpRequest, section: str, **context: Any) -> dict[str, Any]:
@@ -167,6 +171,10 @@ def _console(request: HttpRequest, status: int = 200, **extra: Any) -> HttpRespo
         feature=feature,
         amount=amount,
         use_feature=USE_FEATURE,
+        # One token per rendered form: the send's idempotency key, so a resubmitted
+        # form (double click, back + resend) is counted once.
+        submission=uuid.uuid4().hex,
+        sent=request.session.pop(SENT_SESSION_KEY, ""),
         **extra,
     )
     if "result_json" not in context and "feature" in request.GET:
@@ -221,20 +229,42 @@ def _refused(request: HttpRequest, result: CheckResult) -> HttpResponseBase:
     return _console(request, status=402, refused=f"Not sent: {why}.", refused_result=result)
 
 
+def _submission_key(request: HttpRequest) -> str | None:
+    token = request.POST.get("submission", "")
+    return f"demo-send-{token}" if SUBMISSION_TOKEN.fullmatch(token) else None
+
+
 @login_required
 @require_POST
 @track_usage(
     USE_FEATURE,
     amount=_message_count,
     owner=lambda request: current_owner(request).owner,
+    idempotency_key=_submission_key,
+    track_redirects=True,
     on_denied=_refused,
 )
 def send_messages(request: HttpRequest) -> HttpResponse:
-    """The fake product action: "send" messages. ``@track_usage`` checks, then tracks on 2xx."""
+    """The fake product action: "send" messages, then redirect (post/redirect/get).
+
+    ``@track_usage`` checks first and tracks after the redirect with the form's token as
+    idempotency key: reloading the result page is a GET, and a resubmitted form is
+    counted once.
+    """
     count = _message_count(request)
-    text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
-    sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
-    return _console(request, sent=sent)
+    key = _submission_key(request)
+    customer = get_customer(current_owner(request).owner)
+    if (
+        key
+        and customer
+        and selectors.usage_events(customer.pk).filter(idempotency_key=key).exists()
+    ):
+        sent = "Already sent: this form was submitted before, nothing was charged again."
+    else:
+        text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
+        sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
+    request.session[SENT_SESSION_KEY] = sent
+    return redirect("demo:console")
 
 
 # --- usage history ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -98,8 +99,8 @@ def test_check_console_shows_the_check_json(client, demo):
 
 def test_sending_tracks_usage_and_refuses_past_the_balance(client, demo):
     client.login(username="alice", password="alice")
-    response = client.post("/console/send/", {"count": "60", "text": "hi"})
-    assert response.status_code == 200
+    response = client.post("/console/send/", {"count": "60", "text": "hi"}, follow=True)
+    assert response.redirect_chain == [("/console/", 302)]
     assert b"Sent 60 messages" in response.content
     refused = client.post("/console/send/", {"count": "41"})
     assert refused.status_code == 402
@@ -107,6 +108,30 @@ def test_sending_tracks_usage_and_refuses_past_the_balance(client, demo):
     assert list(UsageEvent.objects.values_list("amount", flat=True)) == [60]
     assert client.post("/console/send/", {"count": "lots"}).status_code == 400
     assert client.get("/console/send/").status_code == 405
+
+
+def _form_token(client):
+    page = client.get("/console/").content.decode()
+    return re.search(r'name="submission" value="([0-9a-f]{32})"', page).group(1)
+
+
+def test_reloading_the_sent_page_sends_nothing_and_a_resubmitted_form_counts_once(client, demo):
+    client.login(username="alice", password="alice")
+    token = _form_token(client)
+    assert _form_token(client) != token  # one token per rendered form
+
+    sent = client.post("/console/send/", {"count": "5", "submission": token}, follow=True)
+    assert b"Sent 5 messages" in sent.content
+    reloaded = client.get(sent.redirect_chain[-1][0])  # the browser's reload: a GET
+    assert b"Sent 5 messages" not in reloaded.content
+    again = client.post("/console/send/", {"count": "5", "submission": token}, follow=True)
+    assert b"Already sent" in again.content
+
+    [event] = UsageEvent.objects.all()
+    assert (event.amount, event.idempotency_key) == (5, f"demo-send-{token}")
+    other = client.post("/console/send/", {"count": "1", "submission": _form_token(client)})
+    assert other.status_code == 302
+    assert UsageEvent.objects.count() == 2
 
 
 def test_switching_to_an_organization_needs_membership(client, demo):
