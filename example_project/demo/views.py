@@ -301,6 +301,11 @@ def usage(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def webhooks(request: HttpRequest) -> HttpResponse:
-    """Last event received, counts by outcome and by type, recent deliveries."""
+    """Last event received, counts by outcome and by type, recent deliveries.
+
+    Staff only: the deliveries carry every customer's Stripe events.
+    """
+    if not request.user.is_staff:
+        return render(request, "demo/staff_only.html", _page(request, "webhooks"), status=403)
     context = _page(request, "webhooks", health=webhook_health.summary())
     return render(request, "demo/webhooks.html", context)

@@ -69,11 +69,10 @@ PAGES = [
     "/console/",
     "/console/?feature=messages&amount=5",
     "/usage/",
-    "/webhooks/",
 ]
 
 
-@pytest.mark.parametrize("path", PAGES)
+@pytest.mark.parametrize("path", [*PAGES, "/webhooks/"])
 def test_pages_need_a_login(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -86,6 +85,19 @@ def test_pages_render_for_a_customer(client, demo, path):
     response = client.get(path)
     assert response.status_code == 200
     assert b"alice (personal)" in response.content
+
+
+def test_webhook_deliveries_are_for_staff_only(client, demo):
+    client.login(username="alice", password="alice")
+    assert b'href="/webhooks/"' not in client.get("/").content
+    refused = client.get("/webhooks/")
+    assert refused.status_code == 403
+    assert b"Staff only" in refused.content and b"webhook-total" not in refused.content
+    client.logout()
+    assert client.get("/webhooks/").status_code == 302
+    client.login(username="admin", password="admin")
+    assert b'href="/webhooks/"' in client.get("/").content
+    assert b"webhook-total" in client.get("/webhooks/").content
 
 
 def test_check_console_shows_the_check_json(client, demo):
