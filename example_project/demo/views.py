@@ -35,7 +35,7 @@ from kernia_billing.services.customers import customer_state, get_customer, stat
 from kernia_billing.services.entitlements import check
 from kernia_billing.types import CheckResult
 
-from . import chart, webhook_health
+from . import chart, currency, webhook_health
 from .owners import current_owner, switch_owner
 
 #: The product action behind "use the feature": sending messages.
@@ -81,7 +81,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     state = customer_state(context["owner"])
     # Subscribers change plans in the billing portal; a second checkout is refused.
     subscribed = state.subscription is not None and status_entitles(state.subscription.status)
-    context.update(state=state, plans=selectors.pricing_plans(), subscribed=subscribed)
+    plans = list(selectors.pricing_plans())
+    currencies = sorted({pp.price.currency for plan in plans for pp in plan.offered_prices})
+    chosen = currency.visitor_currency(request, currencies)
+    for plan in plans:
+        plan.shown_prices = currency.prices_in(plan, chosen)
+    context.update(
+        state=state,
+        plans=plans,
+        subscribed=subscribed,
+        currency=chosen,
+        currencies=currencies,
+    )
     return render(request, "demo/dashboard.html", context)
 
 
@@ -95,7 +106,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
             owner,
             price=request.POST.get("price", ""),
             success_url=_absolute(request, "demo:checkout-return"),
-            cancel_url=_absolute(request, "demo:dashboard"),
+            cancel_url=_absolute(request, "demo:checkout-cancelled"),
         )
     except BillingError as exc:
         messages.error(request, f"Checkout could not start: {exc.message}")
@@ -118,6 +129,14 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Thank you! You are now on the {plan_name} plan.")
     else:
         messages.warning(request, f"Checkout is {result.status}: nothing changed yet.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_GET
+def checkout_cancelled(request: HttpRequest) -> HttpResponse:
+    """Back from Stripe Checkout without paying: say so."""
+    messages.info(request, "Checkout cancelled: nothing was charged and your plan is unchanged.")
     return redirect("demo:dashboard")
 
 

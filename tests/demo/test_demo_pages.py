@@ -229,3 +229,57 @@ def test_subscribers_change_plans_in_the_portal(client, demo, fake_stripe):
     page = client.get("/").content.decode()
     assert "Change plan in portal" in page
     assert 'action="/checkout/"' not in page
+
+
+def _add_eur_prices():
+    from kernia_billing.models import PlanPrice
+
+    pro = Plan.objects.get(key="pro")
+    for interval, amount in (("month", 1100), ("year", 11000)):
+        price = CatalogPrice.objects.create(
+            stripe_id=f"price_eur_{interval}",
+            currency="eur",
+            unit_amount=amount,
+            recurring_interval=interval,
+            price_type="recurring",
+            review_state=ReviewState.APPROVED,
+        )
+        PlanPrice.objects.create(plan=pro, price=price)
+
+
+def _shown_prices(response):
+    return [pp.price.currency for plan in response.context["plans"] for pp in plan.shown_prices]
+
+
+def test_the_pricing_table_shows_one_currency_per_visitor(client, demo):
+    _add_eur_prices()
+    client.login(username="alice", password="alice")
+
+    american = client.get("/", HTTP_ACCEPT_LANGUAGE="en-US,en;q=0.9")
+    assert set(_shown_prices(american)) == {"usd"}
+    assert "€" not in american.content.decode()
+    german = client.get("/", HTTP_ACCEPT_LANGUAGE="de-DE,de;q=0.9,en;q=0.5")
+    # Pro has euro prices; Team has none, so it shows its dollar prices, never a mix.
+    pro = next(p for p in german.context["plans"] if p.key == "pro")
+    assert {pp.price.currency for pp in pro.shown_prices} == {"eur"}
+    assert "€11.00 / month" in german.content.decode()
+    assert "$12.00 / month" not in german.content.decode()
+
+    chosen = client.get("/", {"currency": "usd"}, HTTP_ACCEPT_LANGUAGE="de-DE")
+    assert set(_shown_prices(chosen)) == {"usd"}
+    kept = client.get("/", HTTP_ACCEPT_LANGUAGE="de-DE")  # the choice is remembered
+    assert set(_shown_prices(kept)) == {"usd"}
+
+
+def test_cancelling_checkout_says_so(client, demo):
+    client.login(username="alice", password="alice")
+    pro_monthly = CatalogPrice.objects.get(lookup_key="pro_monthly")
+    started = client.post("/checkout/", {"price": pro_monthly.stripe_id})
+    session = demo.store.list_objects("checkout.session")[-1]
+    assert session["cancel_url"] == "http://testserver/checkout/cancelled/"
+    assert started.status_code == 302
+
+    back = client.get("/checkout/cancelled/", follow=True)
+    assert back.redirect_chain[-1][0] == "/"
+    assert "Checkout cancelled: nothing was charged" in back.content.decode()
+    assert back.context["state"].plan == "free"
