@@ -307,6 +307,10 @@ def usage(request: HttpRequest) -> HttpResponse:
     context.update(
         events=events[:USAGE_ROWS],
         chart=chart.daily_bars(totals, days=CHART_DAYS, today=today),
+        chart_compact=chart.daily_bars(
+            totals, days=chart.COMPACT_DAYS, today=today, width=chart.COMPACT_WIDTH
+        ),
+        chart_compact_days=chart.COMPACT_DAYS,
         features=Feature.objects.filter(archived=False, kind=FeatureKind.METERED).order_by("name"),
         feature=feature_row.key if feature_row else "",
         chart_days=CHART_DAYS,
