@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 
 from .. import signals
 from ..conf import billing_settings
+from ..exceptions import AnonymousOwner, InvalidOwner
 from ..models import BillingCustomer, Plan
 from ..types import CustomerState, SubscriptionState
 
@@ -42,8 +43,10 @@ def owner_ref(owner: Any) -> tuple[int, str]:
     """``(content type id, primary key)`` of a user or organization; no query once cached."""
     if isinstance(owner, BillingCustomer):
         return owner.owner_type_id, owner.owner_id
+    if getattr(owner, "is_anonymous", False) is True:
+        raise AnonymousOwner()
     if owner is None or getattr(owner, "pk", None) is None:
-        raise ValueError("A billing owner must be a saved model instance.")
+        raise InvalidOwner()
     content_type = ContentType.objects.get_for_model(owner, for_concrete_model=True)
     return content_type.pk, str(owner.pk)
 
