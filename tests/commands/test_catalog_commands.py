@@ -86,3 +86,17 @@ def test_load_dry_run_and_file_errors(tmp_path, fake_stripe):
     listing.write_text(json.dumps([]))
     with pytest.raises(CommandError, match="JSON object"):
         run("kernia_load_catalog", str(listing))
+
+
+def test_commands_honour_django_verbosity(fake_stripe):
+    seed_example_stripe(fake_stripe)
+
+    assert run("kernia_sync_catalog", "-v", "0") == ""
+    assert run("kernia_load_catalog", str(EXAMPLE_CATALOG), "--approve", "-v", "0") == ""
+    assert run("kernia_reconcile", "-v", "0") == ""
+
+    normal = run("kernia_load_catalog", str(EXAMPLE_CATALOG))
+    assert "Loading" not in normal and "nothing changed" in normal
+    verbose = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "-v", "2")
+    assert "Loading" in verbose and "nothing changed" in verbose
+    assert "Fetched 4 prices." in run("kernia_sync_catalog", "-v", "1")
