@@ -14,7 +14,10 @@ Both work on plain Django views and, placed *under* ``@api_view`` (or through
 
 Answers when access is refused (a choice, the same for HTML and JSON views):
 
-- not signed in: 401 ``not_authenticated``; ``owner(request)`` returned None: 403;
+- not signed in: an HTML request (``Accept`` names ``text/html``, as browsers send)
+  goes to the login page (``settings.LOGIN_URL``, with ``?next=``), like
+  ``@login_required``; an API or JSON request gets 401 ``not_authenticated``;
+- ``owner(request)`` returned None: 403;
 - denied: **402** with the check's reason as code (``not_included``,
   ``insufficient_balance``, ``no_plan``), in the error shape
   ``{"error": {"code", "message", "fields"}}``;
@@ -73,6 +76,10 @@ def _refuse(request: Any, exc: Exception) -> HttpResponseBase:
     if isinstance(exc, BillingError):
         return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
     if isinstance(exc, drf_exceptions.NotAuthenticated):
+        if _wants_html(request):
+            from django.contrib.auth.views import redirect_to_login
+
+            return redirect_to_login(request.get_full_path())
         return JsonResponse(
             error_body("not_authenticated", str(exc.detail)),
             status=401,
@@ -80,6 +87,12 @@ def _refuse(request: Any, exc: Exception) -> HttpResponseBase:
         )
     assert isinstance(exc, drf_exceptions.APIException)
     return JsonResponse(error_body("permission_denied", str(exc.detail)), status=exc.status_code)
+
+
+def _wants_html(request: Any) -> bool:
+    """A browser page request, not a JSON/API call (which keeps its 401)."""
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and not request.headers.get("X-Requested-With")
 
 
 def _owner_of(request: Any, owner: OwnerCallable | None) -> Any:

@@ -121,6 +121,18 @@ def test_on_denied_lets_html_views_answer_their_own_way(plan, user):
     assert response.content == b"Upgrade to get exports (not_included)"
 
 
+def test_an_anonymous_browser_is_sent_to_the_login_page(plan, settings):
+    settings.LOGIN_URL = "/login/"
+    for decorator in (requires_feature("sso"), track_usage("messages")):
+        view = decorator(Calls())
+        page = view(get(HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8"))
+        assert page.status_code == 302
+        assert page["Location"] == "/login/?next=/action"
+        api = view(get(HTTP_ACCEPT="application/json"))
+        assert api.status_code == 401
+        assert error_of(api, 401)["code"] == "not_authenticated"
+
+
 # --- track_usage -------------------------------------------------------------------------
 
 
