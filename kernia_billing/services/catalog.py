@@ -352,12 +352,32 @@ def _write_review_rows(
 
 
 def pending_review_count() -> int:
-    """Products and prices (not deleted in Stripe) that await review."""
+    """Decisions that staff still owe: pending prices, and pending products with no
+    pending price (a product with pending prices is settled by reviewing them, see
+    :func:`_settle_products`). Rows deleted in Stripe need no decision."""
     pending = Q(review_state=ReviewState.PENDING, deleted_in_stripe=False)
+    pending_prices = CatalogPrice.objects.filter(pending)
     return (
-        CatalogProduct.objects.filter(pending).count()
-        + CatalogPrice.objects.filter(pending).count()
+        pending_prices.count()
+        + CatalogProduct.objects.filter(pending)
+        .exclude(pk__in=pending_prices.filter(product__isnull=False).values("product_id"))
+        .count()
     )
+
+
+def _settle_products(product_ids: set[int], user: Any, now: Any) -> None:
+    """A product is reviewed when its prices are: once none of its prices is pending,
+    a pending product becomes approved (some price approved) or ignored (none)."""
+    pending = Q(review_state=ReviewState.PENDING, deleted_in_stripe=False)
+    products = CatalogProduct.objects.filter(pk__in=product_ids, review_state=ReviewState.PENDING)
+    for product in products.exclude(prices__in=CatalogPrice.objects.filter(pending)):
+        approved = product.prices.filter(review_state=ReviewState.APPROVED).exists()
+        CatalogProduct.objects.filter(pk=product.pk, review_state=ReviewState.PENDING).update(
+            review_state=ReviewState.APPROVED if approved else ReviewState.IGNORED,
+            reviewed_by=user,
+            reviewed_at=now,
+            reviewed_fingerprint=product.fingerprint,
+        )
 
 
 # --- review ----------------------------------------------------------------------------
@@ -369,6 +389,7 @@ def _review(objects: Iterable[Reviewable], state: str, user: Any) -> int:
     now = timezone.now()
     reviewer = user if getattr(user, "pk", None) else None
     count = 0
+    products: set[int] = set()
     with transaction.atomic():
         for obj in objects:
             type(obj).objects.filter(pk=obj.pk).update(
@@ -377,7 +398,10 @@ def _review(objects: Iterable[Reviewable], state: str, user: Any) -> int:
                 reviewed_at=now,
                 reviewed_fingerprint=obj.fingerprint,
             )
+            if isinstance(obj, CatalogPrice) and obj.product_id:
+                products.add(obj.product_id)
             count += 1
+        _settle_products(products, reviewer, now)
     return count
 
 
