@@ -100,3 +100,21 @@ def test_commands_honour_django_verbosity(fake_stripe):
     verbose = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "-v", "2")
     assert "Loading" in verbose and "nothing changed" in verbose
     assert "Fetched 4 prices." in run("kernia_sync_catalog", "-v", "1")
+
+
+def test_init_writes_a_starter_catalog_that_loads(fake_stripe, tmp_path):
+    seed_example_stripe(fake_stripe)
+    target = tmp_path / "catalog.json"
+
+    assert "Wrote" in run("kernia_init_catalog", str(target))
+    with pytest.raises(CommandError, match="--force"):
+        run("kernia_init_catalog", str(target))
+    run("kernia_sync_catalog", "-v", "0")
+    assert "Catalog loaded." in run("kernia_load_catalog", str(target), "--approve")
+
+    pro = Plan.objects.get(key="pro")
+    assert sorted(pro.plan_prices.values_list("price__lookup_key", flat=True)) == [
+        "pro_annual",
+        "pro_monthly",
+    ]
+    assert Plan.objects.get(is_default=True).key == "free"
