@@ -27,6 +27,8 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
+from .schema import AutoSchema
+
 THROTTLE_SCOPE = "kernia_billing"
 
 
@@ -70,6 +72,9 @@ class BillingAPIView(APIView):
 
     parser_classes = [BillingJSONParser]
     renderer_classes = [JSONRenderer]
+    # drf-spectacular's inspector on the views themselves: the schema is generated
+    # without a project-wide REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"].
+    schema = AutoSchema()
 
     def get_authenticators(self) -> list[BaseAuthentication]:
         classes: list[Any] = list(api_settings.DEFAULT_AUTHENTICATION_CLASSES)
