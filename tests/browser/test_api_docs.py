@@ -15,9 +15,9 @@ def test_swagger_ui_renders_the_billing_api_offline(
     outside: list[str] = []
     page.on(
         "request",
-        lambda request: outside.append(request.url)
-        if not request.url.startswith(demo_server)
-        else None,
+        lambda request: (
+            outside.append(request.url) if not request.url.startswith(demo_server) else None
+        ),
     )
 
     page.goto(f"{demo_server}/api/docs/")
