@@ -152,6 +152,8 @@ KERNIA_BILLING = {
     "ORGANIZATION_MODEL": "accounts.Organization",
     "IS_ORGANIZATION_MEMBER": "example_project.accounts.billing.is_member",
     "PAST_DUE_GRACE": True,
+    # The local fake by default; None (the SDK's own base) for real Stripe.
+    "STRIPE_API_BASE": None if "api.stripe.com" in STRIPE_API_BASE else STRIPE_API_BASE,
 }
 
 LOGGING = {

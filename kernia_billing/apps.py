@@ -12,4 +12,11 @@ class KerniaBillingConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the system checks and the dj-stripe webhook receivers.
+        from django.core.signals import setting_changed
+
         from . import checks, webhooks  # noqa: F401
+        from .stripe_sdk import _on_setting_changed, apply_api_base
+
+        # KERNIA_BILLING["STRIPE_API_BASE"]: where the SDK sends requests.
+        apply_api_base()
+        setting_changed.connect(_on_setting_changed, dispatch_uid="kernia_billing_api_base")
