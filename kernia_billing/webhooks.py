@@ -30,6 +30,19 @@ SUBSCRIPTION_EVENTS = [
 INVOICE_EVENTS = ["invoice.paid", "invoice.payment_failed"]
 PRODUCT_EVENTS = ["product.created", "product.updated", "product.deleted"]
 PRICE_EVENTS = ["price.created", "price.updated", "price.deleted"]
+CHECKOUT_EVENTS = ["checkout.session.completed"]
+CUSTOMER_EVENTS = ["customer.deleted"]
+#: Every event type a receiver below handles: what ``kernia_register_webhook`` enables.
+RECEIVED_EVENTS = sorted(
+    {
+        *SUBSCRIPTION_EVENTS,
+        *INVOICE_EVENTS,
+        *PRODUCT_EVENTS,
+        *PRICE_EVENTS,
+        *CHECKOUT_EVENTS,
+        *CUSTOMER_EVENTS,
+    }
+)
 
 
 def _object(event: Event) -> dict[str, Any]:
@@ -62,12 +75,12 @@ def on_invoice_event(sender: Any, event: Event, **kwargs: Any) -> None:
     _sync_subscription(event, stripe_state.invoice_subscription_id(_object(event)))
 
 
-@djstripe_receiver("checkout.session.completed")
+@djstripe_receiver(CHECKOUT_EVENTS)
 def on_checkout_completed(sender: Any, event: Event, **kwargs: Any) -> None:
     _sync_subscription(event, stripe_state.stripe_id(_object(event).get("subscription")))
 
 
-@djstripe_receiver("customer.deleted")
+@djstripe_receiver(CUSTOMER_EVENTS)
 def on_customer_deleted(sender: Any, event: Event, **kwargs: Any) -> None:
     stripe_state.detach_stripe_customer(
         stripe_state.stripe_id(_object(event).get("id")), state_at=event.created
