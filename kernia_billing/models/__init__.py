@@ -1,4 +1,4 @@
-"""Models, split by sub-domain: catalog, customers, entitlements, usage."""
+"""Models, split by sub-domain: catalog, customers, entitlements, usage, webhooks."""
 
 from .catalog import (
     CatalogPrice,
@@ -14,11 +14,13 @@ from .catalog import (
 from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .usage import UsageEvent
+from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
+    "DeliveryOutcome",
     "Entitlement",
     "Feature",
     "FeatureKind",
@@ -28,4 +30,5 @@ __all__ = [
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",
+    "WebhookDelivery",
 ]
