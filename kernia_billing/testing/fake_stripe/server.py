@@ -17,7 +17,6 @@ Typical use::
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import re
 import threading
@@ -31,7 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import pages
+from .contract import ContractError, validate_params
 from .forms import FormError, decode_form
+from .idempotency import IdempotencyCache
 from .store import DEFAULT_API_VERSION, JSON, RequestContext, Store, StripeError, generate_id
 from .webhooks import DeliveryResult, WebhookDispatcher, encode_event, sign_webhook_payload
 
@@ -54,6 +55,8 @@ class RecordedRequest:
     stripe_version: str | None
     idempotency_key: str | None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Stripe's error ``param`` when the request broke Stripe's request contract.
+    contract_violation: str | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -71,6 +74,10 @@ class Fault:
     times: int
     delay: float = 0.0
     body: JSON | None = None
+    #: The failure happened while Stripe executed the request, so its answer is
+    #: saved under the idempotency key and replayed (otherwise it is a failure
+    #: in front of the API, e.g. a network error, and a retry runs anew).
+    saved: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this fault applies to a request."""
@@ -236,17 +243,27 @@ def configure_stripe_sdk(
 # ----------------------------------------------------------------------- routing
 
 Handler = Callable[["_Api", "re.Match[str]", JSON], tuple[int, JSON]]
-_ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+_ROUTES: list[tuple[str, re.Pattern[str], Handler, str | None]] = []
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
-    """Register an API handler for ``method`` and a path regex."""
+def route(method: str, pattern: str, params: str | None) -> Callable[[Handler], Handler]:
+    """Register an API handler for ``method`` and a path regex.
+
+    ``params`` names the ``stripe.params`` TypedDict that is Stripe's request
+    contract for the endpoint (``"PriceCreateParams"``,
+    ``"checkout.SessionCreateParams"``); requests are validated against it.
+    """
 
     def decorator(func: Handler) -> Handler:
-        _ROUTES.append((method, re.compile(f"^{pattern}$"), func))
+        _ROUTES.append((method, re.compile(f"^{pattern}$"), func, params))
         return func
 
     return decorator
+
+
+def routes() -> list[tuple[str, str, str | None]]:
+    """``(method, path regex, params type name)`` of every API route."""
+    return [(method, pattern.pattern, params) for method, pattern, _, params in _ROUTES]
 
 
 _ID = r"([A-Za-z0-9_]+)"
@@ -267,22 +284,22 @@ class _Api:
         return 200, expand(page, _as_list(params.get("expand")), self.store.resolve)
 
     # account ------------------------------------------------------------------
-    @route("GET", "/v1/account")
+    @route("GET", "/v1/account", "AccountRetrieveCurrentParams")
     def account(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve_account(), p)
 
-    @route("GET", f"/v1/accounts/{_ID}")
+    @route("GET", f"/v1/accounts/{_ID}", "AccountRetrieveParams")
     def account_by_id(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         account = self.store.retrieve_account()
         if m.group(1) != account["id"]:
             raise StripeError.missing("account", m.group(1))
         return self._one(account, p)
 
-    @route("GET", "/v2/core/accounts")
+    @route("GET", "/v2/core/accounts", None)
     def v2_accounts(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return 200, {"data": [self._v2_account()], "next_page_url": None, "previous_page_url": None}
 
-    @route("GET", f"/v2/core/accounts/{_ID}")
+    @route("GET", f"/v2/core/accounts/{_ID}", None)
     def v2_account(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         account = self._v2_account()
         if m.group(1) != account["id"]:
@@ -312,23 +329,23 @@ class _Api:
         }
 
     # products -----------------------------------------------------------------
-    @route("POST", "/v1/products")
+    @route("POST", "/v1/products", "ProductCreateParams")
     def product_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_product(_without_expand(p)), p)
 
-    @route("GET", f"/v1/products/{_ID}")
+    @route("GET", f"/v1/products/{_ID}", "ProductRetrieveParams")
     def product_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("product", m.group(1)), p)
 
-    @route("POST", f"/v1/products/{_ID}")
+    @route("POST", f"/v1/products/{_ID}", "ProductModifyParams")
     def product_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.update_product(m.group(1), _without_expand(p)), p)
 
-    @route("DELETE", f"/v1/products/{_ID}")
+    @route("DELETE", f"/v1/products/{_ID}", "ProductDeleteParams")
     def product_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return 200, self.store.delete_product(m.group(1))
 
-    @route("GET", "/v1/products")
+    @route("GET", "/v1/products", "ProductListParams")
     def product_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         ids = set(_as_list(p.get("ids")))
         active = _flag(p.get("active"))
@@ -344,25 +361,25 @@ class _Api:
 
         return self._page(self.store.list_objects("product", keep), p, "/v1/products")
 
-    @route("GET", f"/v1/products/{_ID}/features")
+    @route("GET", f"/v1/products/{_ID}/features", "ProductListFeaturesParams")
     def product_features(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         features = self.store.list_product_features(m.group(1))
         return self._page(features, p, f"/v1/products/{m.group(1)}/features")
 
     # prices -------------------------------------------------------------------
-    @route("POST", "/v1/prices")
+    @route("POST", "/v1/prices", "PriceCreateParams")
     def price_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_price(_without_expand(p)), p)
 
-    @route("GET", f"/v1/prices/{_ID}")
+    @route("GET", f"/v1/prices/{_ID}", "PriceRetrieveParams")
     def price_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("price", m.group(1)), p)
 
-    @route("POST", f"/v1/prices/{_ID}")
+    @route("POST", f"/v1/prices/{_ID}", "PriceModifyParams")
     def price_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.update_price(m.group(1), _without_expand(p)), p)
 
-    @route("GET", "/v1/prices")
+    @route("GET", "/v1/prices", "PriceListParams")
     def price_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         active = _flag(p.get("active"))
         lookup_keys = set(_as_list(p.get("lookup_keys")))
@@ -387,50 +404,50 @@ class _Api:
         return self._page(self.store.list_objects("price", keep), p, "/v1/prices")
 
     # customers ----------------------------------------------------------------
-    @route("POST", "/v1/customers")
+    @route("POST", "/v1/customers", "CustomerCreateParams")
     def customer_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_customer(_without_expand(p)), p)
 
-    @route("GET", f"/v1/customers/{_ID}")
+    @route("GET", f"/v1/customers/{_ID}", "CustomerRetrieveParams")
     def customer_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("customer", m.group(1)), p)
 
-    @route("POST", f"/v1/customers/{_ID}")
+    @route("POST", f"/v1/customers/{_ID}", "CustomerModifyParams")
     def customer_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.update_customer(m.group(1), _without_expand(p)), p)
 
-    @route("DELETE", f"/v1/customers/{_ID}")
+    @route("DELETE", f"/v1/customers/{_ID}", "CustomerDeleteParams")
     def customer_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return 200, self.store.delete_customer(m.group(1))
 
-    @route("GET", "/v1/customers")
+    @route("GET", "/v1/customers", "CustomerListParams")
     def customer_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         email = p.get("email")
         items = self.store.list_objects("customer", lambda c: not email or c["email"] == email)
         return self._page(items, p, "/v1/customers")
 
     # subscriptions ------------------------------------------------------------
-    @route("POST", "/v1/subscriptions")
+    @route("POST", "/v1/subscriptions", "SubscriptionCreateParams")
     def subscription_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_subscription(_without_expand(p)), p)
 
-    @route("GET", f"/v1/subscriptions/{_ID}")
+    @route("GET", f"/v1/subscriptions/{_ID}", "SubscriptionRetrieveParams")
     def subscription_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("subscription", m.group(1)), p)
 
-    @route("POST", f"/v1/subscriptions/{_ID}")
+    @route("POST", f"/v1/subscriptions/{_ID}", "SubscriptionModifyParams")
     def subscription_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.update_subscription(m.group(1), _without_expand(p)), p)
 
-    @route("DELETE", f"/v1/subscriptions/{_ID}")
+    @route("DELETE", f"/v1/subscriptions/{_ID}", "SubscriptionCancelParams")
     def subscription_cancel(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.cancel_subscription(m.group(1), _without_expand(p)), p)
 
-    @route("GET", "/v1/subscriptions")
+    @route("GET", "/v1/subscriptions", "SubscriptionListParams")
     def subscription_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_subscriptions(p), p, "/v1/subscriptions")
 
-    @route("GET", "/v1/subscription_items")
+    @route("GET", "/v1/subscription_items", "SubscriptionItemListParams")
     def subscription_item_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         sub_id = p.get("subscription")
         if not sub_id:
@@ -439,21 +456,21 @@ class _Api:
             self.store.list_subscription_items(str(sub_id)), p, "/v1/subscription_items"
         )
 
-    @route("GET", f"/v1/subscription_items/{_ID}")
+    @route("GET", f"/v1/subscription_items/{_ID}", "SubscriptionItemRetrieveParams")
     def subscription_item_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve_subscription_item(m.group(1)), p)
 
     # invoices -----------------------------------------------------------------
-    @route("GET", f"/v1/invoices/{_ID}")
+    @route("GET", f"/v1/invoices/{_ID}", "InvoiceRetrieveParams")
     def invoice_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("invoice", m.group(1)), p)
 
-    @route("GET", f"/v1/invoices/{_ID}/lines")
+    @route("GET", f"/v1/invoices/{_ID}/lines", "InvoiceListLinesParams")
     def invoice_lines(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         invoice = self.store.retrieve("invoice", m.group(1))
         return self._page(invoice["lines"]["data"], p, f"/v1/invoices/{m.group(1)}/lines")
 
-    @route("GET", "/v1/invoices")
+    @route("GET", "/v1/invoices", "InvoiceListParams")
     def invoice_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_invoices(p), p, "/v1/invoices")
 
@@ -467,61 +484,69 @@ class _Api:
             )
         return 200, expand(session, paths, self.store.resolve)
 
-    @route("POST", "/v1/checkout/sessions")
+    @route("POST", "/v1/checkout/sessions", "checkout.SessionCreateParams")
     def checkout_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._session(self.store.create_checkout_session(_without_expand(p)), p)
 
-    @route("GET", f"/v1/checkout/sessions/{_ID}")
+    @route("GET", f"/v1/checkout/sessions/{_ID}", "checkout.SessionRetrieveParams")
     def checkout_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._session(self.store.retrieve_checkout_session(m.group(1)), p)
 
-    @route("POST", f"/v1/checkout/sessions/{_ID}/expire")
+    @route("POST", f"/v1/checkout/sessions/{_ID}/expire", "checkout.SessionExpireParams")
     def checkout_expire(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._session(self.store.expire_checkout_session(m.group(1)), p)
 
-    @route("GET", f"/v1/checkout/sessions/{_ID}/line_items")
+    @route("GET", f"/v1/checkout/sessions/{_ID}/line_items", "checkout.SessionListLineItemsParams")
     def checkout_line_items(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         items = self.store.checkout_line_items(m.group(1))
         return self._page(items, p, f"/v1/checkout/sessions/{m.group(1)}/line_items")
 
-    @route("GET", "/v1/checkout/sessions")
+    @route("GET", "/v1/checkout/sessions", "checkout.SessionListParams")
     def checkout_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_checkout_sessions(p), p, "/v1/checkout/sessions")
 
     # billing portal -----------------------------------------------------------
-    @route("POST", "/v1/billing_portal/sessions")
+    @route("POST", "/v1/billing_portal/sessions", "billing_portal.SessionCreateParams")
     def portal_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_portal_session(_without_expand(p)), p)
 
     # webhook endpoints --------------------------------------------------------
-    @route("POST", "/v1/webhook_endpoints")
+    @route("POST", "/v1/webhook_endpoints", "WebhookEndpointCreateParams")
     def webhook_endpoint_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_webhook_endpoint(_without_expand(p)), p)
 
-    @route("GET", f"/v1/webhook_endpoints/{_ID}")
+    @route("GET", f"/v1/webhook_endpoints/{_ID}", "WebhookEndpointRetrieveParams")
     def webhook_endpoint_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("webhook_endpoint", m.group(1)), p)
 
-    @route("POST", f"/v1/webhook_endpoints/{_ID}")
+    @route("POST", f"/v1/webhook_endpoints/{_ID}", "WebhookEndpointModifyParams")
     def webhook_endpoint_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.update_webhook_endpoint(m.group(1), _without_expand(p)), p)
 
-    @route("DELETE", f"/v1/webhook_endpoints/{_ID}")
+    @route("DELETE", f"/v1/webhook_endpoints/{_ID}", "WebhookEndpointDeleteParams")
     def webhook_endpoint_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return 200, self.store.delete_webhook_endpoint(m.group(1))
 
-    @route("GET", "/v1/webhook_endpoints")
+    @route("GET", "/v1/webhook_endpoints", "WebhookEndpointListParams")
     def webhook_endpoint_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_objects("webhook_endpoint"), p, "/v1/webhook_endpoints")
 
     # events -------------------------------------------------------------------
-    @route("GET", f"/v1/events/{_ID}")
+    @route("GET", f"/v1/events/{_ID}", "EventRetrieveParams")
     def event_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("event", m.group(1)), p)
 
-    @route("GET", "/v1/events")
+    @route("GET", "/v1/events", "EventListParams")
     def event_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_events(p), p, "/v1/events")
+
+
+def check_contract(params_type: str, params: JSON) -> None:
+    """Refuse, as Stripe would, parameters outside the endpoint's contract."""
+    try:
+        validate_params(params_type, params)
+    except ContractError as exc:
+        raise StripeError(400, exc.message, code=exc.code, param=exc.param, saved=False) from exc
 
 
 def _without_expand(params: JSON) -> JSON:
@@ -536,6 +561,15 @@ def _flag(value: Any) -> bool | None:
     if str(value).lower() in ("true", "false"):
         return str(value).lower() == "true"
     raise StripeError(400, f"Invalid boolean: {value}", code="parameter_invalid_boolean")
+
+
+def _fault_payload(fault: Fault) -> JSON:
+    return fault.body or {
+        "error": {
+            "type": "api_error",
+            "message": "Injected fault: the fake Stripe failed this request.",
+        }
+    }
 
 
 # ----------------------------------------------------------------------- HTTP
@@ -626,6 +660,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body: JSON = {}
         status = 500
         payload: JSON = {}
+        violation: str | None = None
         extra = {"Request-Id": request_id, "Stripe-Version": version or DEFAULT_API_VERSION}
         try:
             try:
@@ -644,32 +679,29 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if fault is not None:
                 if fault.delay:
                     time.sleep(fault.delay)
-                if fault.status:
-                    status = fault.status
-                    payload = fault.body or {
-                        "error": {
-                            "type": "api_error",
-                            "message": "Injected fault: the fake Stripe failed this request.",
-                        }
-                    }
+                if fault.status and not fault.saved:
+                    status, payload = fault.status, _fault_payload(fault)
                     return
+                if not fault.status:
+                    fault = None
+
+            def call() -> tuple[int, JSON]:
+                if fault is not None:
+                    return int(fault.status or 500), _fault_payload(fault)
+                return self._call(method, path, {**query, **body}, request_id, idem_key, version)
+
             if method == "POST" and idem_key:
-                status, payload, replayed = fake._idempotent(
-                    api_key,
-                    idem_key,
-                    body,
-                    lambda: self._call(
-                        method, path, {**query, **body}, request_id, idem_key, version
-                    ),
+                status, payload, replayed = fake.idempotency.run(
+                    api_key, idem_key, method, path, {**query, **body}, call
                 )
                 if replayed:
                     extra["Idempotent-Replayed"] = "true"
             else:
-                status, payload = self._call(
-                    method, path, {**query, **body}, request_id, idem_key, version
-                )
+                status, payload = call()
         except StripeError as exc:
             status, payload = exc.status, exc.to_dict()
+            if not exc.saved and exc.type == "invalid_request_error":
+                violation = exc.param or ""
         except Exception as exc:  # pragma: no cover - a bug in the fake
             status = 500
             payload = {
@@ -687,6 +719,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     stripe_version=version,
                     idempotency_key=idem_key,
                     headers=headers,
+                    contract_violation=violation,
                 )
             )
             self._send_json(status, payload, extra)
@@ -701,19 +734,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
         version: str | None,
     ) -> tuple[int, JSON]:
         api = self.fake._api
-        path_known = False
-        for route_method, pattern, handler in _ROUTES:
+        for route_method, pattern, handler, params_type in _ROUTES:
             match = pattern.match(path)
-            if not match:
+            if not match or route_method != method:
                 continue
-            path_known = True
-            if route_method != method:
-                continue
+            if params_type is not None:
+                check_contract(params_type, params)
             context = RequestContext(request_id, idem_key, version)
             with self.fake.store.request_context(context):
                 return handler(api, match, params)
-        if path_known:
-            raise StripeError(405, f"Unrecognized request URL ({method}: {path}).", param=None)
+        # Stripe answers a wrong method on a known path like an unknown path.
         raise StripeError(
             404,
             f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
@@ -822,9 +852,7 @@ class FakeStripe:
         self._log_lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
-        self._idem_lock = threading.Lock()
-        self._idem_locks: dict[tuple[str | None, str], threading.Lock] = {}
-        self._idem_cache: dict[tuple[str | None, str], tuple[int, JSON, JSON]] = {}
+        self.idempotency = IdempotencyCache(clock=self.now)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -882,9 +910,7 @@ class FakeStripe:
         with self._log_lock:
             self._requests.clear()
             self._faults.clear()
-        with self._idem_lock:
-            self._idem_cache.clear()
-            self._idem_locks.clear()
+        self.idempotency.reset()
 
     # ------------------------------------------------------------------ request log
 
@@ -893,6 +919,14 @@ class FakeStripe:
         """Every API request answered since the last reset, oldest first."""
         with self._log_lock:
             return list(self._requests)
+
+    def contract_violations(self) -> list[RecordedRequest]:
+        """Requests since the last reset that Stripe would refuse as malformed.
+
+        The fake refused them too (400); this finds them even when the calling
+        code swallowed the error.
+        """
+        return [request for request in self.requests if request.contract_violation is not None]
 
     def _log(self, request: RecordedRequest) -> None:
         with self._log_lock:
@@ -923,12 +957,15 @@ class FakeStripe:
         times: int = 1,
         delay: float = 0.0,
         body: JSON | None = None,
+        saved: bool = False,
     ) -> Fault:
         """Make the next ``times`` matching API requests fail with ``status`` after ``delay`` s.
 
-        ``status=None`` only delays the request, then serves it normally.
+        ``status=None`` only delays the request, then serves it normally. With
+        ``saved=True`` the failure happens while the API executes the request:
+        Stripe saves it under the idempotency key and replays it on a retry.
         """
-        fault = Fault(path_prefix, method, status, times, delay, body)
+        fault = Fault(path_prefix, method, status, times, delay, body, saved)
         with self._log_lock:
             self._faults.append(fault)
         return fault
@@ -950,37 +987,6 @@ class FakeStripe:
 
     # ------------------------------------------------------------------ idempotency
 
-    def _idempotent(
-        self,
-        api_key: str | None,
-        key: str,
-        params: JSON,
-        call: Callable[[], tuple[int, JSON]],
-    ) -> tuple[int, JSON, bool]:
-        cache_key = (api_key, key)
-        with self._idem_lock:
-            lock = self._idem_locks.setdefault(cache_key, threading.Lock())
-        with lock:
-            cached = self._idem_cache.get(cache_key)
-            if cached is not None:
-                status, payload, first_params = cached
-                if first_params != params:
-                    raise StripeError(
-                        400,
-                        "Keys for idempotent requests can only be used with the same parameters "
-                        f"they were first used with. Try using a key other than '{key}' if you "
-                        "meant to execute a different request.",
-                        type="idempotency_error",
-                    )
-                return status, copy.deepcopy(payload), True
-            try:
-                status, payload = call()
-            except StripeError as exc:
-                status, payload = exc.status, exc.to_dict()
-            if status < 500:
-                self._idem_cache[cache_key] = (status, copy.deepcopy(payload), params)
-            return status, payload, False
-
     # ------------------------------------------------------------------ clock
 
     def now(self) -> int:
@@ -999,18 +1005,22 @@ class FakeStripe:
 
     def create_product(self, **params: Any) -> JSON:
         """Create a product without HTTP (same code path and events as the API)."""
+        check_contract("ProductCreateParams", params)
         return self.store.create_product(params)
 
     def create_price(self, **params: Any) -> JSON:
         """Create a price without HTTP."""
+        check_contract("PriceCreateParams", params)
         return self.store.create_price(params)
 
     def create_customer(self, **params: Any) -> JSON:
         """Create a customer without HTTP."""
+        check_contract("CustomerCreateParams", params)
         return self.store.create_customer(params)
 
     def create_subscription(self, **params: Any) -> JSON:
         """Create a subscription without HTTP."""
+        check_contract("SubscriptionCreateParams", params)
         return self.store.create_subscription(params)
 
     def delete_price(self, price_id: str) -> JSON:
