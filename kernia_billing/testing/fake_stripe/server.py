@@ -91,32 +91,81 @@ class Fault:
 # ----------------------------------------------------------------------- helpers
 
 
-def _expand_path(node: Any, parts: list[str], resolve: Callable[[str], JSON | None]) -> None:
-    if not parts:
+#: Fields Stripe includes only when asked (``expand[]``), by object type.
+_INCLUDABLE: dict[str | None, frozenset[str]] = {
+    "price": frozenset({"currency_options", "tiers"}),
+    "checkout.session": frozenset({"line_items"}),
+    "customer": frozenset(
+        {"sources", "subscriptions", "tax_ids", "cash_balance", "invoice_credit_balance"}
+    ),
+    "invoice": frozenset({"payments"}),
+    "item": frozenset({"discounts", "taxes"}),
+    None: frozenset({"breakdown"}),  # inside hashes, e.g. ``total_details.breakdown``
+}
+_MAX_EXPAND_DEPTH = 4
+
+
+def _cannot_expand(segment: str, hint: str | None = None) -> StripeError:
+    message = f"This property cannot be expanded ({segment})."
+    if hint:
+        message += f" You may want to try expanding '{hint}' instead."
+    return StripeError(400, message, saved=False)
+
+
+def _expandable(value: Any) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    if isinstance(value, dict):
+        return "object" in value
+    if isinstance(value, list):
+        return all(_expandable(item) for item in value)
+    return False
+
+
+def _expand_path(
+    node: Any, parts: list[str], resolve: Callable[[str], JSON | None], path: str
+) -> None:
+    if not parts or node is None:
         return
     if isinstance(node, list):
         for element in node:
-            _expand_path(element, parts, resolve)
+            _expand_path(element, parts, resolve, path)
         return
-    if not isinstance(node, dict) or parts[0] not in node:
-        return
+    if not isinstance(node, dict):
+        raise _cannot_expand(parts[0])
     head, rest = parts[0], parts[1:]
+    if head not in node:
+        if head in _INCLUDABLE.get(node.get("object"), ()):
+            return
+        hint = f"data.{path}" if node.get("object") == "list" and "data" in node else None
+        raise _cannot_expand(head, hint)
     value = node[head]
+    if not _expandable(value) and not (rest and isinstance(value, dict)):
+        # A hash (``metadata``) is not expandable, but a path may go through one.
+        raise _cannot_expand(head)
     if isinstance(value, str):
         resolved = resolve(value)
         if resolved is not None:
             node[head] = value = resolved
-    _expand_path(value, rest, resolve)
+    elif isinstance(value, list):
+        node[head] = value = [
+            (resolve(item) or item) if isinstance(item, str) else item for item in value
+        ]
+    _expand_path(value, rest, resolve, path)
 
 
 def expand(obj: JSON, paths: Iterable[str], resolve: Callable[[str], JSON | None]) -> JSON:
     """Replace ids at dotted ``paths`` (``data.product``, ``items.data.price``) by objects.
 
-    Paths that do not lead to an id are ignored (Stripe would reject some of
-    them; the fake is lenient so dj-stripe's default expansions just work).
+    As on Stripe, a path must lead through fields that hold an id, an object or
+    nothing yet (``null``), at most four levels deep; anything else is refused
+    with "This property cannot be expanded".
     """
     for path in paths:
-        _expand_path(obj, [part for part in path.split(".") if part], resolve)
+        parts = [part for part in path.split(".") if part]
+        if len(parts) > _MAX_EXPAND_DEPTH:
+            raise StripeError(400, "You cannot expand more than 4 levels of a property.")
+        _expand_path(obj, parts, resolve, path)
     return obj
 
 
@@ -408,6 +457,19 @@ class _Api:
     def customer_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.create_customer(_without_expand(p)), p)
 
+    @route("GET", "/v1/customers/search", "CustomerSearchParams")
+    def customer_search(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        items = self.store.search_customers(str(p["query"]))
+        limit = int(p.get("limit", 10))
+        page = {
+            "object": "search_result",
+            "data": items[:limit],
+            "has_more": len(items) > limit,
+            "next_page": None,
+            "url": "/v1/customers/search",
+        }
+        return 200, expand(page, _as_list(p.get("expand")), self.store.resolve)
+
     @route("GET", f"/v1/customers/{_ID}", "CustomerRetrieveParams")
     def customer_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("customer", m.group(1)), p)
@@ -469,6 +531,14 @@ class _Api:
     def invoice_lines(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         invoice = self.store.retrieve("invoice", m.group(1))
         return self._page(invoice["lines"]["data"], p, f"/v1/invoices/{m.group(1)}/lines")
+
+    @route("GET", f"/v1/invoiceitems/{_ID}", "InvoiceItemRetrieveParams")
+    def invoiceitem_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("invoiceitem", m.group(1)), p)
+
+    @route("GET", f"/v1/payment_intents/{_ID}", "PaymentIntentRetrieveParams")
+    def payment_intent_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("payment_intent", m.group(1)), p)
 
     @route("GET", "/v1/invoices", "InvoiceListParams")
     def invoice_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
@@ -814,6 +884,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": location})
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog (5) resets connections when many clients connect at once.
+    request_queue_size = 128
+
+
 # ----------------------------------------------------------------------- FakeStripe
 
 
@@ -861,7 +936,7 @@ class FakeStripe:
         if self._server is not None:
             return self
         handler = type("FakeStripeHandler", (_RequestHandler,), {"fake": self})
-        server = ThreadingHTTPServer((self.host, self.port), handler)
+        server = _Server((self.host, self.port), handler)
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])

@@ -213,6 +213,37 @@ def _match_created(value: int, spec: Any) -> bool:
     return value == _int(spec, "created")
 
 
+_SEARCH_CLAUSE = re.compile(
+    r"\s*(-?)(email|name|phone|description|metadata\['[^']+'\])\s*([:~])\s*'([^']*)'\s*"
+)
+
+
+def _parse_search(query: str) -> tuple[list[tuple[bool, str, str, str]], str]:
+    """Split a search query into ``(negate, field, op, value)`` clauses and the joiner."""
+    clauses: list[tuple[bool, str, str, str]] = []
+    joiners: set[str] = set()
+    rest = query
+    while True:
+        match = _SEARCH_CLAUSE.match(rest)
+        if not match:
+            raise StripeError.invalid(
+                f"Invalid search query: {query!r}. See https://stripe.com/docs/search#search-query-language.",
+                param="query",
+            )
+        clauses.append((match.group(1) == "-", match.group(2), match.group(3), match.group(4)))
+        rest = rest[match.end() :]
+        if not rest.strip():
+            break
+        joiner = re.match(r"(AND|OR)\s+", rest)
+        if not joiner:
+            raise StripeError.invalid(f"Invalid search query: {query!r}.", param="query")
+        joiners.add(joiner.group(1))
+        rest = rest[joiner.end() :]
+    if len(joiners) > 1:
+        raise StripeError.invalid("Search queries cannot mix AND and OR clauses.", param="query")
+    return clauses, joiners.pop() if joiners else "AND"
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -222,6 +253,8 @@ _NOUNS = {
     "customer": "customer",
     "subscription": "subscription",
     "invoice": "invoice",
+    "invoiceitem": "invoiceitem",
+    "payment_intent": "payment_intent",
     "checkout.session": "checkout.session",
     "billing_portal.session": "billing_portal.session",
     "webhook_endpoint": "webhook endpoint",
@@ -234,6 +267,8 @@ _PREFIXES = {
     "cus_": "customer",
     "sub_": "subscription",
     "in_": "invoice",
+    "ii_": "invoiceitem",
+    "pi_": "payment_intent",
     "cs_": "checkout.session",
     "bps_": "billing_portal.session",
     "we_": "webhook_endpoint",
@@ -1429,6 +1464,30 @@ class Store:
 
         return self.list_objects("invoice", keep)
 
+    def search_customers(self, query: str) -> list[JSON]:
+        """GET /v1/customers/search: Stripe's search query language, for customer fields.
+
+        Supports ``field:'value'`` (exact), ``field~'value'`` (substring), a
+        leading ``-`` (negation), ``metadata['key']`` and clauses joined by
+        ``AND`` or ``OR`` (not both), on ``email``, ``name``, ``phone``,
+        ``description`` and ``metadata``.
+        """
+        clauses, joiner = _parse_search(query)
+
+        def matches(customer: JSON) -> bool:
+            results = []
+            for negate, field, op, value in clauses:
+                if field.startswith("metadata["):
+                    actual = customer["metadata"].get(field[len("metadata['") : -2])
+                else:
+                    actual = customer.get(field)
+                text = "" if actual is None else str(actual)
+                hit = value.lower() in text.lower() if op == "~" else text.lower() == value.lower()
+                results.append(hit != negate)
+            return any(results) if joiner == "OR" else all(results)
+
+        return self.list_objects("customer", matches)
+
     # ----------------------------------------------------------------- checkout
 
     def create_checkout_session(self, params: JSON) -> JSON:
@@ -1640,6 +1699,7 @@ class Store:
                     param="session",
                 )
             session["status"] = "expired"
+            session["url"] = None
             public = self._public_session(session)
             self._emit("checkout.session.expired", public)
             return public
@@ -1701,6 +1761,7 @@ class Store:
                 session["setup_intent"] = generate_id("seti_")
                 payment_status = "no_payment_required"
             session["status"] = "complete"
+            session["url"] = None
             session["payment_status"] = payment_status
             public = self._public_session(session)
             self._emit("checkout.session.completed", public)
