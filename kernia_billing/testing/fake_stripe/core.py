@@ -179,12 +179,24 @@ def _str_list(value: Any, param: str) -> list[str]:
 
 
 def _diff(before: JSON, after: JSON) -> JSON:
-    """Stripe's ``previous_attributes``: old values of the top-level keys that changed."""
-    return {
-        key: copy.deepcopy(before.get(key))
-        for key in after
-        if key not in ("updated",) and before.get(key) != after.get(key)
-    }
+    """Stripe's ``previous_attributes``: the previous values of what changed, nested.
+
+    Hashes are compared key by key (``{"cancellation_details": {"reason": None}}``);
+    arrays and scalars that changed are given whole; keys that did not exist
+    before are given as ``None``.
+    """
+    changes: JSON = {}
+    for key in [*before, *(k for k in after if k not in before)]:
+        if key == "updated":
+            continue
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes[key] = _diff(old, new)
+        else:
+            changes[key] = copy.deepcopy(old)
+    return changes
 
 
 def _snapshot(obj: _T) -> _T:
@@ -275,6 +287,7 @@ class StoreCore:
             self._frozen_time: int | None = None
             self._time_offset = 0
             self._sequence = 0
+            self.account_api_version = DEFAULT_API_VERSION
             self.account = self._new_account()
 
     def add_listener(self, listener: Callable[[JSON], None]) -> None:
@@ -319,7 +332,9 @@ class StoreCore:
         event = template("event")
         event.update(
             id=generate_id("evt_"),
-            api_version=ctx.api_version or DEFAULT_API_VERSION,
+            # Stripe renders events in the account's API version (and each
+            # delivery in its endpoint's), never in the triggering request's.
+            api_version=self.account_api_version,
             created=self.now(),
             data={"object": _snapshot(obj)},
             livemode=False,
@@ -333,6 +348,13 @@ class StoreCore:
         for listener in self._listeners:
             listener(_snapshot(event))
         return event
+
+    def mark_delivered(self, event_id: str) -> None:
+        """One endpoint acknowledged ``event_id``: ``pending_webhooks`` goes down."""
+        with self.lock:
+            event = self._objects["event"].get(event_id)
+            if event is not None and event["pending_webhooks"] > 0:
+                event["pending_webhooks"] -= 1
 
     # ----------------------------------------------------------------- clock
 

@@ -34,7 +34,13 @@ from .contract import ContractError, validate_params
 from .forms import FormError, decode_form
 from .idempotency import IdempotencyCache
 from .store import DEFAULT_API_VERSION, JSON, RequestContext, Store, StripeError, generate_id
-from .webhooks import DeliveryResult, WebhookDispatcher, encode_event, sign_webhook_payload
+from .webhooks import (
+    TEST_RETRY_SCHEDULE,
+    DeliveryResult,
+    WebhookDispatcher,
+    encode_event,
+    sign_webhook_payload,
+)
 
 __all__ = ["FakeStripe", "Fault", "RecordedRequest", "SdkConfiguration", "configure_stripe_sdk"]
 
@@ -902,6 +908,8 @@ class FakeStripe:
     :param webhook_delivery: deliver events over HTTP to registered endpoints.
     :param webhook_secret: default secret for :meth:`sign_webhook` when no
         endpoint is registered.
+    :param webhook_retry_schedule: delays (seconds) of the automatic retries of
+        a failed delivery; fast by default, ``()`` for none.
     """
 
     def __init__(
@@ -912,6 +920,7 @@ class FakeStripe:
         api_keys: Iterable[str] | None = None,
         webhook_delivery: bool = True,
         webhook_secret: str | None = None,
+        webhook_retry_schedule: tuple[float, ...] = TEST_RETRY_SCHEDULE,
     ) -> None:
         self.host = host
         self.port = port
@@ -919,7 +928,11 @@ class FakeStripe:
         self.webhook_delivery = webhook_delivery
         self.webhook_secret = webhook_secret or generate_id("whsec_", 32)
         self.store = Store()
-        self.dispatcher = WebhookDispatcher(clock=self.now)
+        self.dispatcher = WebhookDispatcher(
+            clock=self.now,
+            retry_schedule=webhook_retry_schedule,
+            on_delivered=lambda _endpoint, event_id: self.store.mark_delivered(event_id),
+        )
         self.store.add_listener(self._on_event)
         self._api = _Api(self)
         self._server: ThreadingHTTPServer | None = None
@@ -1178,7 +1191,9 @@ class FakeStripe:
         if not self.webhook_delivery:
             return
         for endpoint, secret in self.store.endpoints_for(event["type"]):
-            self.dispatcher.enqueue(endpoint["url"], secret, endpoint["id"], event)
+            # Each endpoint gets the event in its own API version, else the account's.
+            rendered = {**event, "api_version": endpoint["api_version"] or event["api_version"]}
+            self.dispatcher.enqueue(endpoint["url"], secret, endpoint["id"], rendered)
 
     def flush_webhooks(self, timeout: float = 10) -> list[DeliveryResult]:
         """Wait for queued deliveries; return every delivery result since the last reset."""
@@ -1190,5 +1205,5 @@ class FakeStripe:
         return self.dispatcher.results
 
     def retry_failed_deliveries(self) -> int:
-        """Queue failed deliveries again; returns how many."""
+        """Queue failed deliveries again now (not waiting for their schedule); returns how many."""
         return self.dispatcher.retry_failed()
