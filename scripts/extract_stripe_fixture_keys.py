@@ -45,6 +45,7 @@ SERVED_RESOURCES: tuple[str, ...] = (
     "item",
     "line_item",
     "payment_intent",
+    "payment_method",
     "plan",
     "price",
     "product",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from .core import (
     JSON,
     StripeError,
@@ -239,10 +241,13 @@ class CheckoutStore(LifecycleStore):
     def complete_checkout_session(self, session_id: str) -> JSON:
         """Complete a Checkout Session as if the customer paid on the hosted page.
 
-        Creates the customer if needed, then (subscription mode) the subscription
-        and its paid invoice, and emits ``customer.created``,
-        ``customer.subscription.created``, ``invoice.created``, ``invoice.paid``
-        and finally ``checkout.session.completed``.
+        Creates the customer if needed and the test card the customer entered
+        (``payment_method.attached``). In subscription mode, then, as on
+        Stripe: ``customer.subscription.created`` (``incomplete``, or
+        ``trialing``), ``invoice.created``, ``invoice.finalized``,
+        ``invoice.paid``, ``invoice.payment_succeeded``,
+        ``customer.subscription.updated`` (now ``active``) and finally
+        ``checkout.session.completed``.
         """
         with self.lock:
             session = self._get("checkout.session", session_id)
@@ -268,6 +273,7 @@ class CheckoutStore(LifecycleStore):
                 "tax_ids": [],
             }
             payment_status = "paid"
+            pm = self.create_payment_method(customer_id)["id"]
             if session["mode"] == "subscription":
                 sub_data = session["_subscription_data"]
                 sub_params: JSON = {
@@ -278,11 +284,18 @@ class CheckoutStore(LifecycleStore):
                         if li["price"]["type"] == "recurring"
                     ],
                     "metadata": sub_data.get("metadata") or {},
+                    "default_payment_method": pm,
+                    "payment_behavior": "default_incomplete",
                 }
                 for key in ("trial_period_days", "trial_end", "description"):
                     if sub_data.get(key) not in (None, ""):
                         sub_params[key] = sub_data[key]
                 sub = self._create_subscription_locked(sub_params)
+                invoice = self._bucket("invoice")[sub["latest_invoice"]]
+                if invoice["status"] == "open":
+                    before = copy.deepcopy(sub)
+                    self._mark_paid(invoice, pm)
+                    self._after_payment_locked(sub, before)
                 session["subscription"] = sub["id"]
                 session["invoice"] = sub["latest_invoice"]
                 if sub["status"] == "trialing":

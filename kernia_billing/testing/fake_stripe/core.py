@@ -238,6 +238,7 @@ _NOUNS = {
     "invoice": "invoice",
     "invoiceitem": "invoiceitem",
     "payment_intent": "payment_intent",
+    "payment_method": "PaymentMethod",
     "checkout.session": "checkout.session",
     "billing_portal.session": "billing_portal.session",
     "webhook_endpoint": "webhook endpoint",
@@ -252,6 +253,7 @@ _PREFIXES = {
     "in_": "invoice",
     "ii_": "invoiceitem",
     "pi_": "payment_intent",
+    "pm_": "payment_method",
     "cs_": "checkout.session",
     "bps_": "billing_portal.session",
     "we_": "webhook_endpoint",
@@ -282,6 +284,7 @@ class StoreCore:
             self._item_index: dict[str, str] = {}  # si_ -> sub_
             self._period_no: dict[str, int] = {}  # si_ -> period number (-1 = trial)
             self._line_items: dict[str, list[JSON]] = {}  # cs_ -> checkout line items
+            self._invoice_intents: dict[str, str] = {}  # in_ -> pi_
             self._features: dict[str, list[JSON]] = {}  # prod_ -> product features
             self._webhook_secrets: dict[str, str] = {}
             self._frozen_time: int | None = None

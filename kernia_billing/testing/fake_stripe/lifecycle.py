@@ -23,8 +23,9 @@ class LifecycleStore(SubscriptionStore):
 
         The clock jumps to the current period end. A subscription set to cancel
         at period end is canceled instead; a trial ends and the subscription
-        becomes active. Otherwise every item moves one period on and a paid
-        invoice is created.
+        becomes active. Otherwise every item moves one period on. The new
+        period's invoice is charged to the default payment method; without one
+        the payment fails and the subscription becomes ``past_due``.
         """
         with self.lock:
             sub = self._live_subscription(sub_id)
@@ -47,17 +48,22 @@ class LifecycleStore(SubscriptionStore):
                         self._period_no[item["id"]] += 1
                     self._refresh_item(sub, item)
                 reason = "subscription_cycle"
-            self._create_invoice_locked(sub, reason)
+            self._charge_renewal_locked(sub, reason)
             self._emit("customer.subscription.updated", sub, _diff(before, sub))
             return _snapshot(sub)
+
+    def _charge_renewal_locked(self, sub: JSON, reason: str, *, decline: bool = False) -> None:
+        invoice = self._create_invoice_locked(sub, reason)
+        paid = self._settle_invoice_locked(sub, invoice, attempt=True, decline=decline)
+        if not paid and sub["collection_method"] == "charge_automatically":
+            sub["status"] = "past_due"
 
     def fail_payment(self, sub_id: str) -> JSON:
         """The subscription's renewal payment fails: open invoice, status ``past_due``."""
         with self.lock:
             sub = self._live_subscription(sub_id)
             before = copy.deepcopy(sub)
-            self._create_invoice_locked(sub, "subscription_cycle", paid=False)
-            sub["status"] = "past_due"
+            self._charge_renewal_locked(sub, "subscription_cycle", decline=True)
             self._emit("customer.subscription.updated", sub, _diff(before, sub))
             return _snapshot(sub)
 

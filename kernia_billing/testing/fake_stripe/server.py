@@ -531,7 +531,13 @@ class _Api:
     # invoices -----------------------------------------------------------------
     @route("GET", f"/v1/invoices/{_ID}", "InvoiceRetrieveParams")
     def invoice_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("invoice", m.group(1)), p)
+        invoice = self.store.retrieve("invoice", m.group(1))
+        if any(path.split(".")[0] == "payments" for path in _as_list(p.get("expand"))):
+            invoice["payments"] = _list_object(
+                self.store.invoice_payments(invoice["id"]),
+                f"/v1/invoice_payments?invoice={invoice['id']}",
+            )
+        return self._one(invoice, p)
 
     @route("GET", f"/v1/invoices/{_ID}/lines", "InvoiceListLinesParams")
     def invoice_lines(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
@@ -541,6 +547,14 @@ class _Api:
     @route("GET", f"/v1/invoiceitems/{_ID}", "InvoiceItemRetrieveParams")
     def invoiceitem_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("invoiceitem", m.group(1)), p)
+
+    @route("POST", f"/v1/invoices/{_ID}/pay", "InvoicePayParams")
+    def invoice_pay(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.pay_invoice(m.group(1), _without_expand(p)), p)
+
+    @route("GET", f"/v1/payment_methods/{_ID}", "PaymentMethodRetrieveParams")
+    def payment_method_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("payment_method", m.group(1)), p)
 
     @route("GET", f"/v1/payment_intents/{_ID}", "PaymentIntentRetrieveParams")
     def payment_intent_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
@@ -1106,10 +1120,38 @@ class FakeStripe:
         check_contract("CustomerCreateParams", params)
         return self.store.create_customer(params)
 
-    def create_subscription(self, **params: Any) -> JSON:
-        """Create a subscription without HTTP."""
+    def create_subscription(self, *, paid: bool = True, **params: Any) -> JSON:
+        """Create a subscription without HTTP, as if in the Dashboard.
+
+        With ``paid`` (the default) and neither ``default_payment_method`` nor
+        ``payment_behavior`` given, the customer pays with a new test card (the
+        subscription's default payment method), so it starts ``active`` (or
+        ``trialing``) and renews as most tests want. ``paid=False`` sends
+        exactly ``params``: without a payment method on the customer the
+        subscription starts ``incomplete``, as on Stripe.
+        """
         check_contract("SubscriptionCreateParams", params)
+        if paid and not any(params.get(k) for k in ("default_payment_method", "payment_behavior")):
+            card = self.store.create_payment_method(str(params.get("customer") or "") or None)
+            params = {**params, "default_payment_method": card["id"]}
         return self.store.create_subscription(params)
+
+    def create_payment_method(self, customer_id: str | None = None) -> JSON:
+        """A test card (always succeeds), attached to ``customer_id`` if given."""
+        return self.store.create_payment_method(customer_id)
+
+    def set_default_payment_method(self, customer_id: str) -> str:
+        """Give the customer a test card as its invoices' default payment method; its id."""
+        card = self.store.create_payment_method(customer_id)
+        self.store.update_customer(
+            customer_id, {"invoice_settings": {"default_payment_method": card["id"]}}
+        )
+        return str(card["id"])
+
+    def pay_invoice(self, invoice_id: str, payment_method: str | None = None) -> JSON:
+        """Pay an open invoice (``POST /v1/invoices/{id}/pay``) without HTTP."""
+        params = {"payment_method": payment_method} if payment_method else {}
+        return self.store.pay_invoice(invoice_id, params)
 
     def delete_price(self, price_id: str) -> JSON:
         """Remove a price (dashboard-only on Stripe) and emit ``price.deleted``."""

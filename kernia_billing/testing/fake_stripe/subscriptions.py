@@ -192,10 +192,44 @@ class SubscriptionStore(InvoiceStore):
             params["cancel_at_period_end"], "cancel_at_period_end"
         ):
             self._schedule_cancel(sub)
+        sub["status"] = self._initial_status(sub, trialing, params)
         self._bucket("subscription")[sub_id] = sub
         self._emit("customer.subscription.created", sub)
-        self._create_invoice_locked(sub, "subscription_create")
+        invoice = self._create_invoice_locked(sub, "subscription_create")
+        if sub["status"] != "incomplete":
+            self._settle_invoice_locked(sub, invoice, attempt=True)
         return sub
+
+    def _initial_status(self, sub: JSON, trialing: bool, params: JSON) -> str:
+        """Stripe's status for a new subscription, before its first invoice is paid.
+
+        ``trialing`` in a trial; ``active`` when nothing is due, for
+        ``send_invoice``, or when a payment method pays the first invoice;
+        ``incomplete`` otherwise (and always with ``default_incomplete``),
+        with the invoice open and its payment intent needing a payment method.
+        """
+        behavior = str(params.get("payment_behavior") or "allow_incomplete")
+        if sub["default_payment_method"]:
+            self._check_payment_method(sub["default_payment_method"], "default_payment_method")
+        if trialing:
+            return "trialing"
+        due = sum(
+            int(item["price"]["unit_amount"] or 0) * int(item["quantity"] or 1)
+            for item in sub["items"]["data"]
+        )
+        if due == 0 or sub["collection_method"] != "charge_automatically":
+            return "active"
+        if behavior == "default_incomplete":
+            return "incomplete"
+        if self._default_payment_method(sub):
+            return "active"
+        if behavior == "error_if_incomplete":
+            raise StripeError.invalid(
+                "This customer has no attached payment source or default payment method. "
+                "Please consider adding a default payment method.",
+                code="resource_missing",
+            )
+        return "incomplete"
 
     def _schedule_cancel(self, sub: JSON) -> None:
         sub["cancel_at_period_end"] = True
@@ -283,8 +317,18 @@ class SubscriptionStore(InvoiceStore):
             if changes:
                 self._emit("customer.subscription.updated", sub, changes)
             if changes.get("status") == "trialing" and sub["status"] == "active":
-                self._create_invoice_locked(sub, "subscription_update")
+                self._renew_locked(sub, "subscription_update")
             return _snapshot(sub)
+
+    def _renew_locked(self, sub: JSON, reason: str, *, decline: bool = False) -> bool:
+        """Invoice the new period and charge it; an unpaid renewal makes it ``past_due``."""
+        invoice = self._create_invoice_locked(sub, reason)
+        paid = self._settle_invoice_locked(sub, invoice, attempt=True, decline=decline)
+        if not paid and sub["collection_method"] == "charge_automatically":
+            before = copy.deepcopy(sub)
+            sub["status"] = "past_due"
+            self._emit("customer.subscription.updated", sub, _diff(before, sub))
+        return paid
 
     def _end_trial(self, sub: JSON, at: int) -> None:
         sub["trial_end"] = at
