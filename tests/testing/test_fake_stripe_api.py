@@ -140,6 +140,7 @@ def test_price_list_filters(fake_stripe: FakeStripe) -> None:
 
 
 def test_price_errors(fake_stripe: FakeStripe) -> None:
+    fake_stripe.allow_contract_violations = True
     with pytest.raises(stripe.InvalidRequestError) as missing:
         stripe.Price.retrieve("price_nope")
     assert missing.value.http_status == 404

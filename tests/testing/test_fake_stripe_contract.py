@@ -17,6 +17,12 @@ from kernia_billing.testing.fake_stripe.server import routes
 from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY
 
 
+@pytest.fixture(autouse=True)
+def refusals_expected(fake_stripe: FakeStripe) -> None:
+    """These tests send requests Stripe refuses on purpose."""
+    fake_stripe.allow_contract_violations = True
+
+
 def refused(call: Any, *args: Any, **kwargs: Any) -> stripe.InvalidRequestError:
     with pytest.raises(stripe.InvalidRequestError) as info:
         call(*args, **kwargs)

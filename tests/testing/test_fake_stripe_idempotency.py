@@ -9,6 +9,12 @@ from kernia_billing.testing import FakeStripe
 from kernia_billing.testing.fake_stripe.idempotency import IDEMPOTENCY_KEY_TTL
 
 
+@pytest.fixture(autouse=True)
+def refusals_expected(fake_stripe: FakeStripe) -> None:
+    """These tests send requests Stripe refuses on purpose."""
+    fake_stripe.allow_contract_violations = True
+
+
 def test_a_key_used_on_another_endpoint_is_refused(fake_stripe: FakeStripe) -> None:
     stripe.Customer.create(email="a@example.com", idempotency_key="k")
     with pytest.raises(stripe.IdempotencyError) as info:

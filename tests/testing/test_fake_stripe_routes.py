@@ -8,6 +8,12 @@ import stripe
 from kernia_billing.testing import FakeStripe
 
 
+@pytest.fixture(autouse=True)
+def refusals_expected(fake_stripe: FakeStripe) -> None:
+    """These tests send requests Stripe refuses on purpose."""
+    fake_stripe.allow_contract_violations = True
+
+
 def test_bad_expand_paths_are_refused(fake_stripe: FakeStripe) -> None:
     product = stripe.Product.create(name="Pro")
     price = stripe.Price.create(product=product.id, unit_amount=100, currency="usd")

@@ -955,6 +955,8 @@ class FakeStripe:
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
         self.idempotency = IdempotencyCache(clock=self.now)
+        #: Whether requests Stripe would refuse are expected (see the pytest plugin).
+        self.allow_contract_violations = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1013,6 +1015,7 @@ class FakeStripe:
             self._requests.clear()
             self._faults.clear()
         self.idempotency.reset()
+        self.allow_contract_violations = False
 
     # ------------------------------------------------------------------ request log
 
