@@ -21,7 +21,7 @@ import pytest
 
 from .fake_stripe import FakeStripe, configure_stripe_sdk
 
-__all__ = ["FAKE_STRIPE_API_KEY", "fake_stripe", "fake_stripe_server"]
+__all__ = ["FAKE_STRIPE_API_KEY", "check_contract_violations", "fake_stripe", "fake_stripe_server"]
 
 #: The secret key the ``fake_stripe`` fixture configures the SDK with.
 FAKE_STRIPE_API_KEY = "sk_test_fakestripe0000000000000000"
@@ -45,10 +45,16 @@ def fake_stripe(fake_stripe_server: FakeStripe) -> Iterator[FakeStripe]:
     fake_stripe_server.webhook_delivery = True
     with configure_stripe_sdk(fake_stripe_server.url, api_key=FAKE_STRIPE_API_KEY):
         yield fake_stripe_server
-    violations = fake_stripe_server.contract_violations()
-    allowed = fake_stripe_server.allow_contract_violations
-    fake_stripe_server.reset()
-    if violations and not allowed:
+    try:
+        check_contract_violations(fake_stripe_server)
+    finally:
+        fake_stripe_server.reset()
+
+
+def check_contract_violations(fake: FakeStripe) -> None:
+    """Fail the test if ``fake`` was sent requests Stripe would refuse (unless allowed)."""
+    violations = fake.contract_violations()
+    if violations and not fake.allow_contract_violations:
         shown = "; ".join(
             f"{r.method} {r.path} ({r.contract_violation or 'refused'})" for r in violations
         )

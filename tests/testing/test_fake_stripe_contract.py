@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from kernia_billing.testing import FakeStripe
 from kernia_billing.testing.fake_stripe.contract import known_params
 from kernia_billing.testing.fake_stripe.contract.build import SCHEMA_PATH, build_contract
 from kernia_billing.testing.fake_stripe.server import routes
-from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY
+from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY, check_contract_violations
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +134,16 @@ def test_refused_requests_are_in_the_request_log(fake_stripe: FakeStripe) -> Non
     refused(stripe.Customer.create, email="a@example.com", coupon="SAVE")
     violations = fake_stripe.contract_violations()
     assert [(r.path, r.contract_violation) for r in violations] == [("/v1/customers", "coupon")]
+
+
+def test_the_fixture_fails_a_test_that_sent_refused_requests(fake_stripe: FakeStripe) -> None:
+    with contextlib.suppress(stripe.InvalidRequestError):  # code that swallows the 400
+        stripe.Customer.create(email="a@example.com", coupon="SAVE")
+    fake_stripe.allow_contract_violations = False
+    with pytest.raises(pytest.fail.Exception, match=r"POST /v1/customers \(coupon\)"):
+        check_contract_violations(fake_stripe)
+    fake_stripe.allow_contract_violations = True
+    check_contract_violations(fake_stripe)
 
 
 def test_wrong_method_on_a_known_path_is_404(fake_stripe: FakeStripe) -> None:
