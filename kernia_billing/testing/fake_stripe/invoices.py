@@ -243,7 +243,7 @@ class InvoiceStore(PaymentStore):
         with self.lock:
             invoice = self._get("invoice", invoice_id)
             if invoice["status"] != "open":
-                raise StripeError.invalid("Invoice is already paid", code="invoice_not_open")
+                raise StripeError(400, "Invoice is already paid")
             pm = params.get("payment_method") or None
             if pm:
                 self._check_payment_method(str(pm), "payment_method")
@@ -252,10 +252,10 @@ class InvoiceStore(PaymentStore):
                 raise StripeError.invalid("The fake only pays subscription invoices.")
             pm = pm or self._default_payment_method(sub)
             if not pm and invoice["amount_due"]:
-                raise StripeError.invalid(
+                raise StripeError(
+                    400,
                     "This customer has no attached payment source or default payment method. "
                     "Please consider adding a default payment method.",
-                    code="invoice_no_payment_method_types",
                 )
             before = copy.deepcopy(sub)
             self._mark_paid(invoice, pm)
