@@ -224,10 +224,10 @@ class SubscriptionStore(InvoiceStore):
         if self._default_payment_method(sub):
             return "active"
         if behavior == "error_if_incomplete":
-            raise StripeError.invalid(
+            raise StripeError(
+                400,
                 "This customer has no attached payment source or default payment method. "
                 "Please consider adding a default payment method.",
-                code="resource_missing",
             )
         return "incomplete"
 
