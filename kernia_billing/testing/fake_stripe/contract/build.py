@@ -27,6 +27,8 @@ from typing import Any
 
 import typing_extensions
 
+from ..api import routes
+
 __all__ = ["build_contract", "main", "params_schema"]
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -145,8 +147,6 @@ def params_schema(name: str) -> Any:
 def build_contract() -> dict[str, Any]:
     """The contract of every fake route, keyed by SDK params type name."""
     import stripe
-
-    from ..server import routes
 
     names = sorted({name for _, _, name in routes() if name})
     walker = _Walker()
