@@ -168,6 +168,8 @@ class Gunicorn:
     process: subprocess.Popen[bytes] | None = None
     #: gunicorn's and Django's stderr (tracebacks of any 5xx); see :meth:`log_tail`.
     log_path: Path | None = None
+    #: More environment for the server, e.g. ``STRIPE_API_BASE`` of a fake Stripe.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Gunicorn:
         env = {
@@ -177,6 +179,7 @@ class Gunicorn:
             "DJANGO_DEBUG": "0",  # DEBUG keeps every query in memory
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "LOG_LEVEL": "ERROR",
+            **self.extra_env,
         }
         with tempfile.NamedTemporaryFile(
             prefix="kernia-gunicorn-", suffix=".log", delete=False

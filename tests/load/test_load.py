@@ -27,7 +27,7 @@ from bench import http_harness as harness
 pytestmark = [pytest.mark.postgres, pytest.mark.load]
 
 PG_BASE = os.environ.get("PG_URL_BASE", harness.DEFAULT_PG)
-LOAD_DB = f"{PG_BASE}/kernia_load"
+LOAD_DB = f"{PG_BASE}/{os.environ.get('KERNIA_LOAD_DATABASE', 'kernia_load')}"
 TRACK = "/api/auth/billing/track"
 CHECK = "/api/auth/billing/check"
 BATCH = "/api/auth/billing/track/batch"
@@ -151,7 +151,10 @@ def verify(records: list[dict[str, Any]], elapsed: float, tokens: dict[str, list
     group_of = {token: group for group, group_tokens in tokens.items() for token in group_tokens}
     parsed = harness.urlparse(LOAD_DB)
     with psycopg.connect(
-        host=parsed.hostname, port=parsed.port, user=parsed.username, dbname="kernia_load"
+        host=parsed.hostname,
+        port=parsed.port,
+        user=parsed.username,
+        dbname=parsed.path.lstrip("/"),
     ) as db:
         rows = db.execute(
             "SELECT t.key, ev.idempotency_key, ev.id, ev.amount FROM kernia_billing_usageevent ev "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection
 from django.db.models import Sum
@@ -117,3 +119,23 @@ def test_a_key_refused_then_accepted_in_one_batch_is_replayed_afterwards(user, f
     assert results[3].result.event_id == results[2].result.event_id
     assert Entitlement.objects.get(feature=seats).usage == 2
     assert UsageEvent.objects.filter(idempotency_key="K").count() == 1
+
+
+def test_events_before_the_current_period_are_refused_and_not_counted(user, free_plan):
+    """A batch at a moment before the entitlement's period must not count in that period.
+
+    Single track refuses such a moment; the batch used to add it to the current period's
+    usage with a ledger row dated before the period (the ledger audit then drifts).
+    """
+    from kernia_billing.services.reconcile import audit_ledger
+
+    kernia_billing.track(user, "messages", 5)
+    period_start = Entitlement.objects.get().period_start
+    earlier = period_start - timedelta(seconds=1)
+
+    results = kernia_billing.track_batch(user, [TrackRequest("messages", 3)], now=earlier)
+
+    assert [(r.ok, r.error_code, r.status) for r in results] == [(False, "invalid_request", 400)]
+    assert Entitlement.objects.get().usage == 5
+    assert UsageEvent.objects.count() == 1
+    assert audit_ledger() == []

@@ -31,7 +31,7 @@ from ...types import BatchItemResult, CheckResult, TrackRequest
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
 from .check import _check_result, _load_or_explain, denial_error
-from .track import _track_result
+from .track import _before_period, _track_result
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -73,7 +73,7 @@ def track_batch(
         known_keys: set[tuple[int, str]] = set()
         try:
             with transaction.atomic():
-                decided = _decide_locked(prepared, now or timezone.now(), known_keys)
+                decided = _decide_locked(prepared, now, known_keys)
             break
         except IntegrityError:
             # Only a concurrent request committing one of our idempotency keys is worth
@@ -139,11 +139,16 @@ def _prepare(
 
 
 def _decide_locked(
-    prepared: list[_Prepared], moment: datetime, known_keys: set[tuple[int, str]]
+    prepared: list[_Prepared], now: datetime | None, known_keys: set[tuple[int, str]]
 ) -> dict[int, BatchItemResult]:
     """Inside one transaction: lock, decide every event in order, write once per row.
 
-    ``known_keys`` receives the idempotency keys that already had a ledger row.
+    The moment (``now``, else the time) is read once the rows are locked: a reset that
+    committed while this batch waited for them started a period that the moment is in,
+    not one after it. Events whose entitlement's period starts after the moment are
+    refused, as single track refuses them: counted there, they would be usage of a
+    period they were not recorded in. ``known_keys`` receives the idempotency keys
+    that already had a ledger row.
     """
     if not prepared:
         return {}
@@ -153,8 +158,10 @@ def _decide_locked(
         lock += " FOR UPDATE OF e"
     placeholders = ", ".join(["%s"] * len(ids))
     rows = {r.id: r for r in _select_many(f"e.id IN ({placeholders}){lock}", ids)}
+    moment = now or timezone.now()
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)
+    before_period = {row_id for row_id, row in rows.items() if _before_period(row, moment)}
     existing = _existing_events(prepared)
     known_keys.update(existing)
     decided: dict[int, BatchItemResult] = {}
@@ -165,6 +172,9 @@ def _decide_locked(
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         row = rows[item.entitlement_id]
+        if row.id in before_period:
+            decided[item.index] = refusal(item.index, _before_period_error(now, moment))
+            continue
         key = (item.customer_id, item.idempotency_key) if item.idempotency_key else None
         if key is not None:
             first = existing.get(key)
@@ -196,6 +206,17 @@ def _decide_locked(
     for item, event in in_batch_replays:
         decided[item.index] = _replayed(item, rows[item.entitlement_id], event)
     return decided
+
+
+def _before_period_error(now: datetime | None, moment: datetime) -> BillingError:
+    """What single track answers for a moment before the current period."""
+    if now is not None:
+        return InvalidRequest(
+            "Usage cannot be recorded before the current period started.",
+            fields={"now": moment.isoformat()},
+        )
+    # The period starts after the server's clock (Stripe's clock is ahead): retry later.
+    return Contention("The current period has not started yet; retry the event.")
 
 
 def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:
