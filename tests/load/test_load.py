@@ -33,7 +33,7 @@ CHECK = "/api/auth/billing/check"
 BATCH = "/api/auth/billing/track/batch"
 SPEC = {
     "groups": {
-        "capped": {"users": 6, "included": 300, "overage": False},
+        "capped": {"users": 6, "included": 120, "overage": False},
         "overage": {"users": 3, "included": 50, "overage": True},
     }
 }
