@@ -89,6 +89,7 @@ def test_subscription_create_shapes_and_item_periods(fake_stripe: FakeStripe) ->
     fake_stripe.set_clock(ts(2025, 1, 31))
     price = setup_plan()
     customer = stripe.Customer.create(email="sub@example.com")
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(
         customer=customer.id, items=[{"price": price.id, "quantity": 2}], metadata={"org": "1"}
     )
@@ -148,6 +149,7 @@ def test_trial_and_trial_end_now(fake_stripe: FakeStripe) -> None:
     fake_stripe.set_clock(ts(2025, 3, 1))
     price = setup_plan()
     customer = stripe.Customer.create()
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(
         customer=customer.id, items=[{"price": price.id}], trial_period_days=14
     )
@@ -169,6 +171,7 @@ def test_advance_trialing_subscription_becomes_active(fake_stripe: FakeStripe) -
     fake_stripe.set_clock(ts(2025, 3, 1))
     price = setup_plan()
     customer = stripe.Customer.create()
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(
         customer=customer.id, items=[{"price": price.id}], trial_period_days=7
     )
@@ -187,6 +190,7 @@ def test_subscription_update_items_and_cancel_at_period_end(fake_stripe: FakeStr
         product=price.product, unit_amount=5000, currency="usd", recurring={"interval": "month"}
     )
     customer = stripe.Customer.create()
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
     item_id = sub["items"].data[0].id
     period_end = sub["items"].data[0].current_period_end
@@ -238,11 +242,17 @@ def test_cancel_and_list_subscriptions(fake_stripe: FakeStripe) -> None:
 def test_fail_payment_and_status_helpers(fake_stripe: FakeStripe) -> None:
     price = setup_plan()
     customer = stripe.Customer.create()
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
     failed = fake_stripe.fail_payment(sub.id)
     assert failed["status"] == "past_due"
-    types = [e["type"] for e in fake_stripe.events()][-3:]
-    assert types == ["invoice.created", "invoice.payment_failed", "customer.subscription.updated"]
+    types = [e["type"] for e in fake_stripe.events()][-4:]
+    assert types == [
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.payment_failed",
+        "customer.subscription.updated",
+    ]
     assert stripe.Invoice.list(status="open").data[0].subscription == sub.id
 
     fake_stripe.set_subscription_status(sub.id, "paused")
@@ -259,13 +269,16 @@ def test_advance_subscription_emits_renewal_events(fake_stripe: FakeStripe) -> N
     fake_stripe.set_clock(ts(2025, 5, 10))
     price = setup_plan(interval="year")
     customer = stripe.Customer.create()
+    fake_stripe.set_default_payment_method(customer.id)
     sub = stripe.Subscription.create(customer=customer.id, items=[{"price": price.id}])
     before = len(fake_stripe.events())
     fake_stripe.advance_subscription(sub.id)
     new = fake_stripe.events()[before:]
     assert [e["type"] for e in new] == [
         "invoice.created",
+        "invoice.finalized",
         "invoice.paid",
+        "invoice.payment_succeeded",
         "customer.subscription.updated",
     ]
     previous = new[-1]["data"]["previous_attributes"]
@@ -300,13 +313,22 @@ def test_checkout_session_flow(fake_stripe: FakeStripe) -> None:
     before = len(fake_stripe.events())
     completed = fake_stripe.complete_checkout_session(session.id)
     types = [e["type"] for e in fake_stripe.events()[before:]]
+    # Stripe's sequence: an incomplete subscription whose first invoice is paid.
     assert types == [
         "customer.created",
+        "payment_method.attached",
         "customer.subscription.created",
         "invoice.created",
+        "invoice.finalized",
         "invoice.paid",
+        "invoice.payment_succeeded",
+        "customer.subscription.updated",
         "checkout.session.completed",
     ]
+    events = fake_stripe.events()[before:]
+    assert events[2]["data"]["object"]["status"] == "incomplete"
+    assert events[7]["data"]["object"]["status"] == "active"
+    assert events[7]["data"]["previous_attributes"] == {"status": "incomplete"}
     assert completed["status"] == "complete" and completed["payment_status"] == "paid"
     fetched = stripe.checkout.Session.retrieve(
         session.id, expand=["subscription", "customer", "line_items"]
@@ -333,7 +355,13 @@ def test_checkout_trial_existing_customer_and_expire(fake_stripe: FakeStripe) ->
     )
     before = len(fake_stripe.events())
     fake_stripe.complete_checkout_session(session.id)
-    assert fake_stripe.events()[before]["type"] == "customer.subscription.created"
+    types = [e["type"] for e in fake_stripe.events()[before:]]
+    assert types[:3] == [
+        "payment_method.attached",
+        "customer.subscription.created",
+        "invoice.created",
+    ]
+    assert "customer.subscription.updated" not in types
     done = stripe.checkout.Session.retrieve(session.id, expand=["subscription"])
     assert done.customer == customer.id and done.subscription.status == "trialing"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -127,6 +128,7 @@ def test_delivery_can_be_switched_off(fake_stripe: FakeStripe, receiver: Receive
 
 def test_failed_deliveries_are_recorded_and_retried(fake_stripe: FakeStripe) -> None:
     failing = Receiver(status=500)
+    fake_stripe.dispatcher.retry_schedule = ()  # only the manual retry here
     try:
         fake_stripe.register_webhook_endpoint(failing.url)
         stripe.Product.create(name="retry me")
@@ -171,3 +173,71 @@ def test_checkout_completion_is_delivered(fake_stripe: FakeStripe, receiver: Rec
         "customer.subscription.created",
         "checkout.session.completed",
     ]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_failed_deliveries_are_retried_by_themselves(fake_stripe: FakeStripe) -> None:
+    failing = Receiver(status=500)
+    fake_stripe.dispatcher.retry_schedule = (0.05, 0.05)
+    try:
+        fake_stripe.register_webhook_endpoint(failing.url)
+        stripe.Product.create(name="retry me")
+        wait_for(lambda: len(fake_stripe.deliveries) == 3)
+        time.sleep(0.2)
+        # One delivery and two scheduled retries, then Stripe gives up.
+        assert [r.status_code for r in fake_stripe.deliveries] == [500, 500, 500]
+        assert fake_stripe.dispatcher.pending_retries == 1
+        failing.status = 200
+        fake_stripe.dispatcher.retry_schedule = (0.05,)
+        assert fake_stripe.retry_failed_deliveries() == 1
+        wait_for(lambda: len(fake_stripe.deliveries) == 4)
+        assert fake_stripe.deliveries[-1].ok
+    finally:
+        failing.close()
+
+
+def test_pending_webhooks_goes_down_as_endpoints_acknowledge(
+    fake_stripe: FakeStripe, receiver: Receiver
+) -> None:
+    failing = Receiver(status=500)
+    fake_stripe.dispatcher.retry_schedule = ()
+    try:
+        fake_stripe.register_webhook_endpoint(receiver.url)
+        fake_stripe.register_webhook_endpoint(failing.url)
+        stripe.Product.create(name="A")
+        fake_stripe.flush_webhooks()
+        [event] = stripe.Event.list().data
+        assert event.pending_webhooks == 1  # the failing endpoint still waits
+    finally:
+        failing.close()
+
+
+def test_deliveries_use_the_endpoints_api_version(
+    fake_stripe: FakeStripe, receiver: Receiver
+) -> None:
+    stripe.WebhookEndpoint.create(
+        url=receiver.url, enabled_events=["*"], api_version="2025-03-31.basil"
+    )
+    stripe.Product.create(name="A", stripe_version="2025-01-27.acacia")
+    fake_stripe.flush_webhooks()
+    [delivered] = receiver.events()
+    assert delivered["api_version"] == "2025-03-31.basil"
+    assert stripe.Event.retrieve(delivered["id"]).api_version == "2026-05-27.dahlia"
+
+
+def test_previous_attributes_is_a_nested_diff(fake_stripe: FakeStripe) -> None:
+    customer = stripe.Customer.create(
+        email="a@example.com", address={"city": "Paris", "country": "FR"}, metadata={"a": "1"}
+    )
+    stripe.Customer.modify(customer.id, address={"city": "Lyon"}, metadata={"b": "2"})
+    [event] = fake_stripe.events("customer.updated")
+    assert event["data"]["previous_attributes"] == {
+        "address": {"city": "Paris"},
+        "metadata": {"b": None},
+    }

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from .server import FakeStripe
+from .webhooks import STRIPE_RETRY_SCHEDULE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", action="append", dest="api_keys", help="accept only this key")
     args = parser.parse_args(argv)
 
-    fake = FakeStripe(args.host, args.port, api_keys=args.api_keys)
+    fake = FakeStripe(
+        args.host, args.port, api_keys=args.api_keys, webhook_retry_schedule=STRIPE_RETRY_SCHEDULE
+    )
     fake.start()
     if args.webhook_url:
         endpoint = fake.register_webhook_endpoint(args.webhook_url, secret=args.webhook_secret)

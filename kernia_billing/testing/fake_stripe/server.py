@@ -16,772 +16,39 @@ Typical use::
 
 from __future__ import annotations
 
-import base64
-import copy
-import json
 import re
 import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
+from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
-from . import pages
-from .forms import FormError, decode_form
-from .store import DEFAULT_API_VERSION, JSON, RequestContext, Store, StripeError, generate_id
-from .webhooks import DeliveryResult, WebhookDispatcher, encode_event, sign_webhook_payload
+from .api import _Api, check_contract, routes
+from .handler import Fault, RecordedRequest, _RequestHandler, _Server
+from .idempotency import IdempotencyCache
+from .listing import expand, paginate
+from .sdk import SdkConfiguration, configure_stripe_sdk
+from .store import JSON, Store, StripeError, generate_id
+from .webhooks import (
+    TEST_RETRY_SCHEDULE,
+    DeliveryResult,
+    WebhookDispatcher,
+    encode_event,
+    sign_webhook_payload,
+)
 
-__all__ = ["FakeStripe", "Fault", "RecordedRequest", "SdkConfiguration", "configure_stripe_sdk"]
+__all__ = [
+    "FakeStripe",
+    "Fault",
+    "RecordedRequest",
+    "SdkConfiguration",
+    "configure_stripe_sdk",
+    "expand",
+    "paginate",
+    "routes",
+]
 
 _KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]{24,}$")
-_MAX_BODY = 10 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One API request the fake answered (hosted pages are not recorded)."""
-
-    method: str
-    path: str
-    query: dict[str, Any]
-    body: dict[str, Any]
-    status: int
-    api_key: str | None
-    stripe_version: str | None
-    idempotency_key: str | None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """Query and body parameters together."""
-        return {**self.query, **self.body}
-
-
-@dataclass
-class Fault:
-    """An injected failure: the next ``times`` matching requests fail."""
-
-    path_prefix: str
-    method: str | None
-    status: int | None
-    times: int
-    delay: float = 0.0
-    body: JSON | None = None
-
-    def matches(self, method: str, path: str) -> bool:
-        """Whether this fault applies to a request."""
-        return (
-            self.times > 0
-            and path.startswith(self.path_prefix)
-            and (self.method is None or self.method.upper() == method)
-        )
-
-
-# ----------------------------------------------------------------------- helpers
-
-
-def _expand_path(node: Any, parts: list[str], resolve: Callable[[str], JSON | None]) -> None:
-    if not parts:
-        return
-    if isinstance(node, list):
-        for element in node:
-            _expand_path(element, parts, resolve)
-        return
-    if not isinstance(node, dict) or parts[0] not in node:
-        return
-    head, rest = parts[0], parts[1:]
-    value = node[head]
-    if isinstance(value, str):
-        resolved = resolve(value)
-        if resolved is not None:
-            node[head] = value = resolved
-    _expand_path(value, rest, resolve)
-
-
-def expand(obj: JSON, paths: Iterable[str], resolve: Callable[[str], JSON | None]) -> JSON:
-    """Replace ids at dotted ``paths`` (``data.product``, ``items.data.price``) by objects.
-
-    Paths that do not lead to an id are ignored (Stripe would reject some of
-    them; the fake is lenient so dj-stripe's default expansions just work).
-    """
-    for path in paths:
-        _expand_path(obj, [part for part in path.split(".") if part], resolve)
-    return obj
-
-
-def _list_object(data: list[JSON], url: str, has_more: bool = False) -> JSON:
-    return {"object": "list", "data": data, "has_more": has_more, "url": url}
-
-
-def paginate(items: list[JSON], params: JSON, url: str) -> JSON:
-    """Stripe cursor pagination over ``items`` (already in list order)."""
-    try:
-        limit = int(params.get("limit", 10))
-    except (TypeError, ValueError) as exc:
-        raise StripeError(
-            400,
-            f"Invalid integer: {params.get('limit')}",
-            code="parameter_invalid_integer",
-            param="limit",
-        ) from exc
-    if not 1 <= limit <= 100:
-        raise StripeError(
-            400,
-            "Invalid limit: must be between 1 and 100",
-            code="parameter_invalid_integer",
-            param="limit",
-        )
-    ids = [item.get("id") for item in items]
-    starting_after, ending_before = params.get("starting_after"), params.get("ending_before")
-    if starting_after and ending_before:
-        raise StripeError(
-            400,
-            "You may only specify one of these parameters: ending_before, starting_after.",
-            param="ending_before",
-        )
-    for cursor, param in ((starting_after, "starting_after"), (ending_before, "ending_before")):
-        if cursor and cursor not in ids:
-            raise StripeError(
-                400, f"No such object: '{cursor}'", code="resource_missing", param=param
-            )
-    if starting_after:
-        rest = items[ids.index(starting_after) + 1 :]
-        return _list_object(rest[:limit], url, len(rest) > limit)
-    if ending_before:
-        before = items[: ids.index(ending_before)]
-        return _list_object(before[-limit:], url, len(before) > limit)
-    return _list_object(items[:limit], url, len(items) > limit)
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return [str(value)]
-
-
-class SdkConfiguration:
-    """Undo handle returned by :func:`configure_stripe_sdk`.
-
-    Call it (or use it as a context manager) to restore the SDK settings that
-    were in effect before.
-    """
-
-    def __init__(self, previous: dict[str, Any]) -> None:
-        self._previous = previous
-
-    def restore(self) -> None:
-        """Put the previous SDK settings back."""
-        import stripe
-        from stripe import _stripe_client
-
-        prev = self._previous
-        stripe.api_base = prev["api_base"]
-        stripe.max_network_retries = prev["max_network_retries"]
-        stripe.api_key = prev["api_key"]
-        stripe.api_version = prev["api_version"]
-        _stripe_client.DEFAULT_API_BASE = prev["client_api_base"]  # type: ignore[attr-defined]
-
-    __call__ = restore
-
-    def __enter__(self) -> SdkConfiguration:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.restore()
-
-
-def configure_stripe_sdk(
-    api_base: str, api_key: str | None = None, api_version: str = DEFAULT_API_VERSION
-) -> SdkConfiguration:
-    """Point the ``stripe`` SDK (module-level API and ``StripeClient``) at ``api_base``.
-
-    Sets ``stripe.api_base``, turns network retries off, makes new
-    ``stripe.StripeClient`` instances default to ``api_base`` too (dj-stripe's
-    AccountV2 builds its own client) and optionally sets the API key and
-    version. Returns a handle that restores the previous settings when called
-    or used as a context manager.
-    """
-    import stripe
-    from stripe import _stripe_client
-
-    previous = {
-        "api_base": stripe.api_base,
-        "max_network_retries": stripe.max_network_retries,
-        "api_key": stripe.api_key,
-        "api_version": stripe.api_version,
-        "client_api_base": _stripe_client.DEFAULT_API_BASE,  # type: ignore[attr-defined]
-    }
-    base = api_base.rstrip("/")
-    stripe.api_base = base
-    stripe.max_network_retries = 0
-    _stripe_client.DEFAULT_API_BASE = base  # type: ignore[attr-defined]
-    if api_key is not None:
-        stripe.api_key = api_key
-    if api_version:
-        stripe.api_version = api_version
-    return SdkConfiguration(previous)
-
-
-# ----------------------------------------------------------------------- routing
-
-Handler = Callable[["_Api", "re.Match[str]", JSON], tuple[int, JSON]]
-_ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
-
-
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
-    """Register an API handler for ``method`` and a path regex."""
-
-    def decorator(func: Handler) -> Handler:
-        _ROUTES.append((method, re.compile(f"^{pattern}$"), func))
-        return func
-
-    return decorator
-
-
-_ID = r"([A-Za-z0-9_]+)"
-
-
-class _Api:
-    """The API endpoints, bound to one :class:`FakeStripe`."""
-
-    def __init__(self, fake: FakeStripe) -> None:
-        self.fake = fake
-        self.store = fake.store
-
-    def _one(self, obj: JSON, params: JSON) -> tuple[int, JSON]:
-        return 200, expand(obj, _as_list(params.get("expand")), self.store.resolve)
-
-    def _page(self, items: list[JSON], params: JSON, url: str) -> tuple[int, JSON]:
-        page = paginate(items, params, url)
-        return 200, expand(page, _as_list(params.get("expand")), self.store.resolve)
-
-    # account ------------------------------------------------------------------
-    @route("GET", "/v1/account")
-    def account(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve_account(), p)
-
-    @route("GET", f"/v1/accounts/{_ID}")
-    def account_by_id(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        account = self.store.retrieve_account()
-        if m.group(1) != account["id"]:
-            raise StripeError.missing("account", m.group(1))
-        return self._one(account, p)
-
-    @route("GET", "/v2/core/accounts")
-    def v2_accounts(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return 200, {"data": [self._v2_account()], "next_page_url": None, "previous_page_url": None}
-
-    @route("GET", f"/v2/core/accounts/{_ID}")
-    def v2_account(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        account = self._v2_account()
-        if m.group(1) != account["id"]:
-            raise StripeError.missing("account", m.group(1))
-        return 200, account
-
-    def _v2_account(self) -> JSON:
-        v1 = self.store.retrieve_account()
-        created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(v1["created"]))
-        return {
-            "id": v1["id"],
-            "object": "v2.core.account",
-            "applied_configurations": [],
-            "closed": False,
-            "configuration": None,
-            "contact_email": v1["email"],
-            "contact_phone": None,
-            "created": created,
-            "dashboard": "full",
-            "defaults": None,
-            "display_name": v1["business_profile"]["name"],
-            "future_requirements": None,
-            "identity": None,
-            "livemode": False,
-            "metadata": {},
-            "requirements": None,
-        }
-
-    # products -----------------------------------------------------------------
-    @route("POST", "/v1/products")
-    def product_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_product(_without_expand(p)), p)
-
-    @route("GET", f"/v1/products/{_ID}")
-    def product_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("product", m.group(1)), p)
-
-    @route("POST", f"/v1/products/{_ID}")
-    def product_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.update_product(m.group(1), _without_expand(p)), p)
-
-    @route("DELETE", f"/v1/products/{_ID}")
-    def product_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return 200, self.store.delete_product(m.group(1))
-
-    @route("GET", "/v1/products")
-    def product_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        ids = set(_as_list(p.get("ids")))
-        active = _flag(p.get("active"))
-        shippable = _flag(p.get("shippable"))
-
-        def keep(product: JSON) -> bool:
-            return (
-                (not ids or product["id"] in ids)
-                and (active is None or product["active"] == active)
-                and (shippable is None or product["shippable"] == shippable)
-                and (not p.get("url") or product["url"] == p["url"])
-            )
-
-        return self._page(self.store.list_objects("product", keep), p, "/v1/products")
-
-    @route("GET", f"/v1/products/{_ID}/features")
-    def product_features(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        features = self.store.list_product_features(m.group(1))
-        return self._page(features, p, f"/v1/products/{m.group(1)}/features")
-
-    # prices -------------------------------------------------------------------
-    @route("POST", "/v1/prices")
-    def price_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_price(_without_expand(p)), p)
-
-    @route("GET", f"/v1/prices/{_ID}")
-    def price_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("price", m.group(1)), p)
-
-    @route("POST", f"/v1/prices/{_ID}")
-    def price_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.update_price(m.group(1), _without_expand(p)), p)
-
-    @route("GET", "/v1/prices")
-    def price_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        active = _flag(p.get("active"))
-        lookup_keys = set(_as_list(p.get("lookup_keys")))
-        raw_recurring = p.get("recurring")
-        recurring: JSON = raw_recurring if isinstance(raw_recurring, dict) else {}
-        if p.get("type") not in (None, "one_time", "recurring"):
-            raise StripeError.invalid(
-                "Invalid type: must be one of one_time or recurring", param="type"
-            )
-
-        def keep(price: JSON) -> bool:
-            rec = price.get("recurring") or {}
-            return (
-                (active is None or price["active"] == active)
-                and (not p.get("product") or price["product"] == p["product"])
-                and (not p.get("type") or price["type"] == p["type"])
-                and (not p.get("currency") or price["currency"] == str(p["currency"]).lower())
-                and (not lookup_keys or price["lookup_key"] in lookup_keys)
-                and all(rec.get(key) == value for key, value in recurring.items())
-            )
-
-        return self._page(self.store.list_objects("price", keep), p, "/v1/prices")
-
-    # customers ----------------------------------------------------------------
-    @route("POST", "/v1/customers")
-    def customer_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_customer(_without_expand(p)), p)
-
-    @route("GET", f"/v1/customers/{_ID}")
-    def customer_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("customer", m.group(1)), p)
-
-    @route("POST", f"/v1/customers/{_ID}")
-    def customer_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.update_customer(m.group(1), _without_expand(p)), p)
-
-    @route("DELETE", f"/v1/customers/{_ID}")
-    def customer_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return 200, self.store.delete_customer(m.group(1))
-
-    @route("GET", "/v1/customers")
-    def customer_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        email = p.get("email")
-        items = self.store.list_objects("customer", lambda c: not email or c["email"] == email)
-        return self._page(items, p, "/v1/customers")
-
-    # subscriptions ------------------------------------------------------------
-    @route("POST", "/v1/subscriptions")
-    def subscription_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_subscription(_without_expand(p)), p)
-
-    @route("GET", f"/v1/subscriptions/{_ID}")
-    def subscription_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("subscription", m.group(1)), p)
-
-    @route("POST", f"/v1/subscriptions/{_ID}")
-    def subscription_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.update_subscription(m.group(1), _without_expand(p)), p)
-
-    @route("DELETE", f"/v1/subscriptions/{_ID}")
-    def subscription_cancel(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.cancel_subscription(m.group(1), _without_expand(p)), p)
-
-    @route("GET", "/v1/subscriptions")
-    def subscription_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._page(self.store.list_subscriptions(p), p, "/v1/subscriptions")
-
-    @route("GET", "/v1/subscription_items")
-    def subscription_item_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        sub_id = p.get("subscription")
-        if not sub_id:
-            raise StripeError.required("subscription")
-        return self._page(
-            self.store.list_subscription_items(str(sub_id)), p, "/v1/subscription_items"
-        )
-
-    @route("GET", f"/v1/subscription_items/{_ID}")
-    def subscription_item_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve_subscription_item(m.group(1)), p)
-
-    # invoices -----------------------------------------------------------------
-    @route("GET", f"/v1/invoices/{_ID}")
-    def invoice_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("invoice", m.group(1)), p)
-
-    @route("GET", f"/v1/invoices/{_ID}/lines")
-    def invoice_lines(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        invoice = self.store.retrieve("invoice", m.group(1))
-        return self._page(invoice["lines"]["data"], p, f"/v1/invoices/{m.group(1)}/lines")
-
-    @route("GET", "/v1/invoices")
-    def invoice_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._page(self.store.list_invoices(p), p, "/v1/invoices")
-
-    # checkout -----------------------------------------------------------------
-    def _session(self, session: JSON, p: JSON) -> tuple[int, JSON]:
-        paths = _as_list(p.get("expand"))
-        if any(path == "line_items" or path.startswith("line_items.") for path in paths):
-            items = self.store.checkout_line_items(session["id"])
-            session["line_items"] = _list_object(
-                items, f"/v1/checkout/sessions/{session['id']}/line_items"
-            )
-        return 200, expand(session, paths, self.store.resolve)
-
-    @route("POST", "/v1/checkout/sessions")
-    def checkout_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._session(self.store.create_checkout_session(_without_expand(p)), p)
-
-    @route("GET", f"/v1/checkout/sessions/{_ID}")
-    def checkout_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._session(self.store.retrieve_checkout_session(m.group(1)), p)
-
-    @route("POST", f"/v1/checkout/sessions/{_ID}/expire")
-    def checkout_expire(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._session(self.store.expire_checkout_session(m.group(1)), p)
-
-    @route("GET", f"/v1/checkout/sessions/{_ID}/line_items")
-    def checkout_line_items(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        items = self.store.checkout_line_items(m.group(1))
-        return self._page(items, p, f"/v1/checkout/sessions/{m.group(1)}/line_items")
-
-    @route("GET", "/v1/checkout/sessions")
-    def checkout_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._page(self.store.list_checkout_sessions(p), p, "/v1/checkout/sessions")
-
-    # billing portal -----------------------------------------------------------
-    @route("POST", "/v1/billing_portal/sessions")
-    def portal_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_portal_session(_without_expand(p)), p)
-
-    # webhook endpoints --------------------------------------------------------
-    @route("POST", "/v1/webhook_endpoints")
-    def webhook_endpoint_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.create_webhook_endpoint(_without_expand(p)), p)
-
-    @route("GET", f"/v1/webhook_endpoints/{_ID}")
-    def webhook_endpoint_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("webhook_endpoint", m.group(1)), p)
-
-    @route("POST", f"/v1/webhook_endpoints/{_ID}")
-    def webhook_endpoint_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.update_webhook_endpoint(m.group(1), _without_expand(p)), p)
-
-    @route("DELETE", f"/v1/webhook_endpoints/{_ID}")
-    def webhook_endpoint_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return 200, self.store.delete_webhook_endpoint(m.group(1))
-
-    @route("GET", "/v1/webhook_endpoints")
-    def webhook_endpoint_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._page(self.store.list_objects("webhook_endpoint"), p, "/v1/webhook_endpoints")
-
-    # events -------------------------------------------------------------------
-    @route("GET", f"/v1/events/{_ID}")
-    def event_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._one(self.store.retrieve("event", m.group(1)), p)
-
-    @route("GET", "/v1/events")
-    def event_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
-        return self._page(self.store.list_events(p), p, "/v1/events")
-
-
-def _without_expand(params: JSON) -> JSON:
-    return {key: value for key, value in params.items() if key != "expand"}
-
-
-def _flag(value: Any) -> bool | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "false"):
-        return str(value).lower() == "true"
-    raise StripeError(400, f"Invalid boolean: {value}", code="parameter_invalid_boolean")
-
-
-# ----------------------------------------------------------------------- HTTP
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    """Translates HTTP requests into :class:`_Api` calls."""
-
-    server_version = "FakeStripe/1.0"
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # avoid 40 ms delayed-ACK stalls on keep-alive
-    fake: FakeStripe  # set on the per-server subclass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default stderr access log."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            # The client gave up (e.g. its timeout fired during an injected delay).
-            self.close_connection = True
-
-    def _send_json(self, status: int, payload: JSON, extra: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload, indent=2).encode("utf-8")
-        self._send(status, body, "application/json", extra)
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            raise StripeError(413, "Request body too large.")
-        return self.rfile.read(length) if length else b""
-
-    def _api_key(self) -> str | None:
-        header = self.headers.get("Authorization") or ""
-        if header.startswith("Bearer "):
-            return header[len("Bearer ") :].strip() or None
-        if header.startswith("Basic "):
-            try:
-                decoded = base64.b64decode(header[len("Basic ") :]).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return decoded.split(":", 1)[0] or None
-        return None
-
-    def _dispatch(self, method: str) -> None:
-        split = urlsplit(self.path)
-        path = split.path.rstrip("/") or "/"
-        try:
-            raw_body = self._read_body()
-        except StripeError as exc:
-            self._send_json(exc.status, exc.to_dict())
-            return
-        if path.startswith("/v1/") or path.startswith("/v2/"):
-            self._api(method, path, split.query, raw_body)
-        else:
-            self._page(method, path, raw_body)
-
-    # ------------------------------------------------------------------ API
-
-    def _api(self, method: str, path: str, query_string: str, raw_body: bytes) -> None:
-        fake = self.fake
-        request_id = generate_id("req_", 14)
-        api_key = self._api_key()
-        version = self.headers.get("Stripe-Version")
-        idem_key = self.headers.get("Idempotency-Key")
-        headers = {key: value for key, value in self.headers.items()}
-        query: JSON = {}
-        body: JSON = {}
-        status = 500
-        payload: JSON = {}
-        extra = {"Request-Id": request_id, "Stripe-Version": version or DEFAULT_API_VERSION}
-        try:
-            try:
-                query = decode_form(query_string)
-                content_type = self.headers.get("Content-Type") or ""
-                if raw_body and "json" in content_type:
-                    body = json.loads(raw_body.decode("utf-8"))
-                elif raw_body:
-                    body = decode_form(raw_body)
-            except (FormError, ValueError) as exc:
-                raise StripeError(
-                    400, str(exc), code="parameter_invalid", param=getattr(exc, "param", None)
-                ) from exc
-            fake._check_auth(api_key)
-            fault = fake._take_fault(method, path)
-            if fault is not None:
-                if fault.delay:
-                    time.sleep(fault.delay)
-                if fault.status:
-                    status = fault.status
-                    payload = fault.body or {
-                        "error": {
-                            "type": "api_error",
-                            "message": "Injected fault: the fake Stripe failed this request.",
-                        }
-                    }
-                    return
-            if method == "POST" and idem_key:
-                status, payload, replayed = fake._idempotent(
-                    api_key,
-                    idem_key,
-                    body,
-                    lambda: self._call(
-                        method, path, {**query, **body}, request_id, idem_key, version
-                    ),
-                )
-                if replayed:
-                    extra["Idempotent-Replayed"] = "true"
-            else:
-                status, payload = self._call(
-                    method, path, {**query, **body}, request_id, idem_key, version
-                )
-        except StripeError as exc:
-            status, payload = exc.status, exc.to_dict()
-        except Exception as exc:  # pragma: no cover - a bug in the fake
-            status = 500
-            payload = {
-                "error": {"type": "api_error", "message": f"Fake Stripe internal error: {exc!r}"}
-            }
-        finally:
-            fake._log(
-                RecordedRequest(
-                    method=method,
-                    path=path,
-                    query=query,
-                    body=body,
-                    status=status,
-                    api_key=api_key,
-                    stripe_version=version,
-                    idempotency_key=idem_key,
-                    headers=headers,
-                )
-            )
-            self._send_json(status, payload, extra)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        params: JSON,
-        request_id: str,
-        idem_key: str | None,
-        version: str | None,
-    ) -> tuple[int, JSON]:
-        api = self.fake._api
-        path_known = False
-        for route_method, pattern, handler in _ROUTES:
-            match = pattern.match(path)
-            if not match:
-                continue
-            path_known = True
-            if route_method != method:
-                continue
-            context = RequestContext(request_id, idem_key, version)
-            with self.fake.store.request_context(context):
-                return handler(api, match, params)
-        if path_known:
-            raise StripeError(405, f"Unrecognized request URL ({method}: {path}).", param=None)
-        raise StripeError(
-            404,
-            f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
-            "or we can help at https://support.stripe.com/.",
-        )
-
-    # ------------------------------------------------------------------ hosted pages
-
-    def _page(self, method: str, path: str, raw_body: bytes) -> None:
-        store = self.fake.store
-        parts = [part for part in path.split("/") if part]
-        try:
-            if method == "GET" and path == "/":
-                self._html(200, pages.message_page("Fake Stripe", f"API base: {self.fake.url}"))
-            elif method == "GET" and len(parts) == 2 and parts[0] == "checkout":
-                session = store.retrieve_checkout_session(parts[1])
-                self._html(200, pages.checkout_page(session, store.checkout_line_items(parts[1])))
-            elif (
-                method == "POST"
-                and len(parts) == 3
-                and parts[0] == "checkout"
-                and parts[2] == "complete"
-            ):
-                session = store.complete_checkout_session(parts[1])
-                target = (session.get("success_url") or f"/checkout/{parts[1]}").replace(
-                    "{CHECKOUT_SESSION_ID}", session["id"]
-                )
-                self._redirect(target)
-            elif (
-                method == "POST"
-                and len(parts) == 3
-                and parts[0] == "checkout"
-                and parts[2] == "cancel"
-            ):
-                session = store.retrieve_checkout_session(parts[1])
-                self._redirect(session.get("cancel_url") or f"/checkout/{parts[1]}")
-            elif method == "GET" and len(parts) == 2 and parts[0] == "portal":
-                self._portal(parts[1])
-            elif (
-                method == "POST"
-                and len(parts) == 5
-                and parts[0] == "portal"
-                and parts[2] == "subscriptions"
-                and parts[4] in ("cancel", "resume")
-            ):
-                portal = store.retrieve("billing_portal.session", parts[1])
-                sub = store.retrieve("subscription", parts[3])
-                if sub["customer"] != portal["customer"]:
-                    raise StripeError.missing("subscription", parts[3])
-                store.update_subscription(parts[3], {"cancel_at_period_end": parts[4] == "cancel"})
-                self._redirect(f"/portal/{parts[1]}")
-            else:
-                self._html(404, pages.message_page("Not found", f"No page at {path}."))
-        except StripeError as exc:
-            self._html(exc.status, pages.message_page("Error", exc.message))
-
-    def _portal(self, session_id: str) -> None:
-        store = self.fake.store
-        session = store.retrieve("billing_portal.session", session_id)
-        customer = store.retrieve("customer", session["customer"])
-        subs = store.list_subscriptions({"customer": session["customer"], "status": "all"})
-        self._html(200, pages.portal_page(session, customer, subs))
-
-    def _html(self, status: int, html: str) -> None:
-        self._send(status, html.encode("utf-8"), "text/html; charset=utf-8")
-
-    def _redirect(self, location: str) -> None:
-        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": location})
 
 
 # ----------------------------------------------------------------------- FakeStripe
@@ -797,6 +64,8 @@ class FakeStripe:
     :param webhook_delivery: deliver events over HTTP to registered endpoints.
     :param webhook_secret: default secret for :meth:`sign_webhook` when no
         endpoint is registered.
+    :param webhook_retry_schedule: delays (seconds) of the automatic retries of
+        a failed delivery; fast by default, ``()`` for none.
     """
 
     def __init__(
@@ -807,6 +76,7 @@ class FakeStripe:
         api_keys: Iterable[str] | None = None,
         webhook_delivery: bool = True,
         webhook_secret: str | None = None,
+        webhook_retry_schedule: tuple[float, ...] = TEST_RETRY_SCHEDULE,
     ) -> None:
         self.host = host
         self.port = port
@@ -814,7 +84,11 @@ class FakeStripe:
         self.webhook_delivery = webhook_delivery
         self.webhook_secret = webhook_secret or generate_id("whsec_", 32)
         self.store = Store()
-        self.dispatcher = WebhookDispatcher(clock=self.now)
+        self.dispatcher = WebhookDispatcher(
+            clock=self.now,
+            retry_schedule=webhook_retry_schedule,
+            on_delivered=lambda _endpoint, event_id: self.store.mark_delivered(event_id),
+        )
         self.store.add_listener(self._on_event)
         self._api = _Api(self)
         self._server: ThreadingHTTPServer | None = None
@@ -822,9 +96,9 @@ class FakeStripe:
         self._log_lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
-        self._idem_lock = threading.Lock()
-        self._idem_locks: dict[tuple[str | None, str], threading.Lock] = {}
-        self._idem_cache: dict[tuple[str | None, str], tuple[int, JSON, JSON]] = {}
+        self.idempotency = IdempotencyCache(clock=self.now)
+        #: Whether requests Stripe would refuse are expected (see the pytest plugin).
+        self.allow_contract_violations = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -833,7 +107,7 @@ class FakeStripe:
         if self._server is not None:
             return self
         handler = type("FakeStripeHandler", (_RequestHandler,), {"fake": self})
-        server = ThreadingHTTPServer((self.host, self.port), handler)
+        server = _Server((self.host, self.port), handler)
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])
@@ -882,9 +156,8 @@ class FakeStripe:
         with self._log_lock:
             self._requests.clear()
             self._faults.clear()
-        with self._idem_lock:
-            self._idem_cache.clear()
-            self._idem_locks.clear()
+        self.idempotency.reset()
+        self.allow_contract_violations = False
 
     # ------------------------------------------------------------------ request log
 
@@ -893,6 +166,14 @@ class FakeStripe:
         """Every API request answered since the last reset, oldest first."""
         with self._log_lock:
             return list(self._requests)
+
+    def contract_violations(self) -> list[RecordedRequest]:
+        """Requests since the last reset that Stripe would refuse as malformed.
+
+        The fake refused them too (400); this finds them even when the calling
+        code swallowed the error.
+        """
+        return [request for request in self.requests if request.contract_violation is not None]
 
     def _log(self, request: RecordedRequest) -> None:
         with self._log_lock:
@@ -923,12 +204,15 @@ class FakeStripe:
         times: int = 1,
         delay: float = 0.0,
         body: JSON | None = None,
+        saved: bool = False,
     ) -> Fault:
         """Make the next ``times`` matching API requests fail with ``status`` after ``delay`` s.
 
-        ``status=None`` only delays the request, then serves it normally.
+        ``status=None`` only delays the request, then serves it normally. With
+        ``saved=True`` the failure happens while the API executes the request:
+        Stripe saves it under the idempotency key and replays it on a retry.
         """
-        fault = Fault(path_prefix, method, status, times, delay, body)
+        fault = Fault(path_prefix, method, status, times, delay, body, saved)
         with self._log_lock:
             self._faults.append(fault)
         return fault
@@ -950,37 +234,6 @@ class FakeStripe:
 
     # ------------------------------------------------------------------ idempotency
 
-    def _idempotent(
-        self,
-        api_key: str | None,
-        key: str,
-        params: JSON,
-        call: Callable[[], tuple[int, JSON]],
-    ) -> tuple[int, JSON, bool]:
-        cache_key = (api_key, key)
-        with self._idem_lock:
-            lock = self._idem_locks.setdefault(cache_key, threading.Lock())
-        with lock:
-            cached = self._idem_cache.get(cache_key)
-            if cached is not None:
-                status, payload, first_params = cached
-                if first_params != params:
-                    raise StripeError(
-                        400,
-                        "Keys for idempotent requests can only be used with the same parameters "
-                        f"they were first used with. Try using a key other than '{key}' if you "
-                        "meant to execute a different request.",
-                        type="idempotency_error",
-                    )
-                return status, copy.deepcopy(payload), True
-            try:
-                status, payload = call()
-            except StripeError as exc:
-                status, payload = exc.status, exc.to_dict()
-            if status < 500:
-                self._idem_cache[cache_key] = (status, copy.deepcopy(payload), params)
-            return status, payload, False
-
     # ------------------------------------------------------------------ clock
 
     def now(self) -> int:
@@ -999,19 +252,51 @@ class FakeStripe:
 
     def create_product(self, **params: Any) -> JSON:
         """Create a product without HTTP (same code path and events as the API)."""
+        check_contract("ProductCreateParams", params)
         return self.store.create_product(params)
 
     def create_price(self, **params: Any) -> JSON:
         """Create a price without HTTP."""
+        check_contract("PriceCreateParams", params)
         return self.store.create_price(params)
 
     def create_customer(self, **params: Any) -> JSON:
         """Create a customer without HTTP."""
+        check_contract("CustomerCreateParams", params)
         return self.store.create_customer(params)
 
-    def create_subscription(self, **params: Any) -> JSON:
-        """Create a subscription without HTTP."""
+    def create_subscription(self, *, paid: bool = True, **params: Any) -> JSON:
+        """Create a subscription without HTTP, as if in the Dashboard.
+
+        With ``paid`` (the default) and neither ``default_payment_method`` nor
+        ``payment_behavior`` given, the customer pays with a new test card (the
+        subscription's default payment method), so it starts ``active`` (or
+        ``trialing``) and renews as most tests want. ``paid=False`` sends
+        exactly ``params``: without a payment method on the customer the
+        subscription starts ``incomplete``, as on Stripe.
+        """
+        check_contract("SubscriptionCreateParams", params)
+        if paid and not any(params.get(k) for k in ("default_payment_method", "payment_behavior")):
+            card = self.store.create_payment_method(str(params.get("customer") or "") or None)
+            params = {**params, "default_payment_method": card["id"]}
         return self.store.create_subscription(params)
+
+    def create_payment_method(self, customer_id: str | None = None) -> JSON:
+        """A test card (always succeeds), attached to ``customer_id`` if given."""
+        return self.store.create_payment_method(customer_id)
+
+    def set_default_payment_method(self, customer_id: str) -> str:
+        """Give the customer a test card as its invoices' default payment method; its id."""
+        card = self.store.create_payment_method(customer_id)
+        self.store.update_customer(
+            customer_id, {"invoice_settings": {"default_payment_method": card["id"]}}
+        )
+        return str(card["id"])
+
+    def pay_invoice(self, invoice_id: str, payment_method: str | None = None) -> JSON:
+        """Pay an open invoice (``POST /v1/invoices/{id}/pay``) without HTTP."""
+        params = {"payment_method": payment_method} if payment_method else {}
+        return self.store.pay_invoice(invoice_id, params)
 
     def delete_price(self, price_id: str) -> JSON:
         """Remove a price (dashboard-only on Stripe) and emit ``price.deleted``."""
@@ -1093,7 +378,9 @@ class FakeStripe:
         if not self.webhook_delivery:
             return
         for endpoint, secret in self.store.endpoints_for(event["type"]):
-            self.dispatcher.enqueue(endpoint["url"], secret, endpoint["id"], event)
+            # Each endpoint gets the event in its own API version, else the account's.
+            rendered = {**event, "api_version": endpoint["api_version"] or event["api_version"]}
+            self.dispatcher.enqueue(endpoint["url"], secret, endpoint["id"], rendered)
 
     def flush_webhooks(self, timeout: float = 10) -> list[DeliveryResult]:
         """Wait for queued deliveries; return every delivery result since the last reset."""
@@ -1105,5 +392,5 @@ class FakeStripe:
         return self.dispatcher.results
 
     def retry_failed_deliveries(self) -> int:
-        """Queue failed deliveries again; returns how many."""
+        """Queue failed deliveries again now (not waiting for their schedule); returns how many."""
         return self.dispatcher.retry_failed()

@@ -7,6 +7,11 @@ Signing follows Stripe's scheme exactly, so ``stripe.Webhook.construct_event``
 Delivery happens on one background thread, in the order events were queued,
 never inside the request handler that caused the event: the application that
 called the fake may be single-threaded and busy waiting for that response.
+
+A failed delivery (non-2xx or unreachable) is retried by itself on a schedule,
+as Stripe does: :data:`TEST_RETRY_SCHEDULE` (seconds, fast) by default,
+:data:`STRIPE_RETRY_SCHEDULE` when the fake runs standalone (Stripe's
+sandboxes retry three times over a few hours).
 """
 
 from __future__ import annotations
@@ -24,12 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "STRIPE_RETRY_SCHEDULE",
+    "TEST_RETRY_SCHEDULE",
     "DeliveryResult",
     "WebhookDispatcher",
     "encode_event",
     "event_matches",
     "sign_webhook_payload",
 ]
+
+#: Delays (seconds) before each automatic redelivery of a failed event, in tests.
+TEST_RETRY_SCHEDULE: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: Stripe-like delays for a standalone fake (sandbox: three retries over hours).
+STRIPE_RETRY_SCHEDULE: tuple[float, ...] = (5 * 60.0, 30 * 60.0, 2 * 3600.0)
 
 #: An opener that ignores proxy environment variables: deliveries stay local.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -83,13 +95,28 @@ class _Delivery:
     secret: str
     endpoint_id: str
     event: dict[str, Any]
+    attempt: int = 1
 
 
 class WebhookDispatcher:
-    """Delivers queued events to endpoints over HTTP from one daemon thread."""
+    """Delivers queued events to endpoints over HTTP from one daemon thread.
 
-    def __init__(self, timeout: float = 10.0, clock: Callable[[], int] | None = None) -> None:
+    :param retry_schedule: delays before the automatic retries of a failed
+        delivery (one retry per entry); ``()`` turns automatic retries off.
+    :param on_delivered: called with ``(endpoint_id, event_id)`` after a 2xx.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        clock: Callable[[], int] | None = None,
+        retry_schedule: tuple[float, ...] = TEST_RETRY_SCHEDULE,
+        on_delivered: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.timeout = timeout
+        self.retry_schedule = tuple(retry_schedule)
+        self._on_delivered = on_delivered
+        self._timers: list[threading.Timer] = []
         self._clock = clock or (lambda: int(time.time()))
         self._queue: queue.Queue[_Delivery | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -110,6 +137,7 @@ class WebhookDispatcher:
 
     def stop(self) -> None:
         """Stop the delivery thread after the queue drains."""
+        self._cancel_timers()
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
@@ -138,15 +166,57 @@ class WebhookDispatcher:
             return list(self._results)
 
     def retry_failed(self) -> int:
-        """Queue every failed delivery again; return how many were queued."""
+        """Queue every failed delivery again now; return how many were queued."""
         with self._lock:
             failed, self._failed = self._failed, []
         for delivery in failed:
-            self.enqueue(delivery.url, delivery.secret, delivery.endpoint_id, delivery.event)
+            self._requeue(delivery)
         return len(failed)
+
+    @property
+    def pending_retries(self) -> int:
+        """Failed deliveries still waiting for a retry (automatic or manual)."""
+        with self._lock:
+            return len(self._failed)
+
+    def _requeue(self, delivery: _Delivery) -> None:
+        self.start()
+        self._queue.put(
+            _Delivery(
+                delivery.url,
+                delivery.secret,
+                delivery.endpoint_id,
+                delivery.event,
+                delivery.attempt + 1,
+            )
+        )
+
+    def _schedule_retry(self, delivery: _Delivery, generation: int) -> None:
+        """Under the lock: retry ``delivery`` after its delay, unless retried by hand."""
+        if delivery.attempt > len(self.retry_schedule):
+            return
+
+        def fire() -> None:
+            with self._lock:
+                if generation != self._generation or delivery not in self._failed:
+                    return
+                self._failed.remove(delivery)
+            self._requeue(delivery)
+
+        timer = threading.Timer(self.retry_schedule[delivery.attempt - 1], fire)
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _cancel_timers(self) -> None:
+        with self._lock:
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
 
     def reset(self) -> None:
         """Drop queued deliveries and forget results."""
+        self._cancel_timers()
         with self._lock:
             self._generation += 1
             self._results.clear()
@@ -175,6 +245,9 @@ class WebhookDispatcher:
                         self._results.append(result)
                         if not result.ok:
                             self._failed.append(delivery)
+                            self._schedule_retry(delivery, generation)
+                if result.ok and self._on_delivered is not None:
+                    self._on_delivered(delivery.endpoint_id, result.event_id)
             finally:
                 self._queue.task_done()
 
