@@ -13,6 +13,7 @@ from .catalog import (
 )
 from .customers import BillingCustomer
 from .entitlements import Entitlement
+from .metering import Meter, OverageReport, ReportKind, ReportStatus
 from .usage import UsageEvent
 
 __all__ = [
@@ -22,9 +23,13 @@ __all__ = [
     "Entitlement",
     "Feature",
     "FeatureKind",
+    "Meter",
+    "OverageReport",
     "Plan",
     "PlanFeature",
     "PlanPrice",
+    "ReportKind",
+    "ReportStatus",
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",

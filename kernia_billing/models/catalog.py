@@ -123,6 +123,15 @@ class PlanFeature(models.Model):
         default=False,
         help_text=_("Seats: the limit is the Stripe subscription item's quantity."),
     )
+    overage_price = models.ForeignKey(
+        "CatalogPrice",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="overage_of",
+        verbose_name=_("overage price"),
+        help_text=_("An approved metered Stripe price that bills usage beyond the grant."),
+    )
 
     class Meta:
         ordering = ["plan", "feature__key"]
@@ -237,6 +246,8 @@ class CatalogPrice(ReviewedStripeObject):
     recurring_interval = models.CharField(_("interval"), max_length=8, blank=True)
     recurring_interval_count = models.PositiveIntegerField(default=1)
     usage_type = models.CharField(max_length=16, blank=True)
+    # ``recurring.meter`` of a metered price: the Stripe billing meter it bills.
+    stripe_meter_id = models.CharField(_("Stripe meter"), max_length=255, blank=True)
     price_type = models.CharField(max_length=16, blank=True)
 
     class Meta:

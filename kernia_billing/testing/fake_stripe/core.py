@@ -243,6 +243,7 @@ _NOUNS = {
     "billing_portal.session": "billing_portal.session",
     "webhook_endpoint": "webhook endpoint",
     "event": "event",
+    "billing.meter": "billing.meter",
 }
 
 _PREFIXES = {
@@ -258,6 +259,7 @@ _PREFIXES = {
     "bps_": "billing_portal.session",
     "we_": "webhook_endpoint",
     "evt_": "event",
+    "mtr_": "billing.meter",
 }
 
 
