@@ -44,8 +44,10 @@ class Metered:
         )
 
 
-def ledger_overage(customer: BillingCustomer) -> int:
-    return sum(OverageReport.objects.filter(customer=customer).values_list("value", flat=True))
+def ledger_overage(customer: BillingCustomer, **filters: object) -> int:
+    """Overage units the outbox holds for ``customer``."""
+    rows = OverageReport.objects.filter(customer=customer, **filters)
+    return sum(rows.values_list("value", flat=True))
 
 
 @pytest.fixture
