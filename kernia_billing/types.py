@@ -113,6 +113,9 @@ class SyncResult:
     prices_created: int = 0
     prices_updated: int = 0
     prices_unchanged: int = 0
+    meters_created: int = 0
+    meters_updated: int = 0
+    meters_unchanged: int = 0
     pending_review: int = 0
     flagged: int = 0
 

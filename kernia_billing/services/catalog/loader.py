@@ -163,6 +163,13 @@ def load_catalog(
                 )
                 for name, expected_type in expected:
                     ok = _typed(pf_fields[name], expected_type, f"{pf_where} {name}", errors) and ok
+                if pf.get("overagePrice") is not None:  # metering: the metered overage price
+                    overage = _resolve_price(pf["overagePrice"], f"{pf_where} overagePrice", errors)
+                    pf_fields["overage_price"] = overage
+                    pf_fields["allow_overage"] = pf.get("allowOverage", True)
+                    ok = overage is not None and ok
+                else:
+                    pf_fields["overage_price"] = None
                 if ok:
                     plan_features.append((fkey, pf_fields))
         plan_specs.append((key, fields, prices, plan_features))
