@@ -168,6 +168,15 @@ def load_catalog(
                     pf_fields["overage_price"] = overage
                     pf_fields["allow_overage"] = pf.get("allowOverage", True)
                     ok = overage is not None and ok
+                    if overage is not None and not rules.is_approved(overage):
+                        if approve:
+                            to_approve[overage.pk] = overage
+                        else:
+                            errors.add(
+                                f"{pf_where} overagePrice",
+                                f"Stripe price {overage.stripe_id} is {overage.review_state}, "
+                                "not approved; approve it in the admin or pass --approve",
+                            )
                 else:
                     pf_fields["overage_price"] = None
                 if ok:
@@ -231,6 +240,8 @@ def load_catalog(
         with transaction.atomic():
             if to_approve:
                 counts["prices_approved"] = _review(to_approve.values(), ReviewState.APPROVED, user)
+                for approved in to_approve.values():  # the rows plan features validate
+                    approved.review_state = ReviewState.APPROVED
             features: dict[str, Feature] = {}
             for key, spec in feature_specs.items():
                 existing = Feature.objects.filter(key=key).first()
