@@ -15,7 +15,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ...models import Meter, ReviewState
+from ...models import CatalogPrice, Meter, Plan, ReviewState
 from .. import stripe_gateway
 
 __all__ = ["fetch_meters", "meter_fingerprint", "write_meter_rows"]
@@ -83,3 +83,17 @@ def write_meter_rows(meters: list[dict[str, Any]], *, livemode: bool) -> dict[st
         row.save(update_fields=[*changed, "synced_at"])
         counts["meters_updated"] += 1
     return counts
+
+
+def overage_line_items(plan: Plan, price: CatalogPrice) -> list[dict[str, Any]]:
+    """Checkout line items that put the plan's overage prices on its subscription (those
+    matching ``price``'s currency and interval: a subscription's prices share them)."""
+    overage_prices = CatalogPrice.objects.filter(
+        overage_of__plan=plan,
+        currency=price.currency,
+        recurring_interval=price.recurring_interval,
+        recurring_interval_count=price.recurring_interval_count,
+        active=True,
+        deleted_in_stripe=False,
+    ).distinct()
+    return [{"price": p.stripe_id} for p in overage_prices.order_by("stripe_id")]

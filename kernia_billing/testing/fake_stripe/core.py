@@ -450,6 +450,14 @@ class StoreCore:
         """GET /v1/subscription_items/{id} (served by the subscriptions layer)."""
         raise NotImplementedError
 
+    def metered_quantity(self, meter_id: str, customer: str, start: int, end: int) -> int:
+        """A meter's total for a customer over ``[start, end)`` (served by the meters layer)."""
+        raise NotImplementedError
+
+    def _item_period(self, sub: JSON, price: JSON, n: int) -> tuple[int, int]:
+        """Start and end of an item's period ``n`` (served by the subscriptions layer)."""
+        raise NotImplementedError
+
     def _cancel_subscription_locked(
         self, sub: JSON, reason: str = "cancellation_requested"
     ) -> JSON:
