@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from django.urls import reverse
 
 from kernia_billing import track
-from kernia_billing.models import BillingCustomer, OverageReport, ReportStatus
+from kernia_billing.models import BillingCustomer, Feature, OverageReport, Plan, ReportStatus
 from kernia_billing.services import catalog
+from kernia_billing.services.customers import get_or_create_customer
+from kernia_billing.services.entitlements.sync import sync_entitlements
 from kernia_billing.services.metering.reconcile import reconcile_meters
 from kernia_billing.services.metering.sender import send_pending
 from tests.factories import UserFactory
@@ -63,8 +66,6 @@ def test_team_customer_270_over_is_invoiced_for_them_at_renewal(team, fake_strip
     webhooks = make_webhooks(fake_stripe)
     user = UserFactory()
     stripe_customer = fake_stripe.create_customer(email="team@example.com")
-    from kernia_billing.services.customers import get_or_create_customer
-
     customer = get_or_create_customer(user)
     customer.stripe_customer_id = stripe_customer["id"]
     customer.save(update_fields=["stripe_customer_id"])
@@ -97,8 +98,6 @@ def test_invoice_created_sends_what_is_still_queued(team, fake_stripe):
     team_price, overage = team
     webhooks = make_webhooks(fake_stripe)
     user = UserFactory()
-    from kernia_billing.services.customers import get_or_create_customer
-
     customer = get_or_create_customer(user)
     stripe_customer = fake_stripe.create_customer(email="q@example.com")
     customer.stripe_customer_id = stripe_customer["id"]
@@ -131,3 +130,18 @@ def test_invoice_created_sends_what_is_still_queued(team, fake_stripe):
     }
     assert webhooks.post(invoice_created).status_code == 200
     assert OverageReport.objects.get().status == ReportStatus.SENT
+
+
+def test_billing_customer_shows_this_periods_overage_and_its_estimate(team, fake_stripe, client):
+    Feature.objects.filter(key="messages").update(unit="messages")
+    user = UserFactory()
+    customer = get_or_create_customer(user)
+    customer.plan = Plan.objects.get(key="team")
+    customer.save()
+    sync_entitlements(customer)
+    track(user, "messages", 1270)
+    client.force_login(user)
+    body = client.get(reverse("kernia_billing:billing-customer")).json()
+    [overage] = body["overage"]
+    assert (overage["units"], overage["estimatedAmount"], overage["currency"]) == (270, 270, "usd")
+    assert overage["display"] == "270 messages · $2.70"
