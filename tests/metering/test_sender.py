@@ -153,17 +153,14 @@ def test_report_usage_command_once(metered, capsys):
     assert metered.stripe_total(customer) == 50
 
 
-def test_on_commit_fast_path_sends_right_after_the_track(metered, settings):
+def test_on_commit_fast_path_sends_right_after_the_track(
+    metered, settings, django_capture_on_commit_callbacks
+):
     settings.KERNIA_BILLING = {"REPORT_USAGE_ON_COMMIT": True}
     customer = metered.customer()
-    with transaction.atomic():
+    with django_capture_on_commit_callbacks(execute=True):
         track(customer.owner, "messages", 104)
-    # pytest-django's transaction is still open: run the hooks as a commit would.
-    from django.db import connection
-
-    for _, hook, _ in list(connection.run_on_commit):
-        hook()
-    connection.run_on_commit.clear()
+    assert OverageReport.objects.get().status == ReportStatus.SENT
     assert metered.stripe_total(customer) == 4
 
 
