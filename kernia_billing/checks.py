@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, STRIPE_SUBSCRIPTION_STATUSES
 from .selectors import flagged_mapped_prices
+from .services.metering.health import overage_problems, reporting_health
 
 
 @register()
@@ -202,3 +203,35 @@ def _djstripe_webhook_routed() -> bool:
     except NoReverseMatch:
         return False
     return True
+
+
+@register(Tags.database)
+def check_overage_billing(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Overage that is not billed, billed through a broken price, or not reaching Stripe
+    (``check --database default``)."""
+    from django.db import DatabaseError
+
+    messages: list[CheckMessage] = []
+    for alias in databases or ():
+        try:
+            problems = overage_problems(using=alias)
+            health = reporting_health() if alias == "default" else None
+        except DatabaseError:
+            continue  # not migrated yet
+        for problem in problems:
+            level = Error if problem.id.split(".")[-1].startswith("E") else Warning
+            messages.append(
+                level(problem.message, hint=problem.hint, obj=problem.plan_feature, id=problem.id)
+            )
+        if health is not None and health.alarming:
+            messages.append(
+                Warning(
+                    f"Usage reporting to Stripe is behind: {health.pending} overage report(s) "
+                    f"unsent (oldest {health.lag_seconds} s), {health.parked_total} parked.",
+                    hint="Run `manage.py kernia_report_usage`; see parked reports in the admin.",
+                    id="kernia_billing.W011",
+                )
+            )
+    return messages

@@ -68,6 +68,19 @@ DEFAULTS: dict[str, Any] = {
     # sends requests; None keeps the SDK's own (Stripe). Point it at the fake Stripe
     # (``python -m kernia_billing.testing.fake_stripe``), e.g. "http://127.0.0.1:12111".
     "STRIPE_API_BASE": None,
+    # Billing overage with Stripe meters (see README "Billing overage with Stripe meters").
+    # Prefix of meter event identifiers; keep it unique per installation sharing a
+    # Stripe account.
+    "METER_IDENTIFIER_PREFIX": "kernia",
+    # Send overage right after the track commits (the kernia_report_usage command
+    # still sends whatever this misses).
+    "REPORT_USAGE_ON_COMMIT": False,
+    # Rows the sender claims per transaction, and its ceiling on meter events per second
+    # (Stripe's documented v1 limit is 1,000/s per account).
+    "METER_SEND_BATCH": 100,
+    "METER_EVENTS_PER_SECOND": 1000,
+    # Oldest unsent overage (seconds) before the health view and check W010 alarm.
+    "METER_LAG_ALARM_SECONDS": 3600,
 }
 
 
@@ -133,6 +146,26 @@ class BillingSettings:
     def STRIPE_API_BASE(self) -> str | None:
         value = self._get("STRIPE_API_BASE")
         return str(value).rstrip("/") if value else None
+
+    @property
+    def METER_IDENTIFIER_PREFIX(self) -> str:
+        return str(self._get("METER_IDENTIFIER_PREFIX"))
+
+    @property
+    def REPORT_USAGE_ON_COMMIT(self) -> bool:
+        return bool(self._get("REPORT_USAGE_ON_COMMIT"))
+
+    @property
+    def METER_SEND_BATCH(self) -> int:
+        return int(self._get("METER_SEND_BATCH"))
+
+    @property
+    def METER_EVENTS_PER_SECOND(self) -> float:
+        return float(self._get("METER_EVENTS_PER_SECOND"))
+
+    @property
+    def METER_LAG_ALARM_SECONDS(self) -> int:
+        return int(self._get("METER_LAG_ALARM_SECONDS"))
 
 
 def _resolve_callable(value: Any) -> Callable[..., Any] | None:

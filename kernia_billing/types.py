@@ -101,6 +101,20 @@ class CustomerState:
     subscription: SubscriptionState | None
     portal_available: bool
     entitlements: tuple[EntitlementState, ...]
+    #: This period's overage per metered feature (metering).
+    overage: tuple[OverageEstimate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OverageEstimate:
+    """Overage units of this period and what the overage price makes of them."""
+
+    feature: str
+    units: int
+    unit: str
+    estimated_amount: int | None  # in the currency's minor unit; None without a price
+    currency: str
+    display: str  # "270 messages · $2.70"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,9 @@ class SyncResult:
     prices_created: int = 0
     prices_updated: int = 0
     prices_unchanged: int = 0
+    meters_created: int = 0
+    meters_updated: int = 0
+    meters_unchanged: int = 0
     pending_review: int = 0
     flagged: int = 0
 

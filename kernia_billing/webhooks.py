@@ -20,6 +20,7 @@ from djstripe.event_handlers import djstripe_receiver
 from djstripe.models import Event
 
 from .services import catalog, stripe_gateway, stripe_state
+from .services.metering.period_close import flush_before_invoice
 
 
 def _object(event: Event) -> dict[str, Any]:
@@ -44,6 +45,10 @@ def on_subscription(event: Event) -> None:
 
 def on_invoice(event: Event) -> None:
     _sync_subscription(event, stripe_state.invoice_subscription_id(_object(event)))
+
+
+def on_invoice_created(event: Event) -> None:
+    flush_before_invoice(_object(event))  # metering: the period's usage first
 
 
 def on_checkout_completed(event: Event) -> None:
@@ -81,6 +86,7 @@ HANDLERS: dict[str, Callable[[Event], None]] = {
     "customer.subscription.deleted": on_subscription,
     "customer.subscription.paused": on_subscription,
     "customer.subscription.resumed": on_subscription,
+    "invoice.created": on_invoice_created,
     "invoice.paid": on_invoice,
     "invoice.payment_failed": on_invoice,
     "checkout.session.completed": on_checkout_completed,

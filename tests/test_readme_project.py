@@ -31,6 +31,7 @@ def _once_per_ci_run() -> None:
     if os.environ.get("DATABASE_URL", "").startswith("postgres"):
         pytest.skip("runs in the SQLite leg (the new project uses its own SQLite database)")
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CALLS = """

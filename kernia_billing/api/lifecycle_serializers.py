@@ -39,6 +39,17 @@ class EntitlementStateSerializer(serializers.Serializer):
     nextResetAt = serializers.DateTimeField(source="next_reset_at", allow_null=True)
 
 
+class OverageEstimateSerializer(serializers.Serializer):
+    feature = serializers.CharField()
+    units = serializers.IntegerField(help_text="Overage units this period.")
+    unit = serializers.CharField()
+    estimatedAmount = serializers.IntegerField(
+        source="estimated_amount", allow_null=True, help_text="Minor units, from the price."
+    )
+    currency = serializers.CharField()
+    display = serializers.CharField(help_text='e.g. "270 messages · $2.70"')
+
+
 class CustomerStateSerializer(serializers.Serializer):
     customerId = serializers.IntegerField(source="customer_id")
     stripeCustomerId = serializers.CharField(source="stripe_customer_id", allow_null=True)
@@ -46,6 +57,7 @@ class CustomerStateSerializer(serializers.Serializer):
     plan = PlanRefSerializer(allow_null=True)
     portalAvailable = serializers.BooleanField(source="portal_available")
     entitlements = EntitlementStateSerializer(many=True)
+    overage = OverageEstimateSerializer(many=True, help_text="This period's overage.")
 
 
 class CheckoutSerializer(OwnerSerializer):

@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from . import batch, catalog, entitlements, lifecycle
+from . import batch, catalog, entitlements, lifecycle, metering
 from .base import UnknownPathView
 
 app_name = "kernia_billing"
@@ -29,6 +29,11 @@ urlpatterns = [
         "billing/webhooks/health",
         lifecycle.WebhookHealthView.as_view(),
         name="billing-webhooks-health",
+    ),
+    path(
+        "billing/usage-reporting/health",
+        metering.ReportingHealthView.as_view(),
+        name="billing-usage-reporting-health",
     ),
     # Anything else under billing/ or stripe/catalog/ is a JSON 404, not an HTML page.
     # Only our own namespaces: the prefix stays free for the host project's routes.

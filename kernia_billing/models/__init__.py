@@ -13,6 +13,7 @@ from .catalog import (
 )
 from .customers import BillingCustomer
 from .entitlements import Entitlement
+from .metering import Meter, OverageReport, ReportKind, ReportStatus
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
 
@@ -24,9 +25,13 @@ __all__ = [
     "Entitlement",
     "Feature",
     "FeatureKind",
+    "Meter",
+    "OverageReport",
     "Plan",
     "PlanFeature",
     "PlanPrice",
+    "ReportKind",
+    "ReportStatus",
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",

@@ -152,6 +152,15 @@ class PlanFeature(models.Model):
         default=False,
         help_text=_("Seats: the limit is the Stripe subscription item's quantity."),
     )
+    overage_price = models.ForeignKey(
+        "CatalogPrice",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="overage_of",
+        verbose_name=_("overage price"),
+        help_text=_("An approved metered Stripe price that bills usage beyond the grant."),
+    )
 
     class Meta:
         ordering = ["plan", "feature__key"]
@@ -187,8 +196,22 @@ class PlanFeature(models.Model):
             errors["reset_period"] = _("Seats and quantities are not consumed; they never reset.")
         if self.included_from_quantity and kind != FeatureKind.SEATS:
             errors["included_from_quantity"] = _("Only seats can follow the subscription quantity.")
+        if self.overage_price_id:
+            errors.update(self._overage_price_errors(kind))
         if errors:
             raise ValidationError(errors)
+
+    def _overage_price_errors(self, kind: str | None) -> dict[str, Any]:
+        price = self.overage_price
+        if price is None:
+            return {}
+        if kind != FeatureKind.METERED:
+            return {"overage_price": _("Only metered features bill overage.")}
+        if price.review_state != ReviewState.APPROVED:
+            return {"overage_price": _("Only approved prices can bill overage; review it first.")}
+        if price.usage_type != "metered" or not price.stripe_meter_id:
+            return {"overage_price": _("The overage price must be a metered price with a meter.")}
+        return {}
 
     def as_seed_dict(self) -> dict[str, object]:
         """The JSON shape of the seed: ``{"key", "kind", "included", "resetPeriod", ...}``."""
@@ -200,6 +223,7 @@ class PlanFeature(models.Model):
             "resetPeriod": self.reset_period,
             "allowOverage": self.allow_overage,
             "includedFromQuantity": self.included_from_quantity,
+            **({"overagePrice": self.overage_price.reference} if self.overage_price else {}),
         }
 
 
@@ -266,6 +290,8 @@ class CatalogPrice(ReviewedStripeObject):
     recurring_interval = models.CharField(_("interval"), max_length=8, blank=True)
     recurring_interval_count = models.PositiveIntegerField(default=1)
     usage_type = models.CharField(max_length=16, blank=True)
+    # ``recurring.meter`` of a metered price: the Stripe billing meter it bills.
+    stripe_meter_id = models.CharField(_("Stripe meter"), max_length=255, blank=True)
     price_type = models.CharField(max_length=16, blank=True)
 
     class Meta:
@@ -276,6 +302,11 @@ class CatalogPrice(ReviewedStripeObject):
     def __str__(self) -> str:
         product = self.product.name if self.product_id and self.product else self.stripe_product_id
         return f"{product} {self.human_readable_amount}"
+
+    @property
+    def reference(self) -> str:
+        """How a catalog file names this price: ``lookup:<key>``, else its id."""
+        return f"lookup:{self.lookup_key}" if self.lookup_key else self.stripe_id
 
     @property
     def human_readable_amount(self) -> str:

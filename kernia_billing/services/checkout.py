@@ -37,6 +37,7 @@ from ..types import CheckoutReturn, CheckoutStart, PortalStart
 from . import stripe_gateway
 from .customers import apply_subscription, get_or_create_customer
 from .locking import lock_customer
+from .metering.catalog import overage_line_items
 from .stripe_state import (
     find_customer,
     list_customer_subscriptions,
@@ -226,7 +227,10 @@ def start_checkout(
         mode="subscription",
         customer=customer.stripe_customer_id,
         client_reference_id=str(customer.pk),
-        line_items=[{"price": price_row.stripe_id, "quantity": quantity}],
+        line_items=[
+            {"price": price_row.stripe_id, "quantity": quantity},
+            *overage_line_items(plan_row, price_row),  # metering: metered overage prices
+        ],
         success_url=_with_session_placeholder(success_url),
         cancel_url=cancel_url,
         metadata=metadata,

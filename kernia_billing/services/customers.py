@@ -18,6 +18,7 @@ from ..types import CustomerState, SubscriptionSnapshot, SubscriptionState
 from .entitlements.resets import reanchor_entitlements, reset_for_new_period
 from .entitlements.sync import refresh_entitlements, sync_entitlements
 from .locking import atomic_with_retry, lock_customer
+from .metering.visibility import overage_this_period
 
 
 def get_or_create_customer(owner: Any) -> BillingCustomer:
@@ -163,4 +164,5 @@ def customer_state(owner: Any) -> CustomerState:
         subscription=subscription,
         portal_available=bool(customer.stripe_customer_id),
         entitlements=tuple(entitlements),
+        overage=overage_this_period(customer),  # metering
     )

@@ -44,6 +44,10 @@ Resource = Literal[
     "checkout.session",
     "billing_portal.session",
     "webhook_endpoint",
+    # billing meters (metering)
+    "billing.meter",
+    "billing.meter_event",
+    "billing.meter_event_adjustment",
 ]
 
 #: The Stripe SDK resource behind each name the services use.
@@ -55,6 +59,10 @@ RESOURCES: dict[str, Any] = {
     "checkout.session": stripe.checkout.Session,
     "billing_portal.session": stripe.billing_portal.Session,
     "webhook_endpoint": stripe.WebhookEndpoint,
+    # billing meters (metering)
+    "billing.meter": stripe.billing.Meter,
+    "billing.meter_event": stripe.billing.MeterEvent,
+    "billing.meter_event_adjustment": stripe.billing.MeterEventAdjustment,
 }
 
 # Stripe allows at most 100 objects per list page.
@@ -251,3 +259,66 @@ def apply_api_base() -> None:
 def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "KERNIA_BILLING":
         apply_api_base()
+
+
+# --- billing meters (metering) ---------------------------------------------------------
+
+
+def create_meter_event(
+    *,
+    event_name: str,
+    stripe_customer_id: str,
+    value: int,
+    timestamp: int,
+    identifier: str,
+    customer_key: str = "stripe_customer_id",
+    value_key: str = "value",
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """One v1 meter event. Stripe de-duplicates by ``identifier`` (24 h at least), so a
+    resend of the same identifier bills once. No idempotency key on purpose: Stripe
+    saves a 5xx under it and would replay that failure to every retry for 24 h."""
+    return create(
+        "billing.meter_event",
+        api_key=api_key,
+        event_name=event_name,
+        payload={customer_key: stripe_customer_id, value_key: str(value)},
+        identifier=identifier,
+        timestamp=timestamp,
+    )
+
+
+def cancel_meter_event(
+    *, event_name: str, identifier: str, api_key: str | None = None
+) -> dict[str, Any]:
+    """A meter event adjustment cancelling the event ``identifier`` (24 h window)."""
+    return create(
+        "billing.meter_event_adjustment",
+        api_key=api_key,
+        idempotency_key=f"cancel-{identifier}",
+        event_name=event_name,
+        type="cancel",
+        cancel={"identifier": identifier},
+    )
+
+
+def meter_event_summaries(
+    meter_id: str,
+    *,
+    stripe_customer_id: str,
+    start_time: int,
+    end_time: int,
+    api_key: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Stripe's aggregated usage of one customer on one meter over ``[start, end)``."""
+    with translated():
+        listing = stripe.billing.Meter.list_event_summaries(
+            meter_id,
+            customer=stripe_customer_id,
+            start_time=start_time,
+            end_time=end_time,
+            limit=PAGE_SIZE,
+            **_options(api_key),
+        )
+        for obj in listing.auto_paging_iter():
+            yield plain(obj)

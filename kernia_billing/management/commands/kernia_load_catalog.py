@@ -35,8 +35,10 @@ The file::
   ``prices`` (Stripe price ids ``"price_..."`` or ``"lookup:<lookup key>"``) and
   ``features`` in the seed's shape: ``key``, ``included`` (>= 0), ``unlimited``,
   ``resetPeriod`` (none|day|week|month|year|billing), ``allowOverage``,
-  ``includedFromQuantity`` (seats follow the subscription quantity), and optionally
-  ``kind``/``name`` to declare the feature inline.
+  ``includedFromQuantity`` (seats follow the subscription quantity), ``overagePrice``
+  (a metered Stripe price with a meter, ``"lookup:messages_overage"``, that bills usage
+  beyond ``included``; implies ``allowOverage``; with ``included`` 0 the feature is
+  pay-as-you-go), and optionally ``kind``/``name`` to declare the feature inline.
 
 A plan in the file gets exactly the features and prices listed (others are removed
 from it); plans and features not in the file are left alone. Prices must have been

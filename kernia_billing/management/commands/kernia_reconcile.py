@@ -5,6 +5,8 @@
     python manage.py kernia_reconcile --fix           # repair the ledger; report state drift
     python manage.py kernia_reconcile --refresh --fix # also repair customer state from
                                                       # Stripe and refresh dj-stripe's mirror
+    python manage.py kernia_reconcile --meters        # overage we sent vs Stripe's meters
+    python manage.py kernia_reconcile --meters --fix  # send the missing units (once)
 
 Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
 seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
@@ -12,7 +14,9 @@ seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe wit
 webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
 The ledger audit checks that each entitlement's usage equals the sum of its usage
 events since its period start. Same code as ``kernia_billing.services.reconcile``
-(``reconcile_customers()``, ``audit_ledger()``).
+(``reconcile_customers()``, ``audit_ledger()``). ``--meters`` compares, per customer,
+feature and period, the overage units we sent with Stripe's meter event summaries
+(``kernia_billing.services.metering.reconcile.reconcile_meters()``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.management.base import BillingCommand
+from kernia_billing.services.metering.reconcile import reconcile_meters
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 
 
@@ -40,7 +45,18 @@ class Command(BillingCommand):
             "(fresh Stripe data), else it is reported.",
         )
 
-    def handle(self, *args: Any, refresh: bool, fix: bool, **options: Any) -> None:
+        parser.add_argument(
+            "--meters",
+            action="store_true",
+            help="Compare the overage sent to Stripe billing meters with Stripe's totals.",
+        )
+
+    def handle(
+        self, *args: Any, refresh: bool, fix: bool, meters: bool = False, **options: Any
+    ) -> None:
+        if meters:
+            self._meters(fix=fix)
+            return
         try:
             customer_drift = reconcile_customers(refresh=refresh, fix=fix)
         except StripeUnavailable as exc:
@@ -66,3 +82,31 @@ class Command(BillingCommand):
                 )
         else:
             self.say(f"Found: {summary}. Run with --fix to repair.", style=self.style.WARNING)
+            self.stdout.write(self.style.WARNING(f"Found: {summary}. Run with --fix to repair."))
+
+    def _meters(self, *, fix: bool) -> None:
+        try:
+            drifts = reconcile_meters(fix=fix)
+        except StripeUnavailable as exc:
+            raise CommandError(exc.message) from exc
+        for drift in drifts:
+            self.stdout.write(str(drift))
+        differing = [d for d in drifts if d.difference]
+        if not drifts:
+            self.stdout.write(self.style.SUCCESS("No meter difference."))
+        elif fix:
+            fixed = sum(1 for d in drifts if d.fixed)
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"{len(differing)} period(s) differed; missing units sent for {fixed}; "
+                    f"{len(drifts) - len(differing)} with units still queued or parked."
+                )
+            )
+        else:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"{len(differing)} period(s) differ from Stripe, "
+                    f"{len(drifts) - len(differing)} with units queued or parked. "
+                    "Run --meters --fix to send what Stripe is missing."
+                )
+            )

@@ -24,6 +24,7 @@ PLAN_FEATURE_KEYS = {
     "resetPeriod",
     "allowOverage",
     "includedFromQuantity",
+    "overagePrice",
 }
 FEATURE_KEYS = {"key", "name", "kind", "unit", "description", "archived"}
 PLAN_KEYS = {

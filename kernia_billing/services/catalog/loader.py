@@ -163,6 +163,22 @@ def load_catalog(
                 )
                 for name, expected_type in expected:
                     ok = _typed(pf_fields[name], expected_type, f"{pf_where} {name}", errors) and ok
+                if pf.get("overagePrice") is not None:  # metering: the metered overage price
+                    overage = _resolve_price(pf["overagePrice"], f"{pf_where} overagePrice", errors)
+                    pf_fields["overage_price"] = overage
+                    pf_fields["allow_overage"] = pf.get("allowOverage", True)
+                    ok = overage is not None and ok
+                    if overage is not None and not rules.is_approved(overage):
+                        if approve:
+                            to_approve[overage.pk] = overage
+                        else:
+                            errors.add(
+                                f"{pf_where} overagePrice",
+                                f"Stripe price {overage.stripe_id} is {overage.review_state}, "
+                                "not approved; approve it in the admin or pass --approve",
+                            )
+                else:
+                    pf_fields["overage_price"] = None
                 if ok:
                     plan_features.append((fkey, pf_fields))
         plan_specs.append((key, fields, prices, plan_features))
@@ -224,6 +240,8 @@ def load_catalog(
         with transaction.atomic():
             if to_approve:
                 counts["prices_approved"] = _review(to_approve.values(), ReviewState.APPROVED, user)
+                for approved in to_approve.values():  # the rows plan features validate
+                    approved.review_state = ReviewState.APPROVED
             features: dict[str, Feature] = {}
             for key, spec in feature_specs.items():
                 existing = Feature.objects.filter(key=key).first()

@@ -29,6 +29,7 @@ from ...models import (
 from ...selectors import flagged_mapped_prices, pending_review_count
 from ...types import SyncResult
 from .. import stripe_gateway, stripe_state
+from ..metering.catalog import fetch_meters, write_meter_rows
 
 Outcome = Literal["created", "updated", "unchanged"]
 Progress = Callable[[str], None]
@@ -53,10 +54,13 @@ def product_fingerprint(data: Mapping[str, Any]) -> str:
 
 
 def price_fingerprint(data: Mapping[str, Any]) -> str:
-    """Hash of what a customer pays: product, amount, currency, recurrence, lookup key, active."""
+    """Hash of what a customer pays: product, amount, currency, recurrence, lookup key, active
+    (and the meter of a metered price)."""
     recurring = data.get("recurring") or {}
+    meter = {"meter": recurring["meter"]} if recurring.get("meter") else {}
     return _digest(
         {
+            **meter,
             "product": stripe_state.stripe_id(data.get("product")),
             "currency": data.get("currency") or "",
             "unit_amount": data.get("unit_amount"),
@@ -96,6 +100,7 @@ def _price_columns(data: Mapping[str, Any]) -> dict[str, Any]:
         "recurring_interval": recurring.get("interval") or "",
         "recurring_interval_count": recurring.get("interval_count") or 1,
         "usage_type": recurring.get("usage_type") or "",
+        "stripe_meter_id": recurring.get("meter") or "",
         "price_type": data.get("type") or "",
         "active": bool(data.get("active", True)),
         "livemode": bool(data.get("livemode", False)),
@@ -241,12 +246,14 @@ def sync_catalog(
     api_key = stripe_gateway.api_key_for(api_key=api_key, livemode=livemode)
     products = _fetch_all("product", api_key=api_key, progress=progress, label="products")
     prices = _fetch_all("price", api_key=api_key, progress=progress, label="prices")
+    meters = fetch_meters(api_key=api_key, progress=progress)
     if progress:
         progress("Writing…")
     with transaction.atomic():
         _mirror(StripeProduct, products, api_key=api_key)
         _mirror(StripePrice, prices, api_key=api_key)
         counts = _write_review_rows(products, prices, livemode=livemode)
+        counts.update(write_meter_rows(meters, livemode=livemode))
     return SyncResult(
         **counts,
         pending_review=pending_review_count(),

@@ -30,6 +30,7 @@ from ...selectors import owner_ref
 from ...types import BatchItemResult, CheckResult, TrackRequest
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
+from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
 from .track import _before_period, _track_result
 from .validation import (
@@ -301,6 +302,7 @@ def _write_decisions(
         Entitlement.objects.filter(pk=row_id).update(usage=usage[row_id], updated_at=moment)
     if accepted:
         UsageEvent.objects.bulk_create([event for _, event in accepted], batch_size=500)
+        record_overages(event for _, event in accepted)  # metering: overage outbox rows
 
 
 def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchItemResult:

@@ -30,6 +30,7 @@ from ...selectors import owner_ref
 from ...types import CheckResult, TrackResult
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _reload
+from ..metering.outbox import record_overage
 from .check import _check_result, _load_or_explain, denial_error
 from .validation import (
     _fingerprint,
@@ -349,6 +350,7 @@ def _track_result(
 def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
     """Insert the ledger row of an accepted deduction and queue its signals."""
     _record_event(event)
+    record_overage(event)  # metering: the outbox row of its overage, if any
     _notify_tracked(event.customer_id, feature, unlimited, event)
     return event
 

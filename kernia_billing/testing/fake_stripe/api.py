@@ -349,6 +349,50 @@ class _Api:
     def event_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_events(p), p, "/v1/events")
 
+    # billing meters -------------------------------------------------------------
+    @route("POST", "/v1/billing/meters", "billing.MeterCreateParams")
+    def meter_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_meter(_without_expand(p)), p)
+
+    @route("GET", f"/v1/billing/meters/{_ID}", "billing.MeterRetrieveParams")
+    def meter_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("billing.meter", m.group(1)), p)
+
+    @route("GET", "/v1/billing/meters", "billing.MeterListParams")
+    def meter_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        status = p.get("status")
+        meters = self.store.list_objects(
+            "billing.meter", lambda meter: not status or meter["status"] == status
+        )
+        return self._page(meters, p, "/v1/billing/meters")
+
+    @route("POST", f"/v1/billing/meters/{_ID}/deactivate", "billing.MeterDeactivateParams")
+    def meter_deactivate(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.set_meter_status(m.group(1), active=False), p)
+
+    @route("POST", f"/v1/billing/meters/{_ID}/reactivate", "billing.MeterReactivateParams")
+    def meter_reactivate(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.set_meter_status(m.group(1), active=True), p)
+
+    @route(
+        "GET",
+        f"/v1/billing/meters/{_ID}/event_summaries",
+        "billing.MeterListEventSummariesParams",
+    )
+    def meter_event_summaries(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        summaries = self.store.meter_event_summaries(m.group(1), p)
+        return self._page(summaries, p, f"/v1/billing/meters/{m.group(1)}/event_summaries")
+
+    @route("POST", "/v1/billing/meter_events", "billing.MeterEventCreateParams")
+    def meter_event_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return 200, self.store.create_meter_event(_without_expand(p))
+
+    @route(
+        "POST", "/v1/billing/meter_event_adjustments", "billing.MeterEventAdjustmentCreateParams"
+    )
+    def meter_event_adjustment_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return 200, self.store.create_meter_event_adjustment(_without_expand(p))
+
 
 def check_contract(params_type: str, params: JSON) -> None:
     """Refuse, as Stripe would, parameters outside the endpoint's contract."""

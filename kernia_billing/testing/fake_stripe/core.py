@@ -243,6 +243,7 @@ _NOUNS = {
     "billing_portal.session": "billing_portal.session",
     "webhook_endpoint": "webhook endpoint",
     "event": "event",
+    "billing.meter": "billing.meter",
 }
 
 _PREFIXES = {
@@ -258,6 +259,7 @@ _PREFIXES = {
     "bps_": "billing_portal.session",
     "we_": "webhook_endpoint",
     "evt_": "event",
+    "mtr_": "billing.meter",
 }
 
 
@@ -446,6 +448,14 @@ class StoreCore:
 
     def retrieve_subscription_item(self, item_id: str) -> JSON:
         """GET /v1/subscription_items/{id} (served by the subscriptions layer)."""
+        raise NotImplementedError
+
+    def metered_quantity(self, meter_id: str, customer: str, start: int, end: int) -> int:
+        """A meter's total for a customer over ``[start, end)`` (served by the meters layer)."""
+        raise NotImplementedError
+
+    def _item_period(self, sub: JSON, price: JSON, n: int) -> tuple[int, int]:
+        """Start and end of an item's period ``n`` (served by the subscriptions layer)."""
         raise NotImplementedError
 
     def _cancel_subscription_locked(

@@ -33,7 +33,12 @@ class InvoiceStore(PaymentStore):
         trialing = sub["status"] == "trialing"
         for item in sub["items"]["data"]:
             unit = 0 if trialing else int(item["price"]["unit_amount"] or 0)
-            amount = unit * int(item["quantity"] or 1)
+            quantity = int(item["quantity"] or 1)
+            period = {"start": item["current_period_start"], "end": item["current_period_end"]}
+            metered = (item["price"].get("recurring") or {}).get("usage_type") == "metered"
+            if metered:  # billed in arrears: the usage of the period that just ended
+                quantity, period = self._metered_usage_locked(sub, item)
+            amount = unit * quantity
             line = copy.deepcopy(line_template)
             line.update(
                 id=generate_id("il_"),
@@ -41,8 +46,8 @@ class InvoiceStore(PaymentStore):
                 currency=item["price"]["currency"],
                 description=(
                     f"Trial period for {self._product_name(item['price']['product'])}"
-                    if trialing
-                    else f"{item['quantity']} x {self._product_name(item['price']['product'])}"
+                    if trialing and not metered
+                    else f"{quantity} x {self._product_name(item['price']['product'])}"
                 ),
                 discount_amounts=[],
                 discounts=[],
@@ -59,7 +64,7 @@ class InvoiceStore(PaymentStore):
                     },
                     "type": "subscription_item_details",
                 },
-                period={"start": item["current_period_start"], "end": item["current_period_end"]},
+                period=period,
                 pretax_credit_amounts=[],
                 pricing={
                     "price_details": {
@@ -69,7 +74,7 @@ class InvoiceStore(PaymentStore):
                     "type": "price_details",
                     "unit_amount_decimal": str(unit),
                 },
-                quantity=item["quantity"],
+                quantity=quantity if metered else item["quantity"],
                 subscription=sub["id"],
                 subtotal=amount,
                 taxes=[],
@@ -153,6 +158,20 @@ class InvoiceStore(PaymentStore):
         self._emit("invoice.created", invoice)
         self._emit("invoice.finalized", invoice)
         return invoice
+
+    def _metered_usage_locked(self, sub: JSON, item: JSON) -> tuple[int, JSON]:
+        """A metered item's quantity: its meter's total over the period before the current
+        one (nothing on a subscription's first invoice)."""
+        n = self._period_no.get(item["id"], 0)
+        meter = (item["price"].get("recurring") or {}).get("meter")
+        if n <= 0 or not meter:
+            start = int(item["current_period_start"])
+            return 0, {"start": start, "end": start}
+        start, end = self._item_period(sub, item["price"], n - 1)
+        return self.metered_quantity(meter, sub["customer"], start, end), {
+            "start": start,
+            "end": end,
+        }
 
     def _settle_invoice_locked(
         self,

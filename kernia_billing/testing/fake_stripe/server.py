@@ -260,6 +260,15 @@ class FakeStripe:
         check_contract("PriceCreateParams", params)
         return self.store.create_price(params)
 
+    def create_meter(self, **params: Any) -> JSON:
+        """Create a billing meter without HTTP."""
+        check_contract("billing.MeterCreateParams", params)
+        return self.store.create_meter(params)
+
+    def metered_quantity(self, meter_id: str, customer: str, start: int, end: int) -> int:
+        """What Stripe's summaries say ``customer`` used on ``meter_id`` in ``[start, end)``."""
+        return self.store.metered_quantity(meter_id, customer, start, end)
+
     def create_customer(self, **params: Any) -> JSON:
         """Create a customer without HTTP."""
         check_contract("CustomerCreateParams", params)

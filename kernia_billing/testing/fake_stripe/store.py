@@ -12,6 +12,7 @@ deep copies; the store's own dicts never leave the lock.
 The store is layered by resource family, one module each: :mod:`.core`
 (plumbing, clock, lookups, account), :mod:`.catalog`, :mod:`.customers`,
 :mod:`.invoices`, :mod:`.subscriptions`, :mod:`.lifecycle`, :mod:`.checkout`,
+:mod:`.meters` (billing meters),
 and here webhook endpoints and events.
 """
 
@@ -36,6 +37,7 @@ from .core import (
     period_boundary,
     template,
 )
+from .meters import MeterStore
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 
-class Store(CheckoutStore):
+class Store(CheckoutStore, MeterStore):
     """Thread-safe in-memory Stripe account.
 
     :param base_url: the fake server's URL, used for hosted page URLs.

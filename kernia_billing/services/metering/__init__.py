@@ -1,0 +1,1 @@
+"""Billing overage with Stripe meters: the outbox, the sender, reconciliation, import."""

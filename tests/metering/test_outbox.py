@@ -1,0 +1,50 @@
+"""Every accepted track beyond the grant yields exactly its overage units in the outbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernia_billing import track
+from kernia_billing.models import OverageReport, ReportStatus
+from kernia_billing.services.metering.outbox import overage_units
+from kernia_billing.services.usage.batch import track_batch
+from kernia_billing.types import TrackRequest
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "units"),
+    [(98, 93, 0), (2, -3, 3), (0, -5, 5), (-3, -8, 5), (5, 5, 0), (-4, -2, -2)],
+)
+def test_overage_units_from_balance_before_and_after(before, after, units):
+    assert overage_units(before, after) == units
+
+
+def test_a_track_past_the_grant_queues_exactly_its_overage(metered):
+    customer = metered.customer()
+    owner = customer.owner
+    track(owner, "messages", 98)
+    assert not OverageReport.objects.exists()
+    track(owner, "messages", 5)  # 98 of 100 used: 2 within the grant, 3 beyond
+    track(owner, "messages", 4)
+    reports = list(OverageReport.objects.order_by("id"))
+    assert [r.value for r in reports] == [3, 4]
+    assert all(r.status == ReportStatus.PENDING for r in reports)
+    assert len({r.identifier for r in reports}) == 2
+    assert reports[0].occurred_at == reports[0].usage_event.created_at
+
+
+def test_a_refused_or_replayed_track_queues_nothing_more(metered):
+    owner = metered.customer().owner
+    track(owner, "messages", 105, idempotency_key="k1")
+    track(owner, "messages", 105, idempotency_key="k1")
+    assert [r.value for r in OverageReport.objects.all()] == [5]
+
+
+def test_batch_queues_the_overage_of_each_accepted_event(metered):
+    owner = metered.customer().owner
+    results = track_batch(
+        owner,
+        [TrackRequest(feature="messages", amount=60) for _ in range(3)],
+    )
+    assert all(r.ok for r in results)
+    assert sorted(r.value for r in OverageReport.objects.all()) == [20, 60]
