@@ -199,3 +199,18 @@ if __name__ == "__main__":
     for source, targets in sorted(nested_edges.items()):
         for target in sorted(targets):
             print(f"{source} -> {target} (in a function)")
+
+
+def test_api_views_use_the_apps_extend_schema():
+    """drf-spectacular's own ``extend_schema`` builds on the host's DEFAULT_SCHEMA_CLASS;
+    the app's views use ``api.schema.extend_schema`` so no project-wide setting is needed."""
+    offenders = []
+    for path in sorted((ROOT / "api").glob("*.py")):
+        if path.name == "schema.py":
+            continue  # the wrapper itself
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "drf_spectacular.utils":
+                if any(alias.name == "extend_schema" for alias in node.names):
+                    offenders.append(path.name)
+    assert offenders == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,6 +10,7 @@ from ..services.metering.health import reporting_health
 from .base import BillingAPIView
 from .entitlements import READ_AUTH_ERRORS
 from .permissions import CanManageBilling
+from .schema import extend_schema
 
 TAG = "Usage reporting"
 
