@@ -22,6 +22,9 @@ class CheckResult:
     next_reset_at: datetime | None = None
     plan: str | None = None
     required: int = 1
+    # The soonest expiry among the grants with something left; the breakdown on request.
+    next_expiry: datetime | None = None
+    grants: tuple[Any, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,8 @@ class EntitlementState:
     reset_period: str
     period_start: datetime | None
     next_reset_at: datetime | None
+    next_expiry: datetime | None = None
+    grants: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,9 @@ class CheckSerializer(FlatFieldsMixin, OwnerSerializer):
     required = StrictIntegerField(  # type: ignore[assignment]  # a field, not Field.required
         required=False, default=1, min_value=0, help_text="Units the action needs (default 1)."
     )
+    breakdown = serializers.BooleanField(
+        required=False, default=False, help_text="Add the grants the balance is made of."
+    )
 
 
 class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
@@ -131,6 +134,14 @@ class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
     )
 
 
+class GrantPartSerializer(serializers.Serializer):
+    """One source of a balance: the plan's grant (expiresAt: its next reset) or a grant."""
+
+    source = serializers.CharField(help_text="plan, addon, topup, adjustment, rollover, promotion")
+    remaining = serializers.IntegerField()
+    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
+
+
 class CheckResultSerializer(serializers.Serializer):
     allowed = serializers.BooleanField()
     reason = serializers.ChoiceField(
@@ -148,6 +159,24 @@ class CheckResultSerializer(serializers.Serializer):
     resetPeriod = serializers.CharField(source="reset_period", allow_null=True)
     nextResetAt = serializers.DateTimeField(source="next_reset_at", allow_null=True)
     plan = serializers.CharField(allow_null=True, help_text="Key of the customer's plan.")
+    nextExpiry = serializers.DateTimeField(
+        source="next_expiry",
+        allow_null=True,
+        required=False,
+        help_text='With "breakdown": true: the soonest expiry of a grant.',
+    )
+    grants = GrantPartSerializer(
+        many=True,
+        required=False,
+        help_text='With "breakdown": true: the sources of the balance, in draw order.',
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = dict(super().to_representation(instance))
+        if getattr(instance, "grants", None) is None:
+            data.pop("nextExpiry", None)
+            data.pop("grants", None)
+        return data
 
 
 class TrackResultSerializer(serializers.Serializer):
@@ -189,7 +218,22 @@ def render_check(result: CheckResult) -> dict[str, Any]:
         "resetPeriod": result.reset_period,
         "nextResetAt": _datetime(result.next_reset_at),
         "plan": result.plan,
+        **(
+            {}
+            if result.grants is None
+            else {
+                "nextExpiry": _datetime(result.next_expiry),
+                "grants": render_grant_parts(result.grants),
+            }
+        ),
     }
+
+
+def render_grant_parts(parts: Any) -> list[dict[str, Any]]:
+    return [
+        {"source": p.source, "remaining": p.remaining, "expiresAt": _datetime(p.expires_at)}
+        for p in parts
+    ]
 
 
 def render_track(result: TrackResult) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Models, split by sub-domain: catalog, customers, entitlements, usage."""
+"""Models, split by sub-domain: catalog, customers, entitlements, grants, usage."""
 
 from .catalog import (
     CatalogPrice,
@@ -13,6 +13,7 @@ from .catalog import (
 )
 from .customers import BillingCustomer
 from .entitlements import Entitlement
+from .grants import Grant, GrantSource
 from .usage import UsageEvent
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "Entitlement",
     "Feature",
     "FeatureKind",
+    "Grant",
+    "GrantSource",
     "Plan",
     "PlanFeature",
     "PlanPrice",

@@ -123,6 +123,18 @@ class PlanFeature(models.Model):
         default=False,
         help_text=_("Seats: the limit is the Stripe subscription item's quantity."),
     )
+    rollover_max = models.BigIntegerField(
+        _("rollover cap"),
+        default=0,
+        validators=[MinValueValidator(0)],
+        help_text=_("Unused included amount carried into later periods, up to this (0: off)."),
+    )
+    rollover_expires_after = models.PositiveIntegerField(
+        _("rollover lifetime (periods)"),
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text=_("A rollover expires this many periods after the period it came from."),
+    )
 
     class Meta:
         ordering = ["plan", "feature__key"]
@@ -134,6 +146,10 @@ class PlanFeature(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(included__gte=0), name="kernia_billing_planfeature_included_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(rollover_max__gte=0) & Q(rollover_expires_after__gte=1),
+                name="kernia_billing_planfeature_rollover_valid",
             ),
         ]
 
@@ -158,6 +174,10 @@ class PlanFeature(models.Model):
             errors["reset_period"] = _("Seats and quantities are not consumed; they never reset.")
         if self.included_from_quantity and kind != FeatureKind.SEATS:
             errors["included_from_quantity"] = _("Only seats can follow the subscription quantity.")
+        if self.rollover_max and (
+            kind != FeatureKind.METERED or self.reset_period == ResetPeriod.NONE or self.unlimited
+        ):
+            errors["rollover_max"] = _("Only a limited metered feature that resets rolls over.")
         if errors:
             raise ValidationError(errors)
 

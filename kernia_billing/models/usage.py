@@ -25,6 +25,11 @@ class UsageEvent(models.Model):
     created_at = models.DateTimeField(_("time"), db_index=True)
     balance_after = models.BigIntegerField(_("balance after"))
     usage_after = models.BigIntegerField(_("usage after"))
+    # What the event drew from grants other than the plan's, and from which:
+    # ``[{"grant": 17, "amount": 2}, {"grant": null, "amount": 3}]`` (null: the plan's
+    # grant, or overage). None when everything came from the plan's grant.
+    from_grants = models.BigIntegerField(_("drawn from grants"), default=0)
+    draws = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

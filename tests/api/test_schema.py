@@ -38,7 +38,9 @@ def test_check_is_documented(schema):
         request["properties"]
     )
     assert request["required"] == ["feature"]
-    assert set(response["properties"]) == CHECK_FIELDS
+    # The breakdown fields are only present when asked for ("breakdown": true).
+    assert set(response["properties"]) == CHECK_FIELDS | {"nextExpiry", "grants"}
+    assert not {"nextExpiry", "grants"} & set(response.get("required", []))
     for status in ("400", "401", "403", "404", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 

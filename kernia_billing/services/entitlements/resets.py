@@ -64,7 +64,7 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
     start, end = period_containing(entitlement.reset_anchor_or_default, unit, now, count)
     # Only the first of any number of concurrent resets matches the old boundary.
     Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
-        usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
+        usage=0, grant_usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
     )
     return _reload(entitlement.id)
 
@@ -86,14 +86,12 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
     )
     count = 0
     for entitlement_id, feature_id in list(due.values_list("pk", "feature_id")):
-        usage = (
-            UsageEvent.objects.filter(
-                customer=customer, feature_id=feature_id, created_at__gte=period_start
-            ).aggregate(total=Sum("amount"))["total"]
-            or 0
-        )
+        totals = UsageEvent.objects.filter(
+            customer=customer, feature_id=feature_id, created_at__gte=period_start
+        ).aggregate(total=Sum("amount"), from_grants=Sum("from_grants"))
         count += Entitlement.objects.filter(pk=entitlement_id).update(
-            usage=usage,
+            usage=totals["total"] or 0,
+            grant_usage=totals["from_grants"] or 0,
             period_start=period_start,
             reset_anchor=period_start,
             next_reset_at=customer.current_period_end,

@@ -31,7 +31,7 @@ from ...types import BatchItemResult, CheckResult, TrackRequest
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
 from .check import _check_result, _load_or_explain, denial_error
-from .track import _track_result
+from .ledger import _track_result
 from .validation import (
     _fingerprint,
     _validate_amount,

@@ -23,9 +23,10 @@ from ...models import (
 from ...selectors import status_entitles
 from ...types import CheckResult
 from ..customers import get_or_create_customer
-from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _load
 from ..entitlements.sync import apply_default_plan, sync_entitlements
+from ..grants.expiry import current
+from ..grants.totals import breakdown as grant_breakdown
 from .validation import _validate_required
 
 
@@ -62,23 +63,33 @@ def _load_or_explain(owner: Any, feature_key: str) -> EntitlementRow | CheckResu
 
 
 def check(
-    owner: Any, feature: str, required: int = 1, *, now: datetime | None = None
+    owner: Any,
+    feature: str,
+    required: int = 1,
+    *,
+    now: datetime | None = None,
+    breakdown: bool = False,
 ) -> CheckResult:
     """May ``owner`` use ``required`` units of ``feature`` now? Never writes usage.
 
-    A reset that fell due is applied first (exactly once), so the answer reflects
-    the current period.
+    A reset that fell due is applied first (exactly once), and so are grant expiries,
+    so the answer reflects the current period. ``breakdown`` adds ``grants``: the plan's
+    grant and the live grants with what remains of each, in consumption order.
     """
     required = _validate_required(required)
     validate_text(feature, "feature")
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         return found
-    entitlement = reset_if_due(found, now or timezone.now())
-    return _check_result(entitlement, required)
+    moment = now or timezone.now()
+    entitlement = current(found, moment)
+    parts = grant_breakdown(entitlement, moment) if breakdown else None
+    return _check_result(entitlement, required, grants=parts)
 
 
-def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
+def _check_result(
+    entitlement: EntitlementRow, required: int, *, grants: tuple[Any, ...] | None = None
+) -> CheckResult:
     reason = None
     boolean = entitlement.kind == FeatureKind.BOOLEAN
     if not entitlement.granted:
@@ -101,6 +112,8 @@ def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
         next_reset_at=entitlement.next_reset_at,
         plan=entitlement.plan,
         required=required,
+        next_expiry=entitlement.grant_next_expiry,
+        grants=grants,
     )
 
 

@@ -6,10 +6,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ... import signals
 from ...exceptions import (
     Contention,
     IdempotencyConflict,
@@ -30,7 +29,10 @@ from ...selectors import owner_ref
 from ...types import CheckResult, TrackResult
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _reload
+from ..grants.draw import draw
+from ..grants.expiry import expire_due
 from .check import _check_result, _load_or_explain, denial_error
+from .ledger import _record_tracked, _track_result
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -96,10 +98,17 @@ def track(
         entitlement = reset_if_due(entitlement, moment)
         try:
             with transaction.atomic():
+                from_grants, draws = 0, None
                 row = _deduct(entitlement, amount, moment)
+                if row is None and amount > 0:
+                    # The plan's grant does not cover it: draw across the grants too.
+                    outcome = draw(entitlement.id, amount, moment)
+                    if outcome is not None:
+                        row = (outcome.usage_after, outcome.balance_after)
+                        from_grants, draws = outcome.from_grants, outcome.draws
                 if row is None:
                     raise _Refused
-                usage_after, included = row
+                usage_after, balance_after = row
                 event = _record_tracked(
                     UsageEvent(
                         customer_id=entitlement.customer_id,
@@ -109,8 +118,10 @@ def track(
                         request_fingerprint=fingerprint,
                         properties=properties,
                         created_at=moment,
-                        balance_after=included - usage_after,
+                        balance_after=balance_after,
                         usage_after=usage_after,
+                        from_grants=from_grants,
+                        draws=draws,
                     ),
                     feature=entitlement.feature,
                     unlimited=entitlement.unlimited,
@@ -125,6 +136,8 @@ def track(
             return replay
         except _Refused:
             entitlement = _reload(entitlement.id)
+            if entitlement.expiry_due(moment):
+                entitlement = expire_due(entitlement.id, moment)
             if not entitlement.granted:
                 raise denial_error(_check_result(entitlement, 1)) from None
             if _needs_retry(entitlement, moment):
@@ -168,7 +181,7 @@ def _track_in_one_update(
             row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
             if row is None:
                 return None
-            customer_id, feature_id, usage_after, included, unlimited = row
+            customer_id, feature_id, usage_after, balance_after, unlimited = row
             event = _record_tracked(
                 UsageEvent(
                     customer_id=customer_id,
@@ -178,7 +191,7 @@ def _track_in_one_update(
                     request_fingerprint=fingerprint,
                     properties=properties,
                     created_at=moment,
-                    balance_after=included - usage_after,
+                    balance_after=balance_after,
                     usage_after=usage_after,
                 ),
                 feature=feature,
@@ -189,6 +202,14 @@ def _track_in_one_update(
             raise
         return None  # a replay or a conflict: rolled back, answered by the full path
     return _track_result(feature, unlimited, event, replayed=False)
+
+
+#: The plan's grant alone decides: unlimited, covered by what is left of it, or overage
+#: with no other grant to draw from first. Anything else takes the multi-grant draw.
+_PLAN_COVERS = (
+    "unlimited OR {usage} - grant_usage + %s <= included "
+    "OR (allow_overage AND grant_remaining = 0)"
+)
 
 
 @lru_cache(maxsize=2)
@@ -208,9 +229,11 @@ def _deduct_by_owner_sql(vendor: str) -> str:
         f"WHERE id = ({lookup}) AND granted "
         "AND (period_start IS NULL OR period_start <= %s) "
         "AND (next_reset_at IS NULL OR next_reset_at > %s) "
-        f"AND (CASE WHEN %s > 0 THEN (unlimited OR allow_overage OR {usage} + %s <= included) "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
+        f"AND (CASE WHEN %s > 0 THEN ({_PLAN_COVERS.format(usage=usage)}) "
         f"ELSE {usage} + %s >= 0 END) "
-        f"RETURNING customer_id, feature_id, {usage}, included, unlimited"
+        f"RETURNING customer_id, feature_id, {usage}, included, unlimited, grant_usage, "
+        "grant_remaining"
     )
 
 
@@ -218,15 +241,16 @@ def _deduct_by_owner(
     owner_type_id: int, owner_id: str, feature: str, amount: int, moment: datetime
 ) -> tuple[int, int, int, int, bool] | None:
     at = connection.ops.adapt_datetimefield_value(moment)
-    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at]
+    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at, at]
     params += [amount, amount, amount]
     with connection.cursor() as cursor:
         cursor.execute(_deduct_by_owner_sql(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
         return None
-    customer_id, feature_id, usage_after, included, unlimited = row
-    return int(customer_id), int(feature_id), int(usage_after), int(included), bool(unlimited)
+    customer_id, feature_id, usage_after, included, unlimited, grant_usage, remaining = row
+    balance_after = int(included) - (int(usage_after) - int(grant_usage)) + int(remaining)
+    return int(customer_id), int(feature_id), int(usage_after), balance_after, bool(unlimited)
 
 
 class _Refused(Exception):
@@ -245,7 +269,7 @@ def _before_period(entitlement: EntitlementRow, moment: datetime) -> bool:
 
 
 def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple[int, int] | None:
-    """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING usage, included``.
+    """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING ...``: (usage, balance).
 
     The database evaluates the limit under the row lock it takes for the update,
     so concurrent tracks can never overspend or lose an update.
@@ -254,8 +278,7 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
     at = connection.ops.adapt_datetimefield_value(moment)
     usage = quote("usage")
     if amount > 0:
-        limit = f"({quote('unlimited')} OR {quote('allow_overage')} OR {usage} + %s <= "
-        limit += f"{quote('included')})"
+        limit = f"({_PLAN_COVERS.format(usage=usage)})"
     else:
         limit = f"{usage} + %s >= 0"
     sql = (
@@ -264,56 +287,18 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
         f"WHERE {quote('id')} = %s AND {quote('granted')} "
         f"AND ({quote('period_start')} IS NULL OR {quote('period_start')} <= %s) "
         f"AND ({quote('next_reset_at')} IS NULL OR {quote('next_reset_at')} > %s) "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
         f"AND {limit} "
-        f"RETURNING {usage}, {quote('included')}"
+        f"RETURNING {usage}, {quote('included')}, grant_usage, grant_remaining"
     )
     now_value = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [amount, now_value, entitlement.id, at, at, amount])
+        cursor.execute(sql, [amount, now_value, entitlement.id, at, at, at, amount])
         row = cursor.fetchone()
-    return (int(row[0]), int(row[1])) if row else None
-
-
-_EVENT_COLUMNS = (
-    "customer_id",
-    "feature_id",
-    "amount",
-    "idempotency_key",
-    "request_fingerprint",
-    "properties",
-    "created_at",
-    "balance_after",
-    "usage_after",
-)
-
-
-@lru_cache(maxsize=2)
-def _insert_event_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
-    return (
-        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
-        f"VALUES ({placeholders}) RETURNING {quote('id')}"
-    )
-
-
-@lru_cache(maxsize=1)
-def _event_fields() -> tuple[models.Field[Any, Any], ...]:
-    fields = (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
-    return tuple(field for field in fields if isinstance(field, models.Field))
-
-
-def _record_event(event: UsageEvent) -> UsageEvent:
-    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
-    params = [
-        field.get_db_prep_save(getattr(event, field.attname), connection)
-        for field in _event_fields()
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_event_sql(connection.vendor), params)
-        event.pk = cursor.fetchone()[0]
-    return event
+    if row is None:
+        return None
+    usage_after, included, grant_usage, remaining = (int(v) for v in row)
+    return usage_after, included - (usage_after - grant_usage) + remaining
 
 
 def _replay(
@@ -330,52 +315,3 @@ def _replay(
     return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
 
 
-def _track_result(
-    feature: str, unlimited: bool, event: UsageEvent, *, replayed: bool
-) -> TrackResult:
-    return TrackResult(
-        event_id=event.pk,
-        feature=feature,
-        amount=event.amount,
-        balance=event.balance_after,
-        usage=event.usage_after,
-        included=event.balance_after + event.usage_after,
-        unlimited=unlimited,
-        replayed=replayed,
-        created_at=event.created_at,
-    )
-
-
-def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
-    """Insert the ledger row of an accepted deduction and queue its signals."""
-    _record_event(event)
-    _notify_tracked(event.customer_id, feature, unlimited, event)
-    return event
-
-
-def _notify_tracked(customer_id: int, feature: str, unlimited: bool, event: UsageEvent) -> None:
-    balance_before = event.balance_after + event.amount
-    limit_reached = not unlimited and balance_before > 0 >= event.balance_after
-    if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
-        return  # the hot path pays nothing for signals nobody listens to
-
-    def send() -> None:
-        customer = BillingCustomer.objects.get(pk=customer_id)
-        signals.usage_tracked.send(
-            sender=UsageEvent,
-            customer=customer,
-            feature=feature,
-            event_id=event.pk,
-            amount=event.amount,
-            balance=event.balance_after,
-            usage=event.usage_after,
-        )
-        if limit_reached:
-            signals.limit_reached.send(
-                sender=UsageEvent,
-                customer=customer,
-                feature=feature,
-                balance=event.balance_after,
-            )
-
-    transaction.on_commit(send)
