@@ -18,9 +18,9 @@ from ...models import (
 from ...models.catalog import ResetPeriod
 from ...selectors import default_plan, status_entitles
 from ...types import EntitlementState
-from ..locking import lock_customer
 from ..grants.expiry import current
 from ..grants.totals import breakdown
+from ..locking import lock_customer
 from .resets import current_period
 from .rows import _select_many
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from ...models import Entitlement, Grant
@@ -41,7 +41,7 @@ class DrawOutcome:
     usage_after: int
     balance_after: int
     from_grants: int
-    draws: list[dict[str, int | None]]
+    draws: list[dict[str, int | None]] | None
 
 
 def lock_grants(customer_id: int, feature_id: int) -> list[LockedGrant]:
@@ -126,8 +126,12 @@ def draw(entitlement_id: int, amount: int, moment: datetime) -> DrawOutcome | No
         usage_after=usage_after,
         balance_after=plan_after + remaining_after,
         from_grants=from_grants,
-        draws=[{"grant": grant_id, "amount": n} for grant_id, n in planned],
+        draws=_as_draws(planned) if from_grants else None,
     )
+
+
+def _as_draws(planned: list[tuple[int | None, int]]) -> list[dict[str, int | None]]:
+    return [{"grant": grant_id, "amount": n} for grant_id, n in planned]
 
 
 def _write_grants(taken: dict[int, int], expiring: dict[int, int]) -> None:
@@ -147,3 +151,102 @@ def _in_period(row: EntitlementRow, moment: datetime) -> bool:
     if row.period_start is not None and moment < row.period_start:
         return False
     return row.next_reset_at is None or moment < row.next_reset_at
+
+
+class GrantLedger:
+    """The locked grants of a batch's entitlements, decided against in memory.
+
+    Batch track locks its entitlements (ascending id), then through :meth:`lock` every
+    grant of them with something left (ascending id), decides each event in order with
+    :meth:`draw`, and writes once with :meth:`write`.
+    """
+
+    def __init__(self, rows: list[EntitlementRow], grants: list[tuple[int, LockedGrant]]):
+        self._rows = {row.id: row for row in rows}
+        self._live: dict[int, list[LockedGrant]] = {row.id: [] for row in rows}
+        self._due: dict[int, list[LockedGrant]] = {row.id: [] for row in rows}
+        self._grant_usage = {row.id: row.grant_usage for row in rows}
+        self._taken: dict[int, int] = {}
+        for row_id, grant in grants:
+            self._live[row_id].append(grant)
+
+    @classmethod
+    def lock(cls, rows: list[EntitlementRow], moment: datetime) -> GrantLedger:
+        if not rows:
+            return cls([], [])
+        by_pair = {(row.customer_id, row.feature_id): row.id for row in rows}
+        query = Q()
+        for customer_id, feature_id in by_pair:
+            query |= Q(customer_id=customer_id, feature_id=feature_id)
+        locked = (
+            Grant.objects.filter(query)
+            .annotate(left=REMAINING)
+            .filter(left__gt=0)
+            .order_by("pk")
+            .select_for_update()
+            .values_list("pk", "customer_id", "feature_id", "left", "expires_at")
+        )
+        grants = [
+            (by_pair[(customer_id, feature_id)], LockedGrant(pk, left, expires_at))
+            for pk, customer_id, feature_id, left, expires_at in locked
+        ]
+        ledger = cls(rows, grants)
+        for row_id, live in ledger._live.items():
+            ledger._due[row_id] = [g for g in live if _expired(g, moment)]
+            ledger._live[row_id] = [g for g in live if not _expired(g, moment)]
+        return ledger
+
+    def balance(self, row: EntitlementRow, usage: int) -> int:
+        """The balance of ``row`` at ``usage``, with what this batch drew so far."""
+        grant_usage = self._grant_usage.get(row.id, row.grant_usage)
+        live = self._live.get(row.id)
+        remaining = row.grant_remaining if live is None else sum(g.remaining for g in live)
+        return row.included - (usage - grant_usage) + remaining
+
+    def draw(
+        self, row: EntitlementRow, usage: int, amount: int
+    ) -> tuple[int, list[dict[str, int | None]] | None] | None:
+        """Decide ``amount`` at ``usage``: ``(from_grants, draws)``, or None if refused."""
+        grant_usage = self._grant_usage.get(row.id, row.grant_usage)
+        live = self._live.get(row.id, [])
+        planned = plan_draws(
+            row.included - (usage - grant_usage),
+            live,
+            amount,
+            allow_overage=row.allow_overage,
+            unlimited=row.unlimited,
+        )
+        if planned is None:
+            return None
+        by_id = {g.id: g for g in live}
+        from_grants = 0
+        for grant_id, n in planned:
+            if grant_id is None:
+                continue
+            by_id[grant_id].remaining -= n
+            self._taken[grant_id] = self._taken.get(grant_id, 0) + n
+            from_grants += n
+        if from_grants:
+            self._grant_usage[row.id] = grant_usage + from_grants
+        return from_grants, (_as_draws(planned) if from_grants else None)
+
+    def write(self, moment: datetime) -> None:
+        """One ``UPDATE`` of the grants, one per entitlement whose grants changed."""
+        expiring = {g.id: g.remaining for due in self._due.values() for g in due}
+        _write_grants(self._taken, expiring)
+        for row_id in sorted(self._rows):
+            row, live = self._rows[row_id], self._live[row_id]
+            if self._grant_usage[row_id] == row.grant_usage and not self._due[row_id]:
+                continue
+            Entitlement.objects.filter(pk=row_id).update(
+                grant_usage=self._grant_usage[row_id],
+                grant_remaining=sum(g.remaining for g in live),
+                grant_next_expiry=min(
+                    (g.expires_at for g in live if g.remaining > 0 and g.expires_at), default=None
+                ),
+                updated_at=moment,
+            )
+
+
+def _expired(grant: LockedGrant, moment: datetime) -> bool:
+    return grant.expires_at is not None and grant.expires_at <= moment

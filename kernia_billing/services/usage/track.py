@@ -207,8 +207,7 @@ def _track_in_one_update(
 #: The plan's grant alone decides: unlimited, covered by what is left of it, or overage
 #: with no other grant to draw from first. Anything else takes the multi-grant draw.
 _PLAN_COVERS = (
-    "unlimited OR {usage} - grant_usage + %s <= included "
-    "OR (allow_overage AND grant_remaining = 0)"
+    "unlimited OR {usage} - grant_usage + %s <= included OR (allow_overage AND grant_remaining = 0)"
 )
 
 
@@ -277,10 +276,7 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
     quote = connection.ops.quote_name
     at = connection.ops.adapt_datetimefield_value(moment)
     usage = quote("usage")
-    if amount > 0:
-        limit = f"({_PLAN_COVERS.format(usage=usage)})"
-    else:
-        limit = f"{usage} + %s >= 0"
+    limit = f"({_PLAN_COVERS.format(usage=usage)})" if amount > 0 else f"{usage} + %s >= 0"
     sql = (
         f"UPDATE {quote(Entitlement._meta.db_table)} "
         f"SET {usage} = {usage} + %s, {quote('updated_at')} = %s "
@@ -313,5 +309,3 @@ def _replay(
             fields={"idempotencyKey": key},
         )
     return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
-
-
