@@ -171,3 +171,15 @@ def test_customer_state_lists_grants_with_expiry(owner):
     assert messages.next_expiry == expires
     assert [p.source for p in messages.grants] == ["plan", "adjustment"]
     assert Grant.objects.count() == 1
+
+
+def test_a_downgrade_debt_is_carried_by_the_grants(owner):
+    from kernia_billing.models import Entitlement
+
+    kernia_billing.grant(owner, "messages", 5)
+    kernia_billing.track(owner, "messages", 20)
+    Entitlement.objects.update(included=10)  # as a downgrade to a smaller plan leaves it
+    assert kernia_billing.check(owner, "messages").balance == -5
+    with pytest.raises(InsufficientBalance):
+        kernia_billing.track(owner, "messages", 1)
+    assert audit_ledger() == []

@@ -68,6 +68,10 @@ def plan_draws(
     """``[(grant id or None for the plan, amount), ...]`` covering ``amount``, or None."""
     if unlimited:
         return [(None, amount)]
+    # A plan's grant below zero (a downgrade mid-period) is a debt the other grants carry:
+    # the spendable balance is the sum, and it must cover the amount.
+    if not allow_overage and plan_remaining + sum(g.remaining for g in live) < amount:
+        return None
     draws: list[tuple[int | None, int]] = []
     need = amount
     from_plan = min(max(plan_remaining, 0), need)
