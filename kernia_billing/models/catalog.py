@@ -191,6 +191,14 @@ class PlanFeature(models.Model):
             "resetPeriod": self.reset_period,
             "allowOverage": self.allow_overage,
             "includedFromQuantity": self.included_from_quantity,
+            **(
+                {
+                    "rolloverMax": self.rollover_max,
+                    "rolloverExpiresAfter": self.rollover_expires_after,
+                }
+                if self.rollover_max
+                else {}
+            ),
         }
 
 

@@ -24,6 +24,8 @@ PLAN_FEATURE_KEYS = {
     "resetPeriod",
     "allowOverage",
     "includedFromQuantity",
+    "rolloverMax",
+    "rolloverExpiresAfter",
 }
 FEATURE_KEYS = {"key", "name", "kind", "unit", "description", "archived"}
 PLAN_KEYS = {

@@ -14,6 +14,7 @@ from ...models import (
 )
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
+from ..grants.rollovers import reset_with_rollover
 from .rows import EntitlementRow, _reload
 
 # --- periods and resets ------------------------------------------------------------------
@@ -61,6 +62,8 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
         count = entitlement.billing_interval_count or 1
     else:
         unit, count = entitlement.reset_period, 1
+    if entitlement.rollover_max > 0:
+        return reset_with_rollover(entitlement, now, unit, count)
     start, end = period_containing(entitlement.reset_anchor_or_default, unit, now, count)
     # Only the first of any number of concurrent resets matches the old boundary.
     Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
