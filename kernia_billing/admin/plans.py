@@ -75,8 +75,6 @@ class PlanFeatureInline(admin.TabularInline):
         "reset_period",
         "allow_overage",
         "included_from_quantity",
-        "rollover_max",
-        "rollover_expires_after",
     ]
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
