@@ -137,7 +137,9 @@ class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
 class GrantPartSerializer(serializers.Serializer):
     """One source of a balance: the plan's grant (expiresAt: its next reset) or a grant."""
 
-    source = serializers.CharField(help_text="plan, addon, topup, adjustment, rollover, promotion")
+    source = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.source
+        help_text="plan, addon, topup, adjustment, rollover, promotion"
+    )
     remaining = serializers.IntegerField()
     expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
 

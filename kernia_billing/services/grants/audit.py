@@ -13,6 +13,7 @@ from grants.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
 from django.db.models import Q
 
@@ -30,8 +31,8 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
         grants = grants.filter(customer_id__in=customer_ids)
         entitlements = entitlements.filter(customer_id__in=customer_ids)
     drawn: dict[int, int] = defaultdict(int)
-    drawn_at: dict[int, list[object]] = defaultdict(list)
-    in_period: dict[tuple[int, int], list[tuple[object, int]]] = defaultdict(list)
+    drawn_at: dict[int, list[datetime]] = defaultdict(list)
+    in_period: dict[tuple[int, int], list[tuple[datetime, int]]] = defaultdict(list)
     for event in events.order_by("pk").iterator():
         total = 0
         for part in event.draws or []:
@@ -45,7 +46,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
                 Drift("event", event.customer_id, f"event {event.pk}", total, event.from_grants)
             )
     remaining: dict[tuple[int, int], int] = defaultdict(int)
-    next_expiry: dict[tuple[int, int], object] = {}
+    next_expiry: dict[tuple[int, int], datetime] = {}
     for grant in grants.order_by("pk"):
         pair = (grant.customer_id, grant.feature_id)
         subject = f"{grant.feature.key} grant {grant.pk}"
@@ -54,7 +55,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
                 Drift("grant", grant.customer_id, subject, drawn[grant.pk], grant.consumed)
             )
         if grant.expires_at is not None:
-            late = [at for at in drawn_at[grant.pk] if at >= grant.expires_at]  # type: ignore[operator]
+            late = [at for at in drawn_at[grant.pk] if at >= grant.expires_at]
             if late:
                 drifts.append(
                     Drift("grant", grant.customer_id, f"{subject} drawn after expiry", 0, len(late))
@@ -64,16 +65,12 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
         remaining[pair] += grant.remaining
         if grant.remaining > 0 and grant.expires_at is not None:
             soonest = next_expiry.get(pair)
-            if soonest is None or grant.expires_at < soonest:  # type: ignore[operator]
+            if soonest is None or grant.expires_at < soonest:
                 next_expiry[pair] = grant.expires_at
     for entitlement in entitlements.order_by("customer_id", "feature__key"):
         pair = (entitlement.customer_id, entitlement.feature_id)
         start = entitlement.period_start
-        used = sum(
-            n
-            for at, n in in_period[pair]
-            if start is None or at >= start  # type: ignore[operator]
-        )
+        used = sum(n for at, n in in_period[pair] if start is None or at >= start)
         key = entitlement.feature.key
         checks = (
             ("grant usage", used, entitlement.grant_usage),

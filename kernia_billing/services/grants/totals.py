@@ -72,3 +72,13 @@ def breakdown(row: EntitlementRow, now: datetime) -> tuple[GrantPart, ...]:
 def consumption_key(grant_id: int, expires_at: datetime | None) -> tuple[bool, datetime, int]:
     """Soonest-expiring first, never-expiring last, older first on ties."""
     return (expires_at is None, expires_at or _NEVER, grant_id)
+
+
+def customer_grants(customer_id: int | None, *, feature_id: int | None = None) -> list[Grant]:
+    """A customer's grants, newest first, expired and revoked ones included (reads only)."""
+    if customer_id is None:
+        return []
+    grants = Grant.objects.filter(customer_id=customer_id).select_related("feature")
+    if feature_id is not None:
+        grants = grants.filter(feature_id=feature_id)
+    return list(grants.order_by("-created_at", "-pk")[:500])
