@@ -25,6 +25,9 @@ class CheckResult:
     # The soonest expiry among the grants with something left; the breakdown on request.
     next_expiry: datetime | None = None
     grants: tuple[Any, ...] | None = None
+    # Credit pools: the pool's balance in credits and what one unit costs.
+    credit_balance: int | None = None
+    credit_cost: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +44,8 @@ class TrackResult:
     unlimited: bool
     replayed: bool = False
     created_at: datetime | None = None
+    credit_balance: int | None = None
+    credit_cost: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,13 +21,13 @@ from django.utils.translation import gettext_lazy as _
 
 from ..api.owners import can_manage_billing
 from ..exceptions import BillingError
-from ..models import BillingCustomer, Feature, FeatureKind, Grant, GrantSource
+from ..models import CONSUMABLE_KINDS, BillingCustomer, Feature, Grant, GrantSource
 from ..services.grants import issue
 
 
 class GrantCreditsForm(forms.Form):
     feature = forms.ModelChoiceField(
-        queryset=Feature.objects.filter(kind=FeatureKind.METERED, archived=False),
+        queryset=Feature.objects.filter(kind__in=CONSUMABLE_KINDS, archived=False),
         label=_("Feature"),
     )
     amount = forms.IntegerField(

@@ -173,12 +173,26 @@ class CheckResultSerializer(serializers.Serializer):
         help_text='With "breakdown": true: the sources of the balance, in draw order.',
     )
 
+    creditBalance = serializers.IntegerField(
+        source="credit_balance", required=False, help_text="Credit pools: the pool's credits."
+    )
+    creditCost = serializers.IntegerField(
+        source="credit_cost", required=False, help_text="Credit pools: credits per unit."
+    )
+
     def to_representation(self, instance: Any) -> dict[str, Any]:
         data = dict(super().to_representation(instance))
         if getattr(instance, "grants", None) is None:
             data.pop("nextExpiry", None)
             data.pop("grants", None)
-        return data
+        return _without_credits(data, instance)
+
+
+def _without_credits(data: dict[str, Any], instance: Any) -> dict[str, Any]:
+    if getattr(instance, "credit_cost", None) is None:
+        data.pop("creditBalance", None)
+        data.pop("creditCost", None)
+    return data
 
 
 class TrackResultSerializer(serializers.Serializer):
@@ -193,6 +207,15 @@ class TrackResultSerializer(serializers.Serializer):
         help_text="True when this answers a repeated idempotencyKey (counted once)."
     )
     createdAt = serializers.DateTimeField(source="created_at")
+    creditBalance = serializers.IntegerField(
+        source="credit_balance", required=False, help_text="Credit pools: the pool's credits."
+    )
+    creditCost = serializers.IntegerField(
+        source="credit_cost", required=False, help_text="Credit pools: credits per unit."
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        return _without_credits(dict(super().to_representation(instance)), instance)
 
 
 # The hot endpoints render their results directly: building a DRF serializer per
@@ -228,7 +251,14 @@ def render_check(result: CheckResult) -> dict[str, Any]:
                 "grants": render_grant_parts(result.grants),
             }
         ),
+        **_credits(result),
     }
+
+
+def _credits(result: Any) -> dict[str, Any]:
+    if result.credit_cost is None:
+        return {}
+    return {"creditBalance": result.credit_balance, "creditCost": result.credit_cost}
 
 
 def render_grant_parts(parts: Any) -> list[dict[str, Any]]:
@@ -250,6 +280,7 @@ def render_track(result: TrackResult) -> dict[str, Any]:
         "unlimited": result.unlimited,
         "replayed": result.replayed,
         "createdAt": _datetime(result.created_at),
+        **_credits(result),
     }
 
 

@@ -1,6 +1,7 @@
 """Models, split by sub-domain: catalog, customers, entitlements, grants, usage."""
 
 from .catalog import (
+    CONSUMABLE_KINDS,
     CatalogPrice,
     CatalogProduct,
     Feature,
@@ -17,6 +18,7 @@ from .grants import Grant, GrantSource
 from .usage import UsageEvent
 
 __all__ = [
+    "CONSUMABLE_KINDS",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",

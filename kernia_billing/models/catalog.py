@@ -25,6 +25,11 @@ class FeatureKind(models.TextChoices):
     METERED = "metered", _("Metered (consumable, resets)")
     SEATS = "seats", _("Seats (goes up and down)")
     QUANTITY = "quantity", _("Quantity (static limit)")
+    CREDITS = "credits", _("Credit pool (consumable, other features draw from it)")
+
+
+#: Kinds whose usage is consumed (positive amounts only) and that take grants.
+CONSUMABLE_KINDS = frozenset({FeatureKind.METERED, FeatureKind.CREDITS})
 
 
 class ResetPeriod(models.TextChoices):
@@ -53,6 +58,22 @@ class Feature(models.Model):
     )
     description = models.TextField(_("description"), blank=True)
     archived = models.BooleanField(_("archived"), default=False)
+    # Credit pools: tracking this feature draws ``amount x credit_cost`` from the pool.
+    credit_pool = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="credit_consumers",
+        limit_choices_to={"kind": "credits"},
+        verbose_name=_("credit pool"),
+    )
+    credit_cost = models.PositiveIntegerField(
+        _("credit cost"),
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text=_("Credits one unit of this feature draws from its pool."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -61,9 +82,23 @@ class Feature(models.Model):
         # dj-stripe has its own Feature (Stripe Entitlements); say which one this is.
         verbose_name = _("billing feature")
         verbose_name_plural = _("billing features")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_cost__gte=1), name="kernia_billing_feature_credit_cost_gte_1"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.key
+
+    def clean(self) -> None:
+        if self.credit_pool_id is None:
+            return
+        pool = self.credit_pool
+        if pool is None or pool.kind != FeatureKind.CREDITS or pool.pk == self.pk:
+            raise ValidationError({"credit_pool": _("A credit pool is a feature of kind credits.")})
+        if self.kind != FeatureKind.METERED:
+            raise ValidationError({"credit_pool": _("Only metered features draw from a pool.")})
 
 
 class Plan(models.Model):
@@ -175,7 +210,7 @@ class PlanFeature(models.Model):
         if self.included_from_quantity and kind != FeatureKind.SEATS:
             errors["included_from_quantity"] = _("Only seats can follow the subscription quantity.")
         if self.rollover_max and (
-            kind != FeatureKind.METERED or self.reset_period == ResetPeriod.NONE or self.unlimited
+            kind not in CONSUMABLE_KINDS or self.reset_period == ResetPeriod.NONE or self.unlimited
         ):
             errors["rollover_max"] = _("Only a limited metered feature that resets rolls over.")
         if errors:

@@ -39,8 +39,9 @@ def test_check_is_documented(schema):
     )
     assert request["required"] == ["feature"]
     # The breakdown fields are only present when asked for ("breakdown": true).
-    assert set(response["properties"]) == CHECK_FIELDS | {"nextExpiry", "grants"}
-    assert not {"nextExpiry", "grants"} & set(response.get("required", []))
+    optional = {"nextExpiry", "grants", "creditBalance", "creditCost"}
+    assert set(response["properties"]) == CHECK_FIELDS | optional
+    assert not optional & set(response.get("required", []))
     for status in ("400", "401", "403", "404", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 
@@ -54,7 +55,7 @@ def test_track_is_documented(schema):
     assert request["properties"]["idempotencyKey"]["maxLength"] == 255
     assert request["properties"]["amount"]["type"] == "integer"
     assert request["properties"]["properties"]["type"] == "object"
-    assert set(response["properties"]) == TRACK_FIELDS
+    assert set(response["properties"]) == TRACK_FIELDS | {"creditBalance", "creditCost"}
     for status in ("400", "402", "404", "409", "415", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 

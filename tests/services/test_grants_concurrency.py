@@ -103,3 +103,27 @@ def test_replays_of_an_idempotent_track_never_draw_twice(owner):
     pack.refresh_from_db()
     assert pack.consumed == 3
     assert audit_ledger() == []
+
+
+def test_two_features_drawing_from_one_pool_never_take_it_below_zero():
+    from kernia_billing.models import FeatureKind
+
+    credits = FeatureFactory(key="credits", kind=FeatureKind.CREDITS)
+    FeatureFactory(key="messages", credit_pool=credits, credit_cost=1)
+    FeatureFactory(key="images", credit_pool=credits, credit_cost=20)
+    plan = PlanFactory(key="ai", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=credits, included=100, reset_period=ResetPeriod.MONTH)
+    user = UserFactory()
+    kernia_billing.grant(user, "credits", 100, source="topup")
+
+    def work(i: int):
+        return kernia_billing.track(user, "images" if i % 2 else "messages", 1)
+
+    results = run_concurrently(THREADS, work)
+    assert_only_refusals(results)
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    spent = sum(20 if r.feature == "images" else 1 for r in accepted)
+    assert spent <= 200
+    assert kernia_billing.check(user, "credits").balance == 200 - spent >= 0
+    assert sum(e.amount for e in UsageEvent.objects.all()) == spent
+    assert audit_ledger() == []

@@ -17,7 +17,14 @@ from django.utils import timezone
 
 from ...exceptions import IdempotencyConflict, InvalidRequest, UnknownFeature
 from ...hygiene import validate_text
-from ...models import BillingCustomer, Entitlement, Feature, FeatureKind, Grant, GrantSource
+from ...models import (
+    CONSUMABLE_KINDS,
+    BillingCustomer,
+    Entitlement,
+    Feature,
+    Grant,
+    GrantSource,
+)
 from ..customers import get_or_create_customer
 from ..entitlements.rows import EntitlementRow, _load
 from ..locking import atomic_with_retry
@@ -26,7 +33,7 @@ from ..usage.validation import _validate_integer, validate_idempotency_key
 from .draw import lock_grants
 from .totals import consumption_key, lock_entitlement, refresh_totals
 
-GRANTABLE_KINDS = frozenset({FeatureKind.METERED})
+GRANTABLE_KINDS = CONSUMABLE_KINDS
 MAX_REASON_LENGTH = 500
 
 

@@ -22,6 +22,7 @@ from ...exceptions import (
 )
 from ...hygiene import validate_properties, validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     Entitlement,
     FeatureKind,
     UsageEvent,
@@ -122,7 +123,7 @@ def _prepare(
         row = rows_by_key[cache_key] = found
     if row.kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": request.feature})
-    if row.kind == FeatureKind.METERED and amount < 0:
+    if row.kind in CONSUMABLE_KINDS and amount < 0:
         raise InvalidRequest(
             "Metered usage only goes up: amount must be a positive integer.",
             fields={"amount": "Must be a positive integer."},

@@ -16,6 +16,7 @@ from ...exceptions import (
 )
 from ...hygiene import validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     Feature,
     FeatureKind,
     PlanFeature,
@@ -27,6 +28,7 @@ from ..entitlements.rows import EntitlementRow, _load
 from ..entitlements.sync import apply_default_plan, sync_entitlements
 from ..grants.expiry import current
 from ..grants.totals import breakdown as grant_breakdown
+from .pools import in_units, pool_of
 from .validation import _validate_required
 
 
@@ -78,13 +80,31 @@ def check(
     """
     required = _validate_required(required)
     validate_text(feature, "feature")
+    moment = now or timezone.now()
+    own = _load(owner, feature)
+    if own is not None:
+        own = current(own, moment)
+        result = _check_result(own, required, grants=_parts(own, moment, breakdown))
+        if result.allowed or own.kind not in CONSUMABLE_KINDS:
+            return result
+    pool = pool_of(feature)
+    if pool is not None:
+        # A feature's own entitlement first; the pool when it does not cover the amount.
+        pooled = check(owner, pool.pool, required * pool.cost, now=moment, breakdown=breakdown)
+        if pooled.reason in (None, "insufficient_balance") or own is None:
+            kind = own.kind if own is not None else "metered"
+            return in_units(pooled, pool, feature, kind, required)
+    if own is not None:
+        return result
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         return found
-    moment = now or timezone.now()
     entitlement = current(found, moment)
-    parts = grant_breakdown(entitlement, moment) if breakdown else None
-    return _check_result(entitlement, required, grants=parts)
+    return _check_result(entitlement, required, grants=_parts(entitlement, moment, breakdown))
+
+
+def _parts(row: EntitlementRow, moment: datetime, breakdown: bool) -> tuple[Any, ...] | None:
+    return grant_breakdown(row, moment) if breakdown else None
 
 
 def _check_result(

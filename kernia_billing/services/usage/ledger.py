@@ -23,6 +23,8 @@ _EVENT_COLUMNS = (
     "usage_after",
     "from_grants",
     "draws",
+    "used_feature_id",
+    "units",
 )
 
 

@@ -14,11 +14,14 @@ from ...exceptions import (
     IdempotencyConflict,
     InsufficientBalance,
     InvalidRequest,
+    NoPlan,
+    NotIncluded,
     NotTrackable,
     UsageBelowZero,
 )
 from ...hygiene import validate_properties, validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     BillingCustomer,
     Entitlement,
     Feature,
@@ -33,6 +36,7 @@ from ..grants.draw import draw
 from ..grants.expiry import expire_due
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _record_tracked, _track_result
+from .pools import pool_of, track_in_units
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -64,7 +68,38 @@ def track(
     idempotency_key = validate_idempotency_key(idempotency_key)
     validate_text(feature, "feature")
     fingerprint = _fingerprint(feature, amount, properties)
-    if now is None and not isinstance(owner, BillingCustomer):
+    try:
+        return _track(owner, feature, amount, idempotency_key, properties, fingerprint, now)
+    except (InsufficientBalance, NotIncluded, NoPlan):
+        pool = pool_of(feature) if amount > 0 else None
+        if pool is None:
+            raise
+    # A credit pool covers what the feature's own entitlement does not (see .pools).
+    result = _track(
+        owner,
+        pool.pool,
+        amount * pool.cost,
+        idempotency_key,
+        properties,
+        fingerprint,
+        now,
+        credit_use=(pool.feature_id, amount),
+    )
+    return track_in_units(result, pool, feature, amount)
+
+
+def _track(
+    owner: Any,
+    feature: str,
+    amount: int,
+    idempotency_key: str | None,
+    properties: dict[str, Any],
+    fingerprint: str,
+    now: datetime | None,
+    *,
+    credit_use: tuple[int, int] | None = None,
+) -> TrackResult:
+    if now is None and not isinstance(owner, BillingCustomer) and credit_use is None:
         tracked = _track_in_one_update(
             owner, feature, amount, idempotency_key, properties, fingerprint
         )
@@ -79,7 +114,7 @@ def track(
     kind = entitlement.kind
     if kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": feature})
-    if kind == FeatureKind.METERED and amount < 0:
+    if kind in CONSUMABLE_KINDS and amount < 0:
         raise InvalidRequest(
             "Metered usage only goes up: amount must be a positive integer.",
             fields={"amount": "Must be a positive integer."},
@@ -122,6 +157,8 @@ def track(
                         usage_after=usage_after,
                         from_grants=from_grants,
                         draws=draws,
+                        used_feature_id=credit_use[0] if credit_use else None,
+                        units=credit_use[1] if credit_use else None,
                     ),
                     feature=entitlement.feature,
                     unlimited=entitlement.unlimited,
@@ -221,7 +258,8 @@ def _deduct_by_owner_sql(vendor: str) -> str:
         f"JOIN {quote(BillingCustomer._meta.db_table)} c ON c.id = e.customer_id "
         f"JOIN {quote(Feature._meta.db_table)} f ON f.id = e.feature_id "
         "WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s "
-        f"AND f.kind <> '{FeatureKind.BOOLEAN}' AND (%s > 0 OR f.kind <> '{FeatureKind.METERED}')"
+        f"AND f.kind <> '{FeatureKind.BOOLEAN}' "
+        f"AND (%s > 0 OR f.kind NOT IN ('{FeatureKind.METERED}', '{FeatureKind.CREDITS}'))"
     )
     return (
         f"UPDATE {entitlement} SET {usage} = {usage} + %s, updated_at = %s "
