@@ -71,6 +71,7 @@ class Feature(models.Model):
     credit_cost = models.PositiveIntegerField(
         _("credit cost"),
         default=1,
+        db_default=1,
         validators=[MinValueValidator(1)],
         help_text=_("Credits one unit of this feature draws from its pool."),
     )
@@ -161,12 +162,14 @@ class PlanFeature(models.Model):
     rollover_max = models.BigIntegerField(
         _("rollover cap"),
         default=0,
+        db_default=0,
         validators=[MinValueValidator(0)],
         help_text=_("Unused included amount carried into later periods, up to this (0: off)."),
     )
     rollover_expires_after = models.PositiveIntegerField(
         _("rollover lifetime (periods)"),
         default=1,
+        db_default=1,
         validators=[MinValueValidator(1)],
         help_text=_("A rollover expires this many periods after the period it came from."),
     )

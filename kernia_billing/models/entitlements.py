@@ -48,15 +48,15 @@ class Entitlement(models.Model):
     allow_overage = models.BooleanField(default=False)
     usage = models.BigIntegerField(default=0)
     # The part of this period's usage drawn from grants (not from the plan's grant).
-    grant_usage = models.BigIntegerField(default=0)
+    grant_usage = models.BigIntegerField(default=0, db_default=0)
     # Sum of what remains of the customer's grants of this feature (expiry not yet
     # recorded included), and the soonest expiry among those with something left.
-    grant_remaining = models.BigIntegerField(default=0)
+    grant_remaining = models.BigIntegerField(default=0, db_default=0)
     grant_next_expiry = models.DateTimeField(null=True, blank=True)
     # Rollovers (copied from the plan feature): the cap of rolled-over balance (0 = off)
     # and how many periods a rollover lives.
-    rollover_max = models.BigIntegerField(default=0)
-    rollover_expires_after = models.PositiveIntegerField(default=1)
+    rollover_max = models.BigIntegerField(default=0, db_default=0)
+    rollover_expires_after = models.PositiveIntegerField(default=1, db_default=1)
     reset_period = models.CharField(
         max_length=16, choices=ResetPeriod.choices, default=ResetPeriod.NONE
     )

@@ -28,7 +28,7 @@ class UsageEvent(models.Model):
     # What the event drew from grants other than the plan's, and from which:
     # ``[{"grant": 17, "amount": 2}, {"grant": null, "amount": 3}]`` (null: the plan's
     # grant, or overage). None when everything came from the plan's grant.
-    from_grants = models.BigIntegerField(_("drawn from grants"), default=0)
+    from_grants = models.BigIntegerField(_("drawn from grants"), default=0, db_default=0)
     draws = models.JSONField(null=True, blank=True)
     # Credit pools: the event is on the pool (``amount`` credits); the feature used and
     # how many of its units.
