@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files served locally: no CDN, works offline
     "djstripe",
     "kernia_billing",
     "example_project.accounts",
@@ -125,7 +126,6 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "kernia_billing.api.exceptions.exception_handler",
 }
 
@@ -135,6 +135,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Stripe / dj-stripe -------------------------------------------------------------
@@ -154,6 +157,8 @@ KERNIA_BILLING = {
     "ORGANIZATION_MODEL": "accounts.Organization",
     "IS_ORGANIZATION_MEMBER": "example_project.accounts.billing.is_member",
     "PAST_DUE_GRACE": True,
+    # The local fake by default; None (the SDK's own base) for real Stripe.
+    "STRIPE_API_BASE": None if "api.stripe.com" in STRIPE_API_BASE else STRIPE_API_BASE,
 }
 
 LOGGING = {

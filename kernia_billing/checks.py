@@ -68,6 +68,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 )
             )
     errors.extend(_check_subscription_policy(user_settings))
+    api_base = user_settings.get("STRIPE_API_BASE")
+    if api_base is not None and not (
+        isinstance(api_base, str) and api_base.startswith(("http://", "https://"))
+    ):
+        errors.append(
+            Error(
+                f"KERNIA_BILLING['STRIPE_API_BASE'] = {api_base!r} is not an http(s) URL.",
+                hint='e.g. "http://127.0.0.1:12111" for the fake Stripe, or remove the key.',
+                id="kernia_billing.E010",
+            )
+        )
     member_path = user_settings.get("IS_ORGANIZATION_MEMBER")
     if isinstance(member_path, str):
         try:

@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     # (same patterns: "app.example.com", ".example.com"). A "*" in ALLOWED_HOSTS is
     # ignored for redirects, so a project serving any host lists its hosts here.
     "REDIRECT_ALLOWED_HOSTS": (),
+    # Where the Stripe SDK (module-level calls and ``StripeClient``, so dj-stripe too)
+    # sends requests; None keeps the SDK's own (Stripe). Point it at the fake Stripe
+    # (``python -m kernia_billing.testing.fake_stripe``), e.g. "http://127.0.0.1:12111".
+    "STRIPE_API_BASE": None,
 }
 
 
@@ -124,6 +128,11 @@ class BillingSettings:
     @property
     def REDIRECT_ALLOWED_HOSTS(self) -> tuple[str, ...]:
         return tuple(self._get("REDIRECT_ALLOWED_HOSTS"))
+
+    @property
+    def STRIPE_API_BASE(self) -> str | None:
+        value = self._get("STRIPE_API_BASE")
+        return str(value).rstrip("/") if value else None
 
 
 def _resolve_callable(value: Any) -> Callable[..., Any] | None:

@@ -14,7 +14,10 @@ Both work on plain Django views and, placed *under* ``@api_view`` (or through
 
 Answers when access is refused (a choice, the same for HTML and JSON views):
 
-- not signed in: 401 ``not_authenticated``; ``owner(request)`` returned None: 403;
+- not signed in: an HTML request (``Accept`` names ``text/html``, as browsers send)
+  goes to the login page (``settings.LOGIN_URL``, with ``?next=``), like
+  ``@login_required``; an API or JSON request gets 401 ``not_authenticated``;
+- ``owner(request)`` returned None: 403;
 - denied: **402** with the check's reason as code (``not_included``,
   ``insufficient_balance``, ``no_plan``), in the error shape
   ``{"error": {"code", "message", "fields"}}``;
@@ -72,6 +75,10 @@ def _refuse(request: Any, exc: Exception) -> HttpResponseBase:
     if isinstance(exc, BillingError):
         return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
     if isinstance(exc, drf_exceptions.NotAuthenticated):
+        if _wants_html(request):
+            from django.contrib.auth.views import redirect_to_login
+
+            return redirect_to_login(request.get_full_path())
         return JsonResponse(
             error_body("not_authenticated", str(exc.detail)),
             status=401,
@@ -79,6 +86,12 @@ def _refuse(request: Any, exc: Exception) -> HttpResponseBase:
         )
     assert isinstance(exc, drf_exceptions.APIException)
     return JsonResponse(error_body("permission_denied", str(exc.detail)), status=exc.status_code)
+
+
+def _wants_html(request: Any) -> bool:
+    """A browser page request, not a JSON/API call (which keeps its 401)."""
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and not request.headers.get("X-Requested-With")
 
 
 def _owner_of(request: Any, owner: OwnerCallable | None) -> Any:
@@ -134,12 +147,18 @@ def track_usage(
     amount: AmountArg = 1,
     owner: OwnerCallable | None = None,
     idempotency_header: str | None = IDEMPOTENCY_HEADER,
+    idempotency_key: Callable[[Any], str | None] | None = None,
+    track_redirects: bool = False,
     on_denied: Callable[[Any, CheckResult], HttpResponseBase] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Check before the view; track ``amount`` after it answered 2xx.
 
     Failed attempts (non-2xx, exceptions) are tracked only when
     ``BILL_FAILED_ATTEMPTS`` is on. ``amount`` may be ``callable(request) -> int``.
+    ``idempotency_key=callable(request)`` names the track (e.g. a token the form
+    carries, so a resubmitted form counts once); it wins over the header. An HTML
+    form view that answers with a redirect (post/redirect/get) passes
+    ``track_redirects=True`` so a 3xx counts as success.
     """
     from .services.usage import check, denial_error, track
 
@@ -149,7 +168,11 @@ def track_usage(
             try:
                 who = _owner_of(request, owner)
                 units = _amount_of(amount, request)
-                key = _idempotency_key(request, idempotency_header)
+                key = (
+                    _validated_key(idempotency_key(request), "idempotencyKey")
+                    if idempotency_key is not None
+                    else _idempotency_key(request, idempotency_header)
+                )
                 # Removing seats needs no balance; the track itself keeps usage >= 0.
                 required = units if isinstance(units, int) and units > 0 else 0
                 result = check(who, feature, required=required)
@@ -180,7 +203,8 @@ def track_usage(
                 if billing_settings.BILL_FAILED_ATTEMPTS:
                     record()
                 raise
-            succeeded = 200 <= getattr(response, "status_code", 500) < 300
+            status = getattr(response, "status_code", 500)
+            succeeded = 200 <= status < (400 if track_redirects else 300)
             if succeeded or billing_settings.BILL_FAILED_ATTEMPTS:
                 record()
             return response
@@ -196,3 +220,9 @@ def _idempotency_key(request: Any, header: str | None) -> str | None:
     if not header:
         return None
     return validate_idempotency_key(request.headers.get(header), field=header)
+
+
+def _validated_key(value: str | None, field: str) -> str | None:
+    from .services.usage.validation import validate_idempotency_key
+
+    return validate_idempotency_key(value, field=field)

@@ -36,6 +36,23 @@ class UnknownCustomer(BillingError):
     default_message = "No such billing customer."
 
 
+class InvalidOwner(BillingError, ValueError):
+    """Not something that can be billed: ``None``, an unsaved instance (a ``ValueError``
+    too, for code that caught the bare one)."""
+
+    code = "invalid_owner"
+    status = 400
+    default_message = "A billing owner must be a saved user or organization."
+
+
+class AnonymousOwner(InvalidOwner):
+    """``check(request.user, ...)`` before the user signed in."""
+
+    code = "not_authenticated"
+    status = 401
+    default_message = "An anonymous user has no billing customer; sign in first."
+
+
 class UnknownPlan(BillingError):
     code = "unknown_plan"
     status = 404

@@ -8,17 +8,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.apps import apps
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import CharField, Count, Prefetch, Q, QuerySet, Sum
+from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 from djstripe.models import WebhookEventTrigger
 
 from .conf import billing_settings
+from .exceptions import AnonymousOwner, InvalidOwner
 from .models import (
     BillingCustomer,
     CatalogPrice,
     CatalogProduct,
+    Entitlement,
     Plan,
     PlanFeature,
     PlanPrice,
@@ -33,8 +37,10 @@ def owner_ref(owner: Any) -> tuple[int, str]:
     """``(content type id, primary key)`` of a user or organization; no query once cached."""
     if isinstance(owner, BillingCustomer):
         return owner.owner_type_id, owner.owner_id
+    if getattr(owner, "is_anonymous", False) is True:
+        raise AnonymousOwner()
     if owner is None or getattr(owner, "pk", None) is None:
-        raise ValueError("A billing owner must be a saved model instance.")
+        raise InvalidOwner()
     content_type = ContentType.objects.get_for_model(owner, for_concrete_model=True)
     return content_type.pk, str(owner.pk)
 
@@ -76,11 +82,16 @@ def status_entitles(status: str) -> bool:
 
 
 def pending_review_count() -> int:
-    """Products and prices (not deleted in Stripe) that await review."""
+    """Decisions that staff still owe: pending prices, and pending products with no
+    pending price (a product with pending prices is settled by reviewing them, see
+    ``services.catalog.review._settle_products``). Rows deleted in Stripe need no decision."""
     pending = Q(review_state=ReviewState.PENDING, deleted_in_stripe=False)
+    pending_prices = CatalogPrice.objects.filter(pending)
     return (
-        CatalogProduct.objects.filter(pending).count()
-        + CatalogPrice.objects.filter(pending).count()
+        pending_prices.count()
+        + CatalogProduct.objects.filter(pending)
+        .exclude(pk__in=pending_prices.filter(product__isnull=False).values("product_id"))
+        .count()
     )
 
 
@@ -94,6 +105,61 @@ def flagged_mapped_prices() -> QuerySet[CatalogPrice]:
 
 
 # --- usage history (GET billing/usage) ---------------------------------------------------
+
+
+def owner_search(term: str, *, prefix: str = "") -> Q:
+    """Billing customers whose owner's name or email contains ``term``.
+
+    The owner is generic, so the admin's ``search_fields`` cannot reach it: users match
+    on username, email, first and last name; organizations on their name (or slug).
+    """
+    models: list[tuple[Any, tuple[str, ...]]] = [
+        (get_user_model(), ("username", "email", "first_name", "last_name"))
+    ]
+    if billing_settings.ORGANIZATION_MODEL:
+        models.append((apps.get_model(billing_settings.ORGANIZATION_MODEL), ("name", "slug")))
+    found = Q(pk__in=[])
+    for model, candidates in models:
+        names = {f.name for f in model._meta.get_fields()}
+        lookups = Q()
+        for field in candidates:
+            if field in names:
+                lookups |= Q(**{f"{field}__icontains": term})
+        if not lookups:
+            continue
+        ids = (
+            model._default_manager.filter(lookups)
+            .annotate(owner_key=Cast("pk", CharField()))
+            .values("owner_key")
+        )
+        found |= Q(
+            **{
+                f"{prefix}owner_type": ContentType.objects.get_for_model(model),
+                f"{prefix}owner_id__in": ids,
+            }
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class GrantImpact:
+    """What lowering (or removing) one plan feature would do to current customers."""
+
+    customers: int  # customers on the plan who hold the feature now
+    negative: int  # of them, those whose usage already exceeds the new amount
+
+
+def lower_grant_impact(plan: Any, feature_id: int, *, included: int | None) -> GrantImpact:
+    """Customers of ``plan`` affected if the feature's grant becomes ``included``.
+
+    ``included=None`` means the feature leaves the plan.
+    """
+    held = Entitlement.objects.filter(customer__plan=plan, feature_id=feature_id, granted=True)
+    counts = held.aggregate(
+        customers=Count("pk"),
+        negative=Count("pk", filter=Q(usage__gt=included if included is not None else 0)),
+    )
+    return GrantImpact(customers=counts["customers"], negative=counts["negative"])
 
 
 def usage_events(
@@ -184,6 +250,8 @@ def pricing_plans() -> QuerySet[Any]:
 # - ``invalid_signature``: refused with 400; nothing processed.
 
 WEBHOOK_HEALTH_WINDOW = timedelta(hours=24)
+REFUSED_MESSAGE = "Invalid signature: refused with HTTP 400, nothing was processed."
+PENDING_MESSAGE = "Valid, but not processed."
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +270,11 @@ class WebhookHealth:
     invalid_signature: int
     by_type: dict[str, int]
     last_failure: WebhookFailure | None
+
+    @property
+    def failures(self) -> int:
+        """Deliveries that changed nothing: receiver failures and refused signatures."""
+        return self.failed + self.invalid_signature
 
 
 def _event_type(body: str) -> str:
@@ -237,10 +310,11 @@ def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
         by_type[_event_type(body)] += 1
 
     last = WebhookEventTrigger.objects.order_by("-created").values_list("created", flat=True)
+    # A refused delivery (bad signature) is a failure too: nothing it carried was applied.
     failure = (
-        WebhookEventTrigger.objects.filter(~Q(exception=""))
-        .order_by("-updated")
-        .values_list("updated", "body", "exception")
+        WebhookEventTrigger.objects.filter(processed=False)
+        .order_by("-updated", "-pk")
+        .values_list("updated", "body", "exception", "valid")
         .first()
     )
     return WebhookHealth(
@@ -250,7 +324,11 @@ def webhook_health(*, now: datetime | None = None) -> WebhookHealth:
         failed=counts["n_failed"],
         invalid_signature=counts["n_invalid"],
         by_type=dict(sorted(by_type.items())),
-        last_failure=WebhookFailure(at=failure[0], type=_event_type(failure[1]), message=failure[2])
+        last_failure=WebhookFailure(
+            at=failure[0],
+            type=_event_type(failure[1]),
+            message=failure[2] or (REFUSED_MESSAGE if not failure[3] else PENDING_MESSAGE),
+        )
         if failure
         else None,
     )

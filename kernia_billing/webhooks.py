@@ -93,6 +93,9 @@ HANDLERS: dict[str, Callable[[Event], None]] = {
     "price.deleted": on_price,
 }
 
+#: Every event type a receiver handles: what ``kernia_register_webhook`` enables.
+RECEIVED_EVENTS = sorted(HANDLERS)
+
 
 @djstripe_receiver(list(HANDLERS))
 def receive(sender: Any, event: Event, **kwargs: Any) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures. The fake Stripe API comes from the package's own pytest plugin."""
+"""Shared fixtures. The fake Stripe API, ``stripe_settings`` and ``webhook_endpoint`` come
+from the package's own pytest plugin, as a downstream project would use them."""
 
 from __future__ import annotations
 
@@ -57,50 +58,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture
-def stripe_settings(settings, fake_stripe):
-    """Django settings whose Stripe key is the one the fake is serving with."""
-    from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY
-
-    settings.STRIPE_TEST_SECRET_KEY = FAKE_STRIPE_API_KEY
-    settings.STRIPE_LIVE_MODE = False
-    return settings
-
-
-@pytest.fixture
-def webhook_endpoint(db, stripe_settings, fake_stripe):
-    """A dj-stripe WebhookEndpoint row and its fake Stripe twin sharing one secret.
-
-    Returns the dj-stripe row; POST signed events to ``webhook_url(endpoint)``.
-    """
-    from djstripe.models import WebhookEndpoint
-
-    data = fake_stripe.register_webhook_endpoint("http://testserver/stripe/webhook/")
-    fake_stripe.webhook_delivery = False  # tests post events themselves
-    endpoint = WebhookEndpoint.sync_from_stripe_data(
-        data, api_key=stripe_settings.STRIPE_TEST_SECRET_KEY
-    )
-    endpoint.secret = data["secret"]
-    endpoint.save()
-    return endpoint
-
-
-def webhook_url(endpoint) -> str:
-    from django.urls import reverse
-
-    return reverse("djstripe:djstripe_webhook_by_uuid", kwargs={"uuid": endpoint.djstripe_uuid})
-
-
-def post_event(client, endpoint, fake_stripe, event, *, secret=None, timestamp=None):
-    """POST a fake Stripe event, signed as Stripe signs it, to dj-stripe's endpoint."""
-    body, headers = fake_stripe.sign_webhook(
-        event, secret=secret or endpoint.secret, timestamp=timestamp
-    )
-    return client.post(
-        webhook_url(endpoint),
-        body,
-        content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=headers["Stripe-Signature"],
-    )

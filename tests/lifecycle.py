@@ -16,7 +16,6 @@ from djstripe.models import WebhookEndpoint
 from kernia_billing.models import FeatureKind, Plan, ResetPeriod
 from kernia_billing.services import catalog
 from kernia_billing.testing import FakeStripe
-from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, PlanPriceFactory
 
 
@@ -155,12 +154,6 @@ def stale_timestamp() -> int:
 
 
 # --- fixtures (imported by the lifecycle test modules) -----------------------------------
-
-
-@pytest.fixture
-def stripe_settings(settings: Any) -> Any:
-    settings.STRIPE_TEST_SECRET_KEY = FAKE_STRIPE_API_KEY
-    return settings
 
 
 @pytest.fixture

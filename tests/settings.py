@@ -6,3 +6,6 @@ PBKDF2 costs ~0.3 s per hash on purpose; factories hash a password for every use
 from example_project.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Tests point the SDK at the fake through the ``fake_stripe`` fixture, per test.
+KERNIA_BILLING = {k: v for k, v in KERNIA_BILLING.items() if k != "STRIPE_API_BASE"}  # noqa: F405

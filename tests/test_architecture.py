@@ -38,6 +38,8 @@ ALLOWED_IN_FUNCTION_IMPORTS = {
     # App start-up: receivers and checks are registered once the registry is ready.
     ("kernia_billing.apps", "kernia_billing.webhooks"),
     ("kernia_billing.apps", "kernia_billing.checks"),
+    ("kernia_billing.apps", "kernia_billing.services"),
+    ("kernia_billing.apps", "kernia_billing.services.stripe_gateway"),
     # Decorators are imported by a project's views modules; the services they call
     # import models, which must wait for the app registry (like the lazy public API).
     ("kernia_billing.decorators", "kernia_billing.services"),
@@ -45,6 +47,11 @@ ALLOWED_IN_FUNCTION_IMPORTS = {
     ("kernia_billing.decorators", "kernia_billing.services.usage.check"),
     ("kernia_billing.decorators", "kernia_billing.services.usage.track"),
     ("kernia_billing.decorators", "kernia_billing.services.usage.validation"),
+    # The pytest plugin imports kernia_billing.testing before Django is set up; the
+    # override helpers reach models and services only when a test uses them.
+    ("kernia_billing.testing.overrides", "kernia_billing.models"),
+    ("kernia_billing.testing.overrides", "kernia_billing.services"),
+    ("kernia_billing.testing.overrides", "kernia_billing.services.customers"),
 }
 
 

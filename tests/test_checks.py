@@ -97,3 +97,24 @@ def test_the_example_project_runs_with_debug_off_unless_asked(monkeypatch):
     assert importlib.reload(example).DEBUG is True
     monkeypatch.delenv("DJANGO_DEBUG")
     importlib.reload(example)
+
+
+def test_stripe_api_base_points_the_sdk_and_stripe_client_at_the_fake(settings, fake_stripe):
+    import stripe
+    from stripe import _stripe_client
+
+    from kernia_billing.testing.pytest_plugin import FAKE_STRIPE_API_KEY
+
+    settings.KERNIA_BILLING = {**settings.KERNIA_BILLING, "STRIPE_API_BASE": "http://127.0.0.1:9"}
+    assert stripe.api_base == "http://127.0.0.1:9"
+    assert _stripe_client.DEFAULT_API_BASE == "http://127.0.0.1:9"
+
+    settings.KERNIA_BILLING = {**settings.KERNIA_BILLING, "STRIPE_API_BASE": fake_stripe.url}
+    client = stripe.StripeClient(FAKE_STRIPE_API_KEY)  # as dj-stripe builds one
+    assert client.v1.customers.create(params={"email": "c@example.com"}).id.startswith("cus_")
+    assert stripe.Customer.create(email="d@example.com", api_key=FAKE_STRIPE_API_KEY).id
+
+
+def test_a_bad_stripe_api_base_is_e010(settings):
+    settings.KERNIA_BILLING = {**settings.KERNIA_BILLING, "STRIPE_API_BASE": "127.0.0.1:12111"}
+    assert "kernia_billing.E010" in {m.id for m in check_settings()}

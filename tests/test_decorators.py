@@ -121,6 +121,18 @@ def test_on_denied_lets_html_views_answer_their_own_way(plan, user):
     assert response.content == b"Upgrade to get exports (not_included)"
 
 
+def test_an_anonymous_browser_is_sent_to_the_login_page(plan, settings):
+    settings.LOGIN_URL = "/login/"
+    for decorator in (requires_feature("sso"), track_usage("messages")):
+        view = decorator(Calls())
+        page = view(get(HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8"))
+        assert page.status_code == 302
+        assert page["Location"] == "/login/?next=/action"
+        api = view(get(HTTP_ACCEPT="application/json"))
+        assert api.status_code == 401
+        assert error_of(api, 401)["code"] == "not_authenticated"
+
+
 # --- track_usage -------------------------------------------------------------------------
 
 
@@ -139,6 +151,22 @@ def test_track_usage_does_not_track_failures(plan, user, status):
 
     assert response.status_code == status
     assert usage(user) == 0
+
+
+def test_track_usage_with_track_redirects_counts_a_post_redirect_get_once_per_key(plan, user):
+    view = track_usage(
+        "messages",
+        idempotency_key=lambda request: request.headers.get("X-Form-Token"),
+        track_redirects=True,
+    )(Calls(status=302))
+
+    assert view(get(user, HTTP_X_FORM_TOKEN="abc")).status_code == 302
+    assert view(get(user, HTTP_X_FORM_TOKEN="abc")).status_code == 302
+    assert usage(user) == 1
+    assert UsageEvent.objects.get().idempotency_key == "abc"
+    failed = track_usage("messages", track_redirects=True)(Calls(status=404))(get(user))
+    assert failed.status_code == 404
+    assert usage(user) == 1
 
 
 def test_track_usage_does_not_track_a_view_that_raises(plan, user):

@@ -54,3 +54,19 @@ def test_python_api_raises_domain_errors(plan, user):
 def test_unknown_public_names_raise_attribute_error():
     with pytest.raises(AttributeError):
         kernia_billing.does_not_exist  # noqa: B018
+
+
+def test_an_anonymous_user_or_an_unsaved_owner_is_a_billing_error(plan):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import AnonymousUser
+
+    from kernia_billing.exceptions import AnonymousOwner, BillingError, InvalidOwner
+
+    with pytest.raises(AnonymousOwner) as anonymous:
+        kernia_billing.check(AnonymousUser(), "messages")
+    assert isinstance(anonymous.value, BillingError)
+    assert (anonymous.value.code, anonymous.value.status) == ("not_authenticated", 401)
+    with pytest.raises(InvalidOwner):
+        kernia_billing.track(get_user_model()(username="unsaved"), "messages", 1)
+    with pytest.raises(InvalidOwner):
+        kernia_billing.customer_state(None)

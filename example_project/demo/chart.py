@@ -13,7 +13,16 @@ from typing import Any
 
 WIDTH = 960
 HEIGHT = 260
-PAD_LEFT = 44
+#: The narrow chart for phones: fewer days in a viewBox close to the screen's width,
+#: so its 12px labels are drawn at about 12px.
+COMPACT_WIDTH = 360
+COMPACT_DAYS = 7
+PAD_LEFT = 44  # at least; widened to fit the longest y-axis label
+#: Width of one label character at the axis font size (12px), generously.
+LABEL_CHAR_WIDTH = 7.5
+LABEL_GAP = 10
+#: A day's slot narrower than this labels every other day ("Nov 25" is ~45 units).
+MIN_LABEL_SLOT = 56
 PAD_RIGHT = 12
 PAD_TOP = 14
 PAD_BOTTOM = 34
@@ -63,9 +72,13 @@ def _nice_step(value: int) -> int:
     return 10 * magnitude
 
 
-def daily_bars(totals: Iterable[Mapping[str, Any]], *, days: int, today: dt.date) -> Chart:
+def daily_bars(
+    totals: Iterable[Mapping[str, Any]], *, days: int, today: dt.date, width: int = WIDTH
+) -> Chart:
     """One bar per day for the ``days`` days up to ``today``; ``totals`` rows have
-    ``date`` and ``amount`` (several rows per day are summed, e.g. one per feature)."""
+    ``date`` and ``amount`` (several rows per day are summed, e.g. one per feature).
+
+    The plot starts right of the longest y-axis label, so ``80,000`` is never clipped."""
     per_day: dict[dt.date, int] = {}
     for row in totals:
         per_day[row["date"]] = per_day.get(row["date"], 0) + int(row["amount"] or 0)
@@ -73,7 +86,8 @@ def daily_bars(totals: Iterable[Mapping[str, Any]], *, days: int, today: dt.date
     values = [max(per_day.get(day, 0), 0) for day in dates]
     step = _nice_step(-(-max(values, default=0) // GRID_STEPS))
     top = step * GRID_STEPS
-    plot_width = WIDTH - PAD_LEFT - PAD_RIGHT
+    pad_left = max(PAD_LEFT, round(len(f"{top:,}") * LABEL_CHAR_WIDTH) + LABEL_GAP)
+    plot_width = width - pad_left - PAD_RIGHT
     plot_height = HEIGHT - PAD_TOP - PAD_BOTTOM
     baseline = PAD_TOP + plot_height
     slot = plot_width / max(days, 1)
@@ -82,10 +96,10 @@ def daily_bars(totals: Iterable[Mapping[str, Any]], *, days: int, today: dt.date
     for index, (day, value) in enumerate(zip(dates, values, strict=True)):
         height = plot_height * value / top
         # Label every other day when crowded, always the last one.
-        show_label = days <= 16 or index % 2 == (days - 1) % 2
+        show_label = (days <= 16 and slot >= MIN_LABEL_SLOT) or index % 2 == (days - 1) % 2
         bars.append(
             Bar(
-                x=round(PAD_LEFT + index * slot + (slot - bar_width) / 2, 2),
+                x=round(pad_left + index * slot + (slot - bar_width) / 2, 2),
                 y=round(baseline - height, 2),
                 width=round(bar_width, 2),
                 height=round(height, 2),
@@ -99,10 +113,10 @@ def daily_bars(totals: Iterable[Mapping[str, Any]], *, days: int, today: dt.date
         for n in range(GRID_STEPS + 1)
     )
     return Chart(
-        width=WIDTH,
+        width=width,
         height=HEIGHT,
-        plot_left=PAD_LEFT,
-        plot_right=WIDTH - PAD_RIGHT,
+        plot_left=pad_left,
+        plot_right=width - PAD_RIGHT,
         baseline=baseline,
         bars=tuple(bars),
         grid=grid,

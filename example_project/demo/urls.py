@@ -12,6 +12,7 @@ urlpatterns = [
     path("switch/", views.switch, name="switch"),
     path("checkout/", views.checkout, name="checkout"),
     path("checkout/return/", views.checkout_return, name="checkout-return"),
+    path("checkout/cancelled/", views.checkout_cancelled, name="checkout-cancelled"),
     path("portal/", views.portal, name="portal"),
     path("catalog/", views.catalog, name="catalog"),
     path("console/", views.console, name="console"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import uuid
 from typing import Any
 
 from django.contrib import messages
@@ -34,7 +36,7 @@ from kernia_billing.services.customers import customer_state
 from kernia_billing.services.usage import check
 from kernia_billing.types import CheckResult
 
-from . import chart, webhook_health
+from . import chart, currency, webhook_health
 from .owners import current_owner, switch_owner
 
 #: The product action behind "use the feature": sending messages.
@@ -42,6 +44,8 @@ USE_FEATURE = "messages"
 MAX_MESSAGES_PER_CLICK = 100_000
 CHART_DAYS = 14
 USAGE_ROWS = 50
+SENT_SESSION_KEY = "demo_sent"
+SUBMISSION_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 def _page(request: HttpRequest, section: str, **context: Any) -> dict[str, Any]:
@@ -78,7 +82,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     state = customer_state(context["owner"])
     # Subscribers change plans in the billing portal; a second checkout is refused.
     subscribed = state.subscription is not None and status_entitles(state.subscription.status)
-    context.update(state=state, plans=selectors.pricing_plans(), subscribed=subscribed)
+    plans = list(selectors.pricing_plans())
+    currencies = sorted({pp.price.currency for plan in plans for pp in plan.offered_prices})
+    chosen = currency.visitor_currency(request, currencies)
+    for plan in plans:
+        plan.shown_prices = currency.prices_in(plan, chosen)
+    context.update(
+        state=state,
+        plans=plans,
+        subscribed=subscribed,
+        currency=chosen,
+        currencies=currencies,
+    )
     return render(request, "demo/dashboard.html", context)
 
 
@@ -92,7 +107,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
             owner,
             price=request.POST.get("price", ""),
             success_url=_absolute(request, "demo:checkout-return"),
-            cancel_url=_absolute(request, "demo:dashboard"),
+            cancel_url=_absolute(request, "demo:checkout-cancelled"),
         )
     except BillingError as exc:
         messages.error(request, f"Checkout could not start: {exc.message}")
@@ -115,6 +130,14 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"Thank you! You are now on the {plan_name} plan.")
     else:
         messages.warning(request, f"Checkout is {result.status}: nothing changed yet.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_GET
+def checkout_cancelled(request: HttpRequest) -> HttpResponse:
+    """Back from Stripe Checkout without paying: say so."""
+    messages.info(request, "Checkout cancelled: nothing was charged and your plan is unchanged.")
     return redirect("demo:dashboard")
 
 
@@ -168,6 +191,10 @@ def _console(request: HttpRequest, status: int = 200, **extra: Any) -> HttpRespo
         feature=feature,
         amount=amount,
         use_feature=USE_FEATURE,
+        # One token per rendered form: the send's idempotency key, so a resubmitted
+        # form (double click, back + resend) is counted once.
+        submission=uuid.uuid4().hex,
+        sent=request.session.pop(SENT_SESSION_KEY, ""),
         **extra,
     )
     if "result_json" not in context and "feature" in request.GET:
@@ -222,20 +249,42 @@ def _refused(request: HttpRequest, result: CheckResult) -> HttpResponseBase:
     return _console(request, status=402, refused=f"Not sent: {why}.", refused_result=result)
 
 
+def _submission_key(request: HttpRequest) -> str | None:
+    token = request.POST.get("submission", "")
+    return f"demo-send-{token}" if SUBMISSION_TOKEN.fullmatch(token) else None
+
+
 @login_required
 @require_POST
 @track_usage(
     USE_FEATURE,
     amount=_message_count,
     owner=lambda request: current_owner(request).owner,
+    idempotency_key=_submission_key,
+    track_redirects=True,
     on_denied=_refused,
 )
 def send_messages(request: HttpRequest) -> HttpResponse:
-    """The fake product action: "send" messages. ``@track_usage`` checks, then tracks on 2xx."""
+    """The fake product action: "send" messages, then redirect (post/redirect/get).
+
+    ``@track_usage`` checks first and tracks after the redirect with the form's token as
+    idempotency key: reloading the result page is a GET, and a resubmitted form is
+    counted once.
+    """
     count = _message_count(request)
-    text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
-    sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
-    return _console(request, sent=sent)
+    key = _submission_key(request)
+    customer = get_customer(current_owner(request).owner)
+    if (
+        key
+        and customer
+        and selectors.usage_events(customer.pk).filter(idempotency_key=key).exists()
+    ):
+        sent = "Already sent: this form was submitted before, nothing was charged again."
+    else:
+        text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
+        sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
+    request.session[SENT_SESSION_KEY] = sent
+    return redirect("demo:console")
 
 
 # --- usage history ---------------------------------------------------------------------
@@ -259,6 +308,10 @@ def usage(request: HttpRequest) -> HttpResponse:
     context.update(
         events=events[:USAGE_ROWS],
         chart=chart.daily_bars(totals, days=CHART_DAYS, today=today),
+        chart_compact=chart.daily_bars(
+            totals, days=chart.COMPACT_DAYS, today=today, width=chart.COMPACT_WIDTH
+        ),
+        chart_compact_days=chart.COMPACT_DAYS,
         features=Feature.objects.filter(archived=False, kind=FeatureKind.METERED).order_by("name"),
         feature=feature_row.key if feature_row else "",
         chart_days=CHART_DAYS,
@@ -272,6 +325,11 @@ def usage(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def webhooks(request: HttpRequest) -> HttpResponse:
-    """Last event received, counts by outcome and by type, recent deliveries."""
+    """Last event received, counts by outcome and by type, recent deliveries.
+
+    Staff only: the deliveries carry every customer's Stripe events.
+    """
+    if not request.user.is_staff:
+        return render(request, "demo/staff_only.html", _page(request, "webhooks"), status=403)
     context = _page(request, "webhooks", health=webhook_health.summary())
     return render(request, "demo/webhooks.html", context)

@@ -240,18 +240,33 @@ class CatalogPriceAdmin(ReviewedStripeObjectAdmin):
             return None
         prices = list(queryset.select_related("product", "plan_mapping__plan"))
         blocked = []
+        elsewhere = []
         for price in prices:
             mapping = getattr(price, "plan_mapping", None)
             price.mapped_plan = mapping.plan.key if mapping else ""  # type: ignore[attr-defined]
+            if mapping is not None:
+                elsewhere.append(f"{price.stripe_id} ({mapping.plan.key})")
             if price.review_state != ReviewState.APPROVED:
                 blocked.append(f"{price.stripe_id} ({price.get_review_state_display()})")
+        if len(blocked) == len(prices):
+            # Nothing here could be mapped: say so instead of offering a form that fails.
+            self.message_user(
+                request,
+                _("None of the selected prices is approved; approve them first: %(prices)s.")
+                % {"prices": ", ".join(blocked)},
+                messages.ERROR,
+            )
+            return None
         context = {
             **self.admin_site.each_context(request),
             "title": _("Map prices to a plan"),
             "opts": self.model._meta,
             "queryset": prices,
+            # No plan is pre-selected: the default (free) plan first in the list must
+            # not receive a paid price because staff clicked through.
             "plans": Plan.objects.all(),
             "blocked": blocked,
+            "mapped_elsewhere": elsewhere,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "media": self.media,
         }

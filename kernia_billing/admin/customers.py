@@ -1,4 +1,4 @@
-"""Billing customers with their entitlements and usage, the usage ledger, webhook health.
+"""Billing customers with their entitlements and usage, and the usage ledger.
 
 Everything here is read-only: Stripe (through the webhooks) and the services write
 these rows, so the admin shows them and changes nothing. Lists select or prefetch
@@ -10,20 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
-from ..selectors import webhook_health
+from ..selectors import owner_search
 from .grants import GrantCreditsMixin
 
 #: Usage events shown on a customer's page; the rest are one click away.
 RECENT_USAGE_EVENTS = 50
+
+
+def _with_owner_search(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Any, term: str, *, prefix: str
+) -> tuple[Any, bool]:
+    """The admin's own search, or-ed with a search by the owner's name and email."""
+    results, duplicates = admin.ModelAdmin.get_search_results(model_admin, request, queryset, term)
+    if term.strip():
+        results = results | queryset.filter(owner_search(term.strip(), prefix=prefix))
+    return results, duplicates
 
 
 class ReadOnlyAdminMixin:
@@ -107,10 +115,12 @@ class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdm
 
     @admin.display(description=_("owner"), ordering="owner_id")
     def owner_name(self, obj: BillingCustomer) -> str:
-        kind = obj.owner_type.model
-        if obj.owner is None:
-            return f"{kind} {obj.owner_id} ({_('deleted')})"
-        return f"{kind}: {obj.owner}"
+        return obj.owner_label
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[BillingCustomer], search_term: str
+    ) -> tuple[QuerySet[BillingCustomer], bool]:
+        return _with_owner_search(self, request, queryset, search_term, prefix="")
 
     @admin.display(description=_("last usage events"))
     def recent_usage(self, obj: BillingCustomer) -> str:
@@ -153,37 +163,16 @@ class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdm
             link,
         )
 
-    def get_urls(self) -> list[URLPattern]:
-        health = path(
-            "webhooks/health/",
-            self.admin_site.admin_view(self.webhook_health_view),
-            name="kernia_billing_webhook_health",
-        )
-        return [health, *super().get_urls()]
-
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
             "webhook_health_url": reverse(
-                "admin:kernia_billing_webhook_health", current_app=self.admin_site.name
+                "admin:kernia_billing_webhookdelivery_changelist", current_app=self.admin_site.name
             ),
         }
         return super().changelist_view(request, extra_context)
-
-    def webhook_health_view(self, request: HttpRequest) -> HttpResponse:
-        """The numbers of ``GET billing/webhooks/health``, for staff who may view customers."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        context = {
-            **self.admin_site.each_context(request),
-            "title": _("Webhook health"),
-            "opts": self.model._meta,
-            "health": webhook_health(),
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/kernia_billing/webhook_health.html", context)
 
 
 @admin.register(UsageEvent)
@@ -201,3 +190,12 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ["idempotency_key", "=customer__stripe_customer_id", "=customer__owner_id"]
     list_select_related = ["customer__owner_type", "feature"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageEvent]:
+        # The owner (name, email) of every row's customer, one query per owner model.
+        return super().get_queryset(request).prefetch_related("customer__owner")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        return _with_owner_search(self, request, queryset, search_term, prefix="customer__")

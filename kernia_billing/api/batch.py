@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample
 from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,6 +32,7 @@ from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, TAG, _error
 from .exceptions import describe_api_exception
 from .owners import IsBillingCaller, OwnerMixin, can_manage_billing, owner_identifiers
+from .schema import extend_schema
 from .serializers import (
     ErrorDetailSerializer,
     OwnerSerializer,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -20,6 +20,7 @@ from .. import selectors
 from ..services import catalog as catalog_service
 from .base import BillingAPIView
 from .permissions import CanManageBilling
+from .schema import extend_schema
 from .serializers import ErrorSerializer
 
 TAG = "catalog"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,6 +25,7 @@ from ..selectors import get_customer
 from ..services import usage
 from .base import BillingAPIView
 from .owners import IsBillingCaller, OwnerMixin
+from .schema import extend_schema
 from .serializers import (
     CheckResultSerializer,
     CheckSerializer,

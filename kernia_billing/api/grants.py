@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +27,7 @@ from ..services.usage.validation import MAX_IDEMPOTENCY_KEY_LENGTH
 from .base import BillingAPIView
 from .owners import IsBillingCaller, OwnerMixin
 from .permissions import CanManageBilling
+from .schema import extend_schema
 from .serializers import (
     MAX_FEATURE_KEY_LENGTH,
     ErrorSerializer,

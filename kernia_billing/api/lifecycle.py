@@ -16,7 +16,7 @@ from typing import Any
 
 from django.http import HttpResponseRedirect
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,6 +38,7 @@ from .lifecycle_serializers import (
 )
 from .owners import IsBillingCaller, OwnerMixin
 from .permissions import CanManageBilling
+from .schema import extend_schema
 from .serializers import OwnerSerializer
 
 TAG = "lifecycle"

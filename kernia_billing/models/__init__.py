@@ -1,4 +1,4 @@
-"""Models, split by sub-domain: catalog, customers, entitlements, grants, usage."""
+"""Models, split by sub-domain: catalog, customers, entitlements, grants, usage, webhooks."""
 
 from .catalog import (
     CONSUMABLE_KINDS,
@@ -16,12 +16,14 @@ from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
 from .usage import UsageEvent
+from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "CONSUMABLE_KINDS",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
+    "DeliveryOutcome",
     "Entitlement",
     "Feature",
     "FeatureKind",
@@ -33,4 +35,5 @@ __all__ = [
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",
+    "WebhookDelivery",
 ]

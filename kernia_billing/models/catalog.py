@@ -92,7 +92,37 @@ class Feature(models.Model):
     def __str__(self) -> str:
         return self.key
 
+    #: Fields that customers' entitlements and usage depend on: frozen once in use.
+    FROZEN_WHEN_IN_USE = ("key", "kind")
+
+    def in_use(self) -> bool:
+        """Whether any customer has an entitlement to, or usage of, this feature."""
+        if self.pk is None:
+            return False
+        return self.kernia_entitlements.exists() or self.kernia_usage_events.exists()  # type: ignore[attr-defined]
+
     def clean(self) -> None:
+        self._clean_credit_pool()
+        # Renaming a used feature breaks every check/track call that names it, and a
+        # new kind reinterprets the usage already recorded: add a new feature instead.
+        if self.pk is None or not self.in_use():
+            return
+        stored = Feature.objects.filter(pk=self.pk).values(*self.FROZEN_WHEN_IN_USE).first()
+        if stored is None:
+            return
+        errors = {
+            name: _(
+                "Customers use this feature, so its %(field)s cannot change. Add a new "
+                "feature, map it to the plans, then archive this one."
+            )
+            % {"field": name}
+            for name in self.FROZEN_WHEN_IN_USE
+            if getattr(self, name) != stored[name]
+        }
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_credit_pool(self) -> None:
         if self.credit_pool_id is None:
             return
         pool = self.credit_pool

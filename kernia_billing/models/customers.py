@@ -64,4 +64,18 @@ class BillingCustomer(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.owner_type.model}:{self.owner_id}"
+        return self.owner_label
+
+    @property
+    def owner_label(self) -> str:
+        """``Ada Lovelace <ada@example.com>`` for a user, ``Acme (organization)`` otherwise."""
+        kind = self.owner_type.model
+        owner = self.owner
+        if owner is None:
+            return f"{kind} {self.owner_id} ({_('deleted')})"
+        email = getattr(owner, "email", "")
+        if email:
+            get_full_name = getattr(owner, "get_full_name", None)
+            name = (get_full_name() if callable(get_full_name) else "") or str(owner)
+            return f"{name} <{email}>" if name != email else email
+        return f"{owner} ({kind})"

@@ -49,6 +49,21 @@ def resolve_plan(snapshot: SubscriptionSnapshot | None) -> Plan | None:
     return default_plan()
 
 
+def set_plan(customer: BillingCustomer, plan: Plan | None) -> None:
+    """Put ``customer`` on ``plan`` (None: no plan) and bring its entitlements in line.
+
+    Usage is kept, as on a plan change. The next Stripe state applied to the customer
+    (a webhook, a reconcile) decides the plan again; this is for tests and tools that
+    run without Stripe (``kernia_billing.testing.override_plan``).
+    """
+    with transaction.atomic():
+        locked = lock_customer(customer.pk)
+        locked.plan = plan
+        locked.save(update_fields=["plan", "updated_at"])
+        sync_entitlements(locked)
+    customer.refresh_from_db()
+
+
 def apply_subscription(
     customer: BillingCustomer,
     snapshot: SubscriptionSnapshot | None,

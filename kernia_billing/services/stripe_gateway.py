@@ -17,7 +17,7 @@ on our behalf (``sync_from_stripe_data`` with an API key) go through :func:`mirr
 
 To add a call (meters, invoices, subscription updates, portal configurations): add
 the SDK class to :data:`RESOURCES` and call :func:`retrieve`, :func:`list_all`,
-:func:`create` or :func:`modify` with its name. ``tests/test_stripe_gateway_only.py``
+:func:`create` or :func:`modify` with its name. ``tests/test_architecture.py``
 fails on any use of the ``stripe`` module outside this file.
 """
 
@@ -29,8 +29,11 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import stripe
+from django.conf import settings
 from djstripe.settings import djstripe_settings
+from stripe import _stripe_client
 
+from ..conf import billing_settings
 from ..exceptions import StripeRefused, StripeUnavailable
 
 Resource = Literal[
@@ -40,6 +43,7 @@ Resource = Literal[
     "subscription",
     "checkout.session",
     "billing_portal.session",
+    "webhook_endpoint",
 ]
 
 #: The Stripe SDK resource behind each name the services use.
@@ -50,6 +54,7 @@ RESOURCES: dict[str, Any] = {
     "subscription": stripe.Subscription,
     "checkout.session": stripe.checkout.Session,
     "billing_portal.session": stripe.billing_portal.Session,
+    "webhook_endpoint": stripe.WebhookEndpoint,
 }
 
 # Stripe allows at most 100 objects per list page.
@@ -217,3 +222,32 @@ def mirror(
         payload = RESOURCES[as_sdk_object].construct_from(data, key)
     with translated():
         return model.sync_from_stripe_data(payload, api_key=key)
+
+
+# --- where the SDK sends requests --------------------------------------------------------
+# ``KERNIA_BILLING["STRIPE_API_BASE"]`` (the fake Stripe, a proxy): applied when the app
+# is ready and whenever ``KERNIA_BILLING`` changes (so ``override_settings`` works), to
+# the module-level SDK and to new ``StripeClient`` instances (dj-stripe builds its own).
+# ``None`` leaves the SDK's defaults alone, or restores them after a base was applied.
+
+_SDK_DEFAULTS = {
+    "api_base": stripe.api_base,
+    "client_api_base": _stripe_client.DEFAULT_API_BASE,  # type: ignore[attr-defined]
+}
+_applied: list[str | None] = [None]
+
+
+def apply_api_base() -> None:
+    if not isinstance(getattr(settings, "KERNIA_BILLING", None) or {}, dict):
+        return  # kernia_billing.E009 reports it
+    base = billing_settings.STRIPE_API_BASE
+    if base is None and _applied[0] is None:
+        return  # never touched: leave whatever the project configured itself
+    stripe.api_base = base or _SDK_DEFAULTS["api_base"]
+    _stripe_client.DEFAULT_API_BASE = base or _SDK_DEFAULTS["client_api_base"]  # type: ignore[attr-defined]
+    _applied[0] = base
+
+
+def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "KERNIA_BILLING":
+        apply_api_base()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import stripe
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+import kernia_billing
 from kernia_billing.models import (
     CatalogPrice,
     CatalogProduct,
@@ -133,6 +135,51 @@ def test_map_to_plan_refuses_unapproved_and_mapped_elsewhere(staff_client):
     assert not PlanPrice.objects.filter(plan=pro).exists()
 
 
+def test_map_to_plan_makes_staff_choose_the_plan(staff_client):
+    PlanFactory(key="free", name="Free", is_default=True, display_order=0)
+    pro = PlanFactory(key="pro", name="Pro", display_order=1)
+    monthly = CatalogPriceFactory(unit_amount=9900)
+
+    page = _action(staff_client, PRICES, "map_to_plan", [monthly]).content.decode()
+    # The first option is the empty one, selected; no plan is pre-selected.
+    select = page[page.index('<select name="plan"') : page.index("</select>")]
+    assert '<option value="" selected>' in select
+    assert select.count("selected") == 1
+    assert "Free (free) — default plan" in select
+
+    # Clicking through without choosing maps nothing.
+    done = _action(staff_client, PRICES, "map_to_plan", [monthly], post="yes", plan="")
+    assert _messages(done) == ["Choose a plan."]
+    assert not PlanPrice.objects.exists()
+
+    done = _action(staff_client, PRICES, "map_to_plan", [monthly], post="yes", plan=pro.pk)
+    assert "1 price(s) mapped to plan pro." in _messages(done)
+
+
+def test_map_to_plan_warns_about_prices_mapped_elsewhere(staff_client):
+    PlanFactory(key="pro")
+    elsewhere = PlanPriceFactory(plan=PlanFactory(key="team")).price
+    fresh = CatalogPriceFactory()
+
+    page = _action(staff_client, PRICES, "map_to_plan", [elsewhere, fresh]).content.decode()
+
+    assert 'data-testid="mapped-elsewhere"' in page
+    assert f"{elsewhere.stripe_id} (team)" in page
+
+
+def test_map_to_plan_refuses_when_no_selected_price_is_approved(staff_client):
+    PlanFactory(key="pro")
+    pending = CatalogPriceFactory(review_state=ReviewState.PENDING)
+    ignored = CatalogPriceFactory(review_state=ReviewState.IGNORED)
+
+    response = _action(staff_client, PRICES, "map_to_plan", [pending, ignored])
+
+    assert "Map prices to a plan" not in response.content.decode()
+    (message,) = _messages(response)
+    assert "None of the selected prices is approved" in message
+    assert pending.stripe_id in message and ignored.stripe_id in message
+
+
 def test_sync_button_runs_the_sync_and_reports_counts(staff_client, fake_stripe):
     seed_example_stripe(fake_stripe)
 
@@ -140,7 +187,7 @@ def test_sync_button_runs_the_sync_and_reports_counts(staff_client, fake_stripe)
 
     (message,) = _messages(response)
     assert "Products: 2 new" in message and "Prices: 4 new" in message
-    assert "6 awaiting review" in message
+    assert "4 awaiting review" in message
     assert CatalogPrice.objects.count() == 4
     assert staff_client.get(SYNC).status_code == 405
 
@@ -262,10 +309,143 @@ def test_editing_plan_features_resyncs_its_customers(staff_client):
     assert customer.entitlements.get().included == 500
 
 
+def test_lowering_a_grant_says_how_many_customers_it_hurts_and_asks_first(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    heavy, light = UserFactory(), UserFactory()
+    kernia_billing.track(heavy, "messages", 80)
+    kernia_billing.track(light, "messages", 5)
+    url = reverse("admin:kernia_billing_plan_change", args=[pro.pk])
+    feature_row = {
+        "id": pf.pk,
+        "plan": pro.pk,
+        "feature": pf.feature_id,
+        "included": 16,
+        "reset_period": "month",
+    }
+    data = _plan_form("pro", features=[feature_row], initial_features=1)
+    data["is_default"] = "on"
+
+    refused = staff_client.post(url, data)
+
+    assert refused.status_code == 200
+    page = refused.content.decode()
+    assert "lowering messages from 100 to 16 affects 2 customer(s) on this plan" in page
+    assert "1 of them would be left with a negative balance" in page
+    pf.refresh_from_db()
+    assert pf.included == 100
+    assert kernia_billing.check(heavy, "messages").balance == 20
+
+    data["confirm_lower_grants"] = "on"
+    assert staff_client.post(url, data).status_code == 302
+    assert kernia_billing.check(heavy, "messages").balance == -64
+
+
+def test_removing_a_granted_feature_asks_first(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    kernia_billing.track(UserFactory(), "messages", 1)
+    row = {"id": pf.pk, "plan": pro.pk, "feature": pf.feature_id, "included": 100}
+    data = _plan_form("pro", features=[{**row, "DELETE": "on"}], initial_features=1)
+    data["is_default"] = "on"
+
+    refused = staff_client.post(reverse("admin:kernia_billing_plan_change", args=[pro.pk]), data)
+
+    assert "removing messages affects 1 customer(s)" in refused.content.decode()
+    assert pro.plan_features.exists()
+
+
+def test_raising_a_grant_needs_no_confirmation(staff_client):
+    pro = PlanFactory(key="pro", is_default=True)
+    pf = PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    kernia_billing.track(UserFactory(), "messages", 80)
+    row = {"id": pf.pk, "plan": pro.pk, "feature": pf.feature_id, "included": 500}
+    data = _plan_form("pro", features=[{**row, "reset_period": "month"}], initial_features=1)
+    data["is_default"] = "on"
+
+    assert (
+        staff_client.post(
+            reverse("admin:kernia_billing_plan_change", args=[pro.pk]), data
+        ).status_code
+        == 302
+    )
+
+
+def test_a_plan_with_customers_cannot_be_deleted_and_the_page_says_why(staff_client):
+    pro = PlanFactory(key="pro", name="Pro", is_default=True)
+    PlanFeatureFactory(plan=pro, feature=FeatureFactory(key="messages"), included=100)
+    get_or_create_customer(UserFactory())
+    url = reverse("admin:kernia_billing_plan_delete", args=[pro.pk])
+
+    page = staff_client.get(url).content.decode()
+
+    assert "Cannot delete plan" in page
+    assert "1 billing customer(s) are on this plan" in page
+    assert "Mark the plan inactive instead" in page
+    assert "permission to delete" not in page
+    staff_client.post(url, {"post": "yes"})
+    assert Plan.objects.filter(pk=pro.pk).exists()
+
+    bulk = _action(
+        staff_client,
+        reverse("admin:kernia_billing_plan_changelist"),
+        "delete_selected",
+        [pro],
+        post="yes",
+    )
+    assert "1 billing customer(s) are on this plan" in bulk.content.decode()
+    assert Plan.objects.filter(pk=pro.pk).exists()
+
+
+def test_a_plan_without_customers_can_be_deleted(staff_client):
+    team = PlanFactory(key="team")
+    PlanFeatureFactory(plan=team)
+    url = reverse("admin:kernia_billing_plan_delete", args=[team.pk])
+    assert "Are you sure" in staff_client.get(url).content.decode()
+    staff_client.post(url, {"post": "yes"})
+    assert not Plan.objects.filter(pk=team.pk).exists()
+
+
 def test_feature_admin_lists_features(staff_client):
     FeatureFactory(key="messages", name="Messages")
     page = staff_client.get(reverse("admin:kernia_billing_feature_changelist")).content.decode()
     assert "messages" in page
+
+
+def test_a_used_features_key_and_kind_are_read_only(staff_client):
+    messages_feature = FeatureFactory(key="messages", kind="metered")
+    unused = FeatureFactory(key="sso", kind="boolean")
+    plan = PlanFactory(key="pro", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages_feature, included=100)
+    user = UserFactory()
+    kernia_billing.track(user, "messages", 3)
+    url = reverse("admin:kernia_billing_feature_change", args=[messages_feature.pk])
+
+    page = staff_client.get(url, follow=True).content.decode()
+    assert 'name="key"' not in page and 'name="kind"' not in page
+    assert "key and kind are read-only" in page
+
+    staff_client.post(
+        url, {"key": "msgs", "kind": "boolean", "name": "Messages", "unit": "", "description": ""}
+    )
+    messages_feature.refresh_from_db()
+    assert (messages_feature.key, messages_feature.kind) == ("messages", "metered")
+    assert kernia_billing.check(user, "messages").balance == 97
+
+    # The rule lives on the model, so every writer (the catalog loader too) meets it.
+    messages_feature.kind = "boolean"
+    with pytest.raises(ValidationError) as refused:
+        messages_feature.full_clean()
+    assert "kind" in refused.value.message_dict
+
+    # A feature nobody uses yet can still be renamed.
+    unused_url = reverse("admin:kernia_billing_feature_change", args=[unused.pk])
+    assert 'name="key"' in staff_client.get(unused_url).content.decode()
+    staff_client.post(
+        unused_url, {"key": "saml", "kind": "boolean", "name": "SSO", "unit": "", "description": ""}
+    )
+    unused.refresh_from_db()
+    assert unused.key == "saml"
 
 
 def test_non_staff_cannot_see_or_act(user_client, fake_stripe):

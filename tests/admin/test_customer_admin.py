@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 CUSTOMERS = reverse("admin:kernia_billing_billingcustomer_changelist")
 EVENTS = reverse("admin:kernia_billing_usageevent_changelist")
-HEALTH = reverse("admin:kernia_billing_webhook_health")
+HEALTH = reverse("admin:kernia_billing_webhookdelivery_changelist")
 
 
 def customer_url(customer: BillingCustomer, action: str = "change") -> str:
@@ -81,8 +81,8 @@ def test_customer_list_shows_owner_plan_and_stripe_ids(admin_client, free_plan):
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert "user: ada" in page and "cus_ada" in page and "Free" in page
-    assert reverse("admin:kernia_billing_webhook_health") in page
+    assert "ada &lt;ada@example.com&gt;" in page and "cus_ada" in page and "Free" in page
+    assert HEALTH in page
     assert admin_client.get(CUSTOMERS, {"q": "cus_ada"}).context["cl"].result_count == 1
     assert admin_client.get(CUSTOMERS, {"q": "cus_nobody"}).context["cl"].result_count == 0
     assert admin_client.get(CUSTOMERS, {"q": str(user.pk)}).context["cl"].result_count == 1
@@ -90,6 +90,27 @@ def test_customer_list_shows_owner_plan_and_stripe_ids(admin_client, free_plan):
     assert filtered.context["cl"].result_count == 1
     by_status = admin_client.get(CUSTOMERS, {"subscription_status": "canceled"})
     assert by_status.context["cl"].result_count == 0
+
+
+def test_customers_and_usage_events_show_and_find_owners_by_name_and_email(admin_client, free_plan):
+    ada = UserFactory(username="ada", first_name="Ada", last_name="Lovelace")
+    org = OrganizationFactory(name="Analytical Engines")
+    for owner in (ada, org, UserFactory(username="bob")):
+        entitlements.track(owner, "messages", 1)
+    ada_customer = get_or_create_customer(ada)
+
+    page = admin_client.get(customer_url(ada_customer)).content.decode()
+    assert "Ada Lovelace &lt;ada@example.com&gt;" in page
+    assert "user:" not in page
+    listing = admin_client.get(CUSTOMERS).content.decode()
+    assert "Analytical Engines (organization)" in listing
+
+    for url in (CUSTOMERS, EVENTS):
+        for term, expected in (("lovelace", 1), ("ada@exa", 1), ("analytical", 1), ("zed", 0)):
+            found = admin_client.get(url, {"q": term})
+            assert found.context["cl"].result_count == expected, (url, term)
+    events = admin_client.get(EVENTS).content.decode()
+    assert "Ada Lovelace &lt;ada@example.com&gt;" in events
 
 
 def test_customer_list_queries_do_not_grow_with_rows(admin_client, free_plan):
@@ -209,10 +230,41 @@ def test_webhook_health_page_renders_the_health_selector(admin_client):
     assert response.status_code == 200
     health = response.context["health"]
     assert (health.processed, health.failed, health.invalid_signature) == (2, 1, 1)
+    assert health.failures == 2
     page = response.content.decode()
     assert "invoice.paid</td><td>2<" in page
     assert "customer.subscription.updated</td><td>2<" in page
     assert "Injected fault 503" in page
+    # Every delivery is listed with its outcome (the old one too: the list is not windowed).
+    assert response.context["cl"].result_count == 5
+    assert page.count("Refused: invalid signature") >= 2  # the row and the filter
+    assert "Signature did not verify" in page
+
+
+def test_a_refused_delivery_is_the_last_failure(admin_client):
+    _trigger("invoice.paid", valid=True, exception="Injected fault 503")
+    _trigger("customer.subscription.updated", valid=False)
+
+    health = admin_client.get(HEALTH).context["health"]
+
+    assert health.failures == 2
+    assert health.last_failure.type == "customer.subscription.updated"
+    assert "Invalid signature" in health.last_failure.message
+
+
+def test_billing_section_on_the_admin_index_links_webhook_deliveries(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Webhook deliveries and health" in page
+    assert HEALTH in page
+
+
+def test_the_billing_section_is_named_clearly_and_comes_before_dj_stripe(admin_client):
+    apps = admin_client.get(reverse("admin:index")).context["app_list"]
+    names = [app["name"] for app in apps]
+    ours = names.index("Billing — plans, features, customers (kernia)")
+    assert ours < names.index("Djstripe")
+    models = {m["object_name"] for m in apps[ours]["models"]}
+    assert {"Plan", "Feature", "BillingCustomer", "CatalogPrice", "WebhookDelivery"} <= models
 
 
 def test_webhook_health_page_without_deliveries(admin_client):

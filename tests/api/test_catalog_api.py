@@ -83,7 +83,7 @@ def test_staff_sync_returns_camel_case_counts(api, fake_stripe):
         "created": 6,
         "updated": 0,
         "unchanged": 0,
-        "pendingReview": 6,
+        "pendingReview": 4,
         "flagged": 0,
     }
     assert second.json()["unchanged"] == 6 and second.json()["created"] == 0

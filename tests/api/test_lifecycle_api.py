@@ -14,9 +14,9 @@ from kernia_billing.models import BillingCustomer, CatalogPrice
 from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
-from tests.lifecycle import Catalog, plans, stripe_settings, webhooks
+from tests.lifecycle import Catalog, plans, webhooks
 
-__all__ = ["plans", "stripe_settings", "webhooks"]
+__all__ = ["plans", "webhooks"]
 
 CUSTOMER_URL = "/api/auth/billing/customer"
 CHECKOUT_URL = "/api/auth/billing/checkout"

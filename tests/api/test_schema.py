@@ -79,5 +79,33 @@ def test_the_error_shape_is_a_component(schema):
 
 def test_schema_generation_validates_without_warnings(tmp_path):
     # Fails on any drf-spectacular warning or an invalid OpenAPI document, for every view.
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yml"))
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--urlconf",
+        "example_project.api_urls",
+        "--file",
+        str(tmp_path / "s.yml"),
+    )
     assert (tmp_path / "s.yml").read_text().count("/api/auth/billing/") >= 3
+
+
+def test_the_schema_needs_no_project_wide_schema_class(settings):
+    from drf_spectacular.generators import SchemaGenerator
+
+    settings.REST_FRAMEWORK = {
+        k: v for k, v in settings.REST_FRAMEWORK.items() if k != "DEFAULT_SCHEMA_CLASS"
+    }
+    from example_project.api_urls import urlpatterns as billing_api
+
+    assert "DEFAULT_SCHEMA_CLASS" not in settings.REST_FRAMEWORK  # as the example runs
+    generated = SchemaGenerator(patterns=billing_api).get_schema(request=None, public=True)
+    assert "/api/auth/billing/check" in generated["paths"]
+    assert "/api/auth/billing/track" in generated["paths"]
+
+
+def test_swagger_ui_is_served_without_a_cdn(client):
+    page = client.get("/api/docs/").content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+    assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from djstripe.models import WebhookEventTrigger
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -76,7 +77,10 @@ def test_upgrade_use_and_run_out(demo: str, page: Any, fake_stripe: Any, screens
     assert _text(page, "current-plan") == "Free"
     assert _number(page, "balance-messages") == 100
     screenshot(page, "free")
-    webhooks_before = _webhook_total(page, base)
+    webhooks_before = WebhookEventTrigger.objects.count()
+    page.goto(f"{base}/webhooks/")
+    assert "Staff only" in page.inner_text("body")  # every customer's events: not for alice
+    page.goto(f"{base}/")
 
     # Upgrade through the fake's hosted checkout page.
     page.goto(f"{base}/")
@@ -130,6 +134,8 @@ def test_upgrade_use_and_run_out(demo: str, page: Any, fake_stripe: Any, screens
     # Stripe's events (customer, checkout, subscription, invoice) reached the webhook.
     fake_stripe.flush_webhooks()
     assert all(delivery.ok for delivery in fake_stripe.deliveries), fake_stripe.deliveries
+    page.click("text=Log out alice")
+    _log_in(page, base, "admin")
     assert _webhook_total(page, base) > webhooks_before
     assert int(_text(page, "webhook-failed")) == 0
     assert _text(page, "webhook-last") != "None yet"

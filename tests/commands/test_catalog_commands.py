@@ -28,7 +28,7 @@ def test_sync_prints_progress_and_a_summary(fake_stripe):
     assert "Fetched 2 products." in output and "Fetched 4 prices." in output
     assert "Products: 2 created, 0 updated, 0 unchanged." in output
     assert "Prices: 4 created, 0 updated, 0 unchanged." in output
-    assert "6 awaiting review in the admin." in output
+    assert "4 awaiting review in the admin." in output
     assert "Prices: 0 created, 0 updated, 4 unchanged." in run("kernia_sync_catalog", "--quiet")
 
 
@@ -86,3 +86,35 @@ def test_load_dry_run_and_file_errors(tmp_path, fake_stripe):
     listing.write_text(json.dumps([]))
     with pytest.raises(CommandError, match="JSON object"):
         run("kernia_load_catalog", str(listing))
+
+
+def test_commands_honour_django_verbosity(fake_stripe):
+    seed_example_stripe(fake_stripe)
+
+    assert run("kernia_sync_catalog", "-v", "0") == ""
+    assert run("kernia_load_catalog", str(EXAMPLE_CATALOG), "--approve", "-v", "0") == ""
+    assert run("kernia_reconcile", "-v", "0") == ""
+
+    normal = run("kernia_load_catalog", str(EXAMPLE_CATALOG))
+    assert "Loading" not in normal and "nothing changed" in normal
+    verbose = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "-v", "2")
+    assert "Loading" in verbose and "nothing changed" in verbose
+    assert "Fetched 4 prices." in run("kernia_sync_catalog", "-v", "1")
+
+
+def test_init_writes_a_starter_catalog_that_loads(fake_stripe, tmp_path):
+    seed_example_stripe(fake_stripe)
+    target = tmp_path / "catalog.json"
+
+    assert "Wrote" in run("kernia_init_catalog", str(target))
+    with pytest.raises(CommandError, match="--force"):
+        run("kernia_init_catalog", str(target))
+    run("kernia_sync_catalog", "-v", "0")
+    assert "Catalog loaded." in run("kernia_load_catalog", str(target), "--approve")
+
+    pro = Plan.objects.get(key="pro")
+    assert sorted(pro.plan_prices.values_list("price__lookup_key", flat=True)) == [
+        "pro_annual",
+        "pro_monthly",
+    ]
+    assert Plan.objects.get(is_default=True).key == "free"

@@ -14,11 +14,11 @@ from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
-from tests.lifecycle import Catalog, Webhooks, plans, stripe_settings, webhooks
+from tests.lifecycle import Catalog, Webhooks, plans, webhooks
 
 pytestmark = pytest.mark.clock_matrix
 
-__all__ = ["plans", "stripe_settings", "webhooks"]
+__all__ = ["plans", "webhooks"]
 
 
 def run(*args: str) -> str:

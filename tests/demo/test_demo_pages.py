@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -68,11 +69,10 @@ PAGES = [
     "/console/",
     "/console/?feature=messages&amount=5",
     "/usage/",
-    "/webhooks/",
 ]
 
 
-@pytest.mark.parametrize("path", PAGES)
+@pytest.mark.parametrize("path", [*PAGES, "/webhooks/"])
 def test_pages_need_a_login(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -87,6 +87,19 @@ def test_pages_render_for_a_customer(client, demo, path):
     assert b"alice (personal)" in response.content
 
 
+def test_webhook_deliveries_are_for_staff_only(client, demo):
+    client.login(username="alice", password="alice")
+    assert b'href="/webhooks/"' not in client.get("/").content
+    refused = client.get("/webhooks/")
+    assert refused.status_code == 403
+    assert b"Staff only" in refused.content and b"webhook-total" not in refused.content
+    client.logout()
+    assert client.get("/webhooks/").status_code == 302
+    client.login(username="admin", password="admin")
+    assert b'href="/webhooks/"' in client.get("/").content
+    assert b"webhook-total" in client.get("/webhooks/").content
+
+
 def test_check_console_shows_the_check_json(client, demo):
     client.login(username="alice", password="alice")
     body = client.get("/console/?feature=messages&amount=101").content.decode()
@@ -98,8 +111,8 @@ def test_check_console_shows_the_check_json(client, demo):
 
 def test_sending_tracks_usage_and_refuses_past_the_balance(client, demo):
     client.login(username="alice", password="alice")
-    response = client.post("/console/send/", {"count": "60", "text": "hi"})
-    assert response.status_code == 200
+    response = client.post("/console/send/", {"count": "60", "text": "hi"}, follow=True)
+    assert response.redirect_chain == [("/console/", 302)]
     assert b"Sent 60 messages" in response.content
     refused = client.post("/console/send/", {"count": "41"})
     assert refused.status_code == 402
@@ -107,6 +120,30 @@ def test_sending_tracks_usage_and_refuses_past_the_balance(client, demo):
     assert list(UsageEvent.objects.values_list("amount", flat=True)) == [60]
     assert client.post("/console/send/", {"count": "lots"}).status_code == 400
     assert client.get("/console/send/").status_code == 405
+
+
+def _form_token(client):
+    page = client.get("/console/").content.decode()
+    return re.search(r'name="submission" value="([0-9a-f]{32})"', page).group(1)
+
+
+def test_reloading_the_sent_page_sends_nothing_and_a_resubmitted_form_counts_once(client, demo):
+    client.login(username="alice", password="alice")
+    token = _form_token(client)
+    assert _form_token(client) != token  # one token per rendered form
+
+    sent = client.post("/console/send/", {"count": "5", "submission": token}, follow=True)
+    assert b"Sent 5 messages" in sent.content
+    reloaded = client.get(sent.redirect_chain[-1][0])  # the browser's reload: a GET
+    assert b"Sent 5 messages" not in reloaded.content
+    again = client.post("/console/send/", {"count": "5", "submission": token}, follow=True)
+    assert b"Already sent" in again.content
+
+    [event] = UsageEvent.objects.all()
+    assert (event.amount, event.idempotency_key) == (5, f"demo-send-{token}")
+    other = client.post("/console/send/", {"count": "1", "submission": _form_token(client)})
+    assert other.status_code == 302
+    assert UsageEvent.objects.count() == 2
 
 
 def test_switching_to_an_organization_needs_membership(client, demo):
@@ -189,3 +226,57 @@ def test_subscribers_change_plans_in_the_portal(client, demo, fake_stripe):
     page = client.get("/").content.decode()
     assert "Change plan in portal" in page
     assert 'action="/checkout/"' not in page
+
+
+def _add_eur_prices():
+    from kernia_billing.models import PlanPrice
+
+    pro = Plan.objects.get(key="pro")
+    for interval, amount in (("month", 1100), ("year", 11000)):
+        price = CatalogPrice.objects.create(
+            stripe_id=f"price_eur_{interval}",
+            currency="eur",
+            unit_amount=amount,
+            recurring_interval=interval,
+            price_type="recurring",
+            review_state=ReviewState.APPROVED,
+        )
+        PlanPrice.objects.create(plan=pro, price=price)
+
+
+def _shown_prices(response):
+    return [pp.price.currency for plan in response.context["plans"] for pp in plan.shown_prices]
+
+
+def test_the_pricing_table_shows_one_currency_per_visitor(client, demo):
+    _add_eur_prices()
+    client.login(username="alice", password="alice")
+
+    american = client.get("/", HTTP_ACCEPT_LANGUAGE="en-US,en;q=0.9")
+    assert set(_shown_prices(american)) == {"usd"}
+    assert "€" not in american.content.decode()
+    german = client.get("/", HTTP_ACCEPT_LANGUAGE="de-DE,de;q=0.9,en;q=0.5")
+    # Pro has euro prices; Team has none, so it shows its dollar prices, never a mix.
+    pro = next(p for p in german.context["plans"] if p.key == "pro")
+    assert {pp.price.currency for pp in pro.shown_prices} == {"eur"}
+    assert "€11.00 / month" in german.content.decode()
+    assert "$12.00 / month" not in german.content.decode()
+
+    chosen = client.get("/", {"currency": "usd"}, HTTP_ACCEPT_LANGUAGE="de-DE")
+    assert set(_shown_prices(chosen)) == {"usd"}
+    kept = client.get("/", HTTP_ACCEPT_LANGUAGE="de-DE")  # the choice is remembered
+    assert set(_shown_prices(kept)) == {"usd"}
+
+
+def test_cancelling_checkout_says_so(client, demo):
+    client.login(username="alice", password="alice")
+    pro_monthly = CatalogPrice.objects.get(lookup_key="pro_monthly")
+    started = client.post("/checkout/", {"price": pro_monthly.stripe_id})
+    session = demo.store.list_objects("checkout.session")[-1]
+    assert session["cancel_url"] == "http://testserver/checkout/cancelled/"
+    assert started.status_code == 302
+
+    back = client.get("/checkout/cancelled/", follow=True)
+    assert back.redirect_chain[-1][0] == "/"
+    assert "Checkout cancelled: nothing was charged" in back.content.decode()
+    assert back.context["state"].plan == "free"

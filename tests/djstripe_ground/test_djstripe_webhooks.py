@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 from djstripe.models import Event, Subscription, WebhookEventTrigger
 
-from tests.conftest import post_event
+from kernia_billing.testing import post_event
 
 pytestmark = pytest.mark.django_db
 

@@ -27,7 +27,7 @@ from kernia_billing.testing import FakeStripe
 from tests.api.test_entitlements_api import assert_error
 from tests.catalog_support import seed_example_stripe, table_snapshot
 from tests.factories import StaffFactory, UserFactory
-from tests.lifecycle import Catalog, plans, stripe_settings  # noqa: F401  (fixtures)
+from tests.lifecycle import Catalog, plans  # noqa: F401  (fixtures)
 
 SDK_TIMEOUT = 0.3
 STALL = 1.0  # how long the fake holds a request: well past the SDK's timeout
@@ -69,7 +69,7 @@ def signed_in(client: Client, plans: Catalog) -> Client:  # noqa: F811
     return client
 
 
-def test_catalog_sync_timing_out_changes_nothing(client, fake_stripe, stripe_settings):  # noqa: F811
+def test_catalog_sync_timing_out_changes_nothing(client, fake_stripe, stripe_settings):
     seed_example_stripe(fake_stripe)
     client.force_login(StaffFactory())
     assert post(client, "/api/auth/stripe/catalog/sync", {}).status_code == 200

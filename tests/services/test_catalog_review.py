@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
+from kernia_billing import selectors
 from kernia_billing.exceptions import CatalogError
 from kernia_billing.models import CatalogPrice, PlanPrice, ReviewState
 from kernia_billing.services import catalog
@@ -101,3 +102,34 @@ def test_human_readable_prices():
         ).human_readable_amount
         == "$120.00 / year"
     )
+
+
+def test_a_product_is_reviewed_when_its_prices_are_and_the_count_reaches_zero(fake_stripe):
+    from tests.catalog_support import seed_example_stripe
+
+    seed_example_stripe(fake_stripe)
+    assert catalog.sync_catalog().pending_review == 4
+    pro_prices = CatalogPrice.objects.filter(product__name="Pro")
+    team_prices = CatalogPrice.objects.filter(product__name="Team")
+
+    catalog.approve(list(pro_prices[:1]))
+    assert pro_prices.first().product.review_state == ReviewState.PENDING  # one left
+    catalog.approve(list(pro_prices))
+    catalog.ignore(list(team_prices))
+
+    pro = pro_prices.first().product
+    team = team_prices.first().product
+    pro.refresh_from_db()
+    team.refresh_from_db()
+    assert (pro.review_state, team.review_state) == (ReviewState.APPROVED, ReviewState.IGNORED)
+    assert catalog.sync_catalog().pending_review == 0
+    assert selectors.pending_review_count() == 0
+
+
+def test_a_product_with_no_price_awaits_its_own_review():
+    lonely = CatalogProductFactory(review_state=ReviewState.PENDING)
+    CatalogPriceFactory(review_state=ReviewState.PENDING)  # its product waits on it
+
+    assert selectors.pending_review_count() == 2  # the price, and the product without one
+    catalog.approve([lonely])
+    assert selectors.pending_review_count() == 1

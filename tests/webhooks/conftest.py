@@ -1,3 +1,3 @@
-from tests.lifecycle import plans, stripe_settings, webhooks
+from tests.lifecycle import plans, webhooks
 
-__all__ = ["plans", "stripe_settings", "webhooks"]
+__all__ = ["plans", "webhooks"]

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import stripe
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
 from djstripe.models import Event, Subscription, WebhookEventTrigger
 
 from kernia_billing.models import BillingCustomer
@@ -167,3 +169,54 @@ def test_webhook_health(
     assert health["lastReceivedAt"] is not None
     assert health["lastFailure"]["type"] == "customer.subscription.updated"
     assert "Injected fault" in health["lastFailure"]["message"]
+
+
+@pytest.mark.django_db
+def test_staff_process_a_failed_delivery_again_from_the_admin(
+    client: Any, fake_stripe: FakeStripe, webhooks: Webhooks, subscribed: dict[str, Any]
+) -> None:
+    sub_id = subscribed["sub"]["id"]
+    stripe.Subscription.modify(sub_id, cancel_at_period_end=True)
+    [event] = webhooks.pending()
+    fake_stripe.inject_fault(f"/v1/subscriptions/{sub_id}", method="GET", status=503)
+    assert webhooks.post(event).status_code == 500
+    assert webhooks.post(event, secret="whsec_wrong").status_code == 400
+    customer = BillingCustomer.objects.get(pk=subscribed["customer"].pk)
+    assert customer.cancel_at_period_end is False
+    failed, refused = WebhookEventTrigger.objects.filter(body__contains=event["id"]).order_by("pk")
+
+    client.force_login(StaffFactory())
+    deliveries = reverse("admin:kernia_billing_webhookdelivery_changelist")
+    page = client.get(deliveries, {"outcome": "failed"}).content.decode()
+    assert "Failed (Stripe retries)" in page and "Injected fault" in page
+    response = client.post(
+        deliveries,
+        {"action": "process_again", ACTION_CHECKBOX_NAME: [failed.pk, refused.pk]},
+        follow=True,
+    )
+
+    [message] = [str(m) for m in response.context["messages"]]
+    assert "1 succeeded, 0 failed again" in message and "1 refused" in message
+    failed.refresh_from_db()
+    assert failed.processed and failed.exception == ""
+    customer.refresh_from_db()
+    assert customer.cancel_at_period_end is True
+    detail = client.get(
+        reverse("admin:kernia_billing_webhookdelivery_change", args=[refused.pk])
+    ).content.decode()
+    assert "Stripe-Signature" in detail and event["id"] in detail
+
+
+@pytest.mark.django_db
+def test_processing_again_needs_the_manage_permission(
+    client: Any, fake_stripe: FakeStripe, webhooks: Webhooks, subscribed: dict[str, Any]
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
+    client.force_login(viewer)
+    deliveries = reverse("admin:kernia_billing_webhookdelivery_changelist")
+    page = client.get(deliveries)
+    assert page.status_code == 200
+    assert "process_again" not in page.content.decode()

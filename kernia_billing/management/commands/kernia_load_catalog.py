@@ -51,13 +51,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from kernia_billing.exceptions import CatalogError
+from kernia_billing.management.base import BillingCommand
 from kernia_billing.services.catalog import load_catalog
 
 
-class Command(BaseCommand):
+class Command(BillingCommand):
     help = "Load features, plans and Stripe price mappings from a JSON catalog file."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -79,12 +80,12 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {path}: {exc.strerror or exc}") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CommandError(f"{path} is not valid JSON: {exc}") from exc
-        self.stdout.write(f"Loading {path}…")
+        self.say(f"Loading {path}…", level=2)
         try:
             result = load_catalog(data, approve=options["approve"], dry_run=options["dry_run"])
         except CatalogError as exc:
             raise CommandError(exc.message) from exc
-        self.stdout.write(
+        self.say(
             f"Features: {result.features_created} created, {result.features_updated} updated.\n"
             f"Plans: {result.plans_created} created, {result.plans_updated} updated.\n"
             f"Plan features: {result.plan_features_created} created, "
@@ -93,8 +94,8 @@ class Command(BaseCommand):
             f"{result.prices_approved} approved."
         )
         if result.dry_run:
-            self.stdout.write(self.style.WARNING("Dry run: nothing was written."))
+            self.say("Dry run: nothing was written.", style=self.style.WARNING)
         elif result.changed:
-            self.stdout.write(self.style.SUCCESS("Catalog loaded."))
+            self.say("Catalog loaded.", style=self.style.SUCCESS)
         else:
-            self.stdout.write(self.style.SUCCESS("Catalog already up to date; nothing changed."))
+            self.say("Catalog already up to date; nothing changed.", style=self.style.SUCCESS)

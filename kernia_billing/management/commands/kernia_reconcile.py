@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from kernia_billing.exceptions import StripeUnavailable
+from kernia_billing.management.base import BillingCommand
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 
 
-class Command(BaseCommand):
+class Command(BillingCommand):
     help = "Re-derive customer state from Stripe (or dj-stripe's mirror) and audit the ledger."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -46,23 +47,22 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         ledger_drift = audit_ledger(fix=fix)
         for drift in [*customer_drift, *ledger_drift]:
-            self.stdout.write(str(drift))
+            self.say(str(drift))
         customers = len({d.customer_id for d in customer_drift})
         summary = (
             f"{customers} customer(s) with state drift ({len(customer_drift)} field(s)), "
             f"{len(ledger_drift)} ledger drift(s)"
         )
         if not customer_drift and not ledger_drift:
-            self.stdout.write(self.style.SUCCESS("No drift."))
+            self.say("No drift.", style=self.style.SUCCESS)
         elif fix:
             unfixed = sum(1 for d in [*customer_drift, *ledger_drift] if not d.fixed)
-            self.stdout.write(self.style.SUCCESS(f"Fixed: {summary}; {unfixed} left unfixed."))
+            self.say(f"Fixed: {summary}; {unfixed} left unfixed.", style=self.style.SUCCESS)
             if customer_drift and not refresh:
-                self.stdout.write(
-                    self.style.WARNING(
-                        "Customer state is only fixed from fresh Stripe data: "
-                        "run with --refresh --fix."
-                    )
+                self.say(
+                    "Customer state is only fixed from fresh Stripe data: "
+                    "run with --refresh --fix.",
+                    style=self.style.WARNING,
                 )
         else:
-            self.stdout.write(self.style.WARNING(f"Found: {summary}. Run with --fix to repair."))
+            self.say(f"Found: {summary}. Run with --fix to repair.", style=self.style.WARNING)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ...exceptions import CatalogError
@@ -28,10 +29,26 @@ from . import rules
 Reviewable = CatalogProduct | CatalogPrice
 
 
+def _settle_products(product_ids: set[int], user: Any, now: Any) -> None:
+    """A product is reviewed when its prices are: once none of its prices is pending,
+    a pending product becomes approved (some price approved) or ignored (none)."""
+    pending = Q(review_state=ReviewState.PENDING, deleted_in_stripe=False)
+    products = CatalogProduct.objects.filter(pk__in=product_ids, review_state=ReviewState.PENDING)
+    for product in products.exclude(prices__in=CatalogPrice.objects.filter(pending)):
+        approved = product.prices.filter(review_state=ReviewState.APPROVED).exists()
+        CatalogProduct.objects.filter(pk=product.pk, review_state=ReviewState.PENDING).update(
+            review_state=ReviewState.APPROVED if approved else ReviewState.IGNORED,
+            reviewed_by=user,
+            reviewed_at=now,
+            reviewed_fingerprint=product.fingerprint,
+        )
+
+
 def _review(objects: Iterable[Reviewable], state: str, user: Any) -> int:
     now = timezone.now()
     reviewer = user if getattr(user, "pk", None) else None
     count = 0
+    products: set[int] = set()
     with transaction.atomic():
         for obj in objects:
             type(obj).objects.filter(pk=obj.pk).update(
@@ -40,7 +57,10 @@ def _review(objects: Iterable[Reviewable], state: str, user: Any) -> int:
                 reviewed_at=now,
                 reviewed_fingerprint=obj.fingerprint,
             )
+            if isinstance(obj, CatalogPrice) and obj.product_id:
+                products.add(obj.product_id)
             count += 1
+        _settle_products(products, reviewer, now)
     return count
 
 

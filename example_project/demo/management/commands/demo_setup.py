@@ -24,7 +24,6 @@ Steps:
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from example_project.accounts.models import Membership, Organization
+from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.models import CatalogProduct, ReviewState
 from kernia_billing.services import catalog
+from kernia_billing.services.webhook_endpoints import register_webhook_endpoint
+from kernia_billing.webhooks import RECEIVED_EVENTS
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[3]
 DEFAULT_SEED = EXAMPLE_DIR / "stripe_catalog.json"
@@ -74,9 +76,11 @@ class Command(BaseCommand):
             created = ensure_stripe_catalog(_read_json(options["seed"]), api_key=api_key)
             self.stdout.write(f"Stripe catalog: {created} price(s) created, others present.")
             if not options["no_webhook"]:
-                url = register_webhook_endpoint(options["base_url"], api_key=api_key)
+                url = register_webhook_endpoint(
+                    options["base_url"], events=RECEIVED_EVENTS, api_key=api_key
+                ).url
                 self.stdout.write(f"Webhook endpoint: {url}")
-        except stripe.StripeError as exc:
+        except (stripe.StripeError, StripeUnavailable) as exc:
             raise CommandError(
                 f"Stripe at {stripe.api_base} refused or is unreachable: {exc}"
             ) from exc
@@ -120,26 +124,6 @@ def ensure_stripe_catalog(seed: dict[str, Any], *, api_key: str) -> int:
             stripe.Price.create(api_key=api_key, product=product_id, **price)
             created += 1
     return created
-
-
-def register_webhook_endpoint(base_url: str, *, api_key: str) -> str:
-    """A Stripe webhook endpoint for dj-stripe's URL, mirrored with its secret."""
-    from djstripe.models import WebhookEndpoint
-
-    djstripe_uuid = uuid.uuid4()
-    url = f"{base_url.rstrip('/')}/stripe/webhook/{djstripe_uuid}/"
-    data = stripe.WebhookEndpoint.create(
-        url=url,
-        enabled_events=["*"],
-        metadata={"djstripe_uuid": str(djstripe_uuid)},
-        api_key=api_key,
-    )
-    with transaction.atomic():
-        endpoint = WebhookEndpoint.sync_from_stripe_data(data, api_key=api_key)
-        # Stripe shows the secret only in the create response: keep it now.
-        endpoint.secret = data["secret"]
-        endpoint.save()
-    return url
 
 
 def approve_mapped_products() -> int:

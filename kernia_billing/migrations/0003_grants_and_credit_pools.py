@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('kernia_billing', '0001_initial'),
+        ('kernia_billing', '0002_webhookdelivery'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
