@@ -240,7 +240,16 @@ class FeatureForm(forms.ModelForm):
 
     class Meta:
         model = Feature
-        fields = "__all__"
+        fields = [
+            "key",
+            "name",
+            "kind",
+            "unit",
+            "description",
+            "archived",
+            "credit_pool",
+            "credit_cost",
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
