@@ -25,12 +25,14 @@ from ..services.grants import issue
 from ..services.grants.totals import customer_grants
 from ..services.usage.validation import MAX_IDEMPOTENCY_KEY_LENGTH
 from .base import BillingAPIView
+from .entitlements import AUTH_ERRORS, READ_AUTH_ERRORS
 from .owners import IsBillingCaller, OwnerMixin
 from .permissions import CanManageBilling
 from .schema import extend_schema
 from .serializers import (
     MAX_FEATURE_KEY_LENGTH,
     ErrorSerializer,
+    NoBlankTypedParamsMixin,
     OwnerSerializer,
     StrictCharField,
     StrictIntegerField,
@@ -54,7 +56,7 @@ class GrantRequestSerializer(OwnerSerializer):
     )
 
 
-class GrantListQuerySerializer(OwnerSerializer):
+class GrantListQuerySerializer(NoBlankTypedParamsMixin, OwnerSerializer):
     feature = serializers.CharField(required=False, max_length=MAX_FEATURE_KEY_LENGTH)
 
 
@@ -80,6 +82,10 @@ class GrantSerializer(serializers.Serializer):
         return grant.revoked_at is not None
 
 
+class GrantListSerializer(serializers.Serializer):
+    results = GrantSerializer(many=True)
+
+
 def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=ErrorSerializer, description=description)
 
@@ -95,7 +101,12 @@ class GrantsView(OwnerMixin, BillingAPIView):
         operation_id="billing_grants_list",
         summary="The owner's grants (expired and revoked included, flagged).",
         parameters=[GrantListQuerySerializer],
-        responses={200: GrantSerializer(many=True), 400: _error("Bad query."), 404: _error("")},
+        responses={
+            200: GrantListSerializer,
+            400: _error("Bad query parameters."),
+            404: _error("unknown_feature, unknown_owner or unknown_customer."),
+            **READ_AUTH_ERRORS,
+        },
     )
     def get(self, request: Request) -> Response:
         query = GrantListQuerySerializer(data=request.query_params)
@@ -124,9 +135,9 @@ class GrantsView(OwnerMixin, BillingAPIView):
         responses={
             201: GrantSerializer,
             400: _error("Bad input."),
-            403: _error("Not allowed to manage billing."),
             404: _error("unknown_feature, unknown_owner or unknown_customer."),
             409: _error("idempotency_conflict"),
+            **AUTH_ERRORS,
         },
     )
     def post(self, request: Request) -> Response:

@@ -48,6 +48,17 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean: no 0/1, no "true"/"false" strings."""
+
+    default_error_messages = {"invalid": "Must be a boolean."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 @extend_schema_field(
     {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_OWNER_ID_LENGTH}]}
 )
@@ -108,7 +119,7 @@ class CheckSerializer(FlatFieldsMixin, OwnerSerializer):
     required = StrictIntegerField(  # type: ignore[assignment]  # a field, not Field.required
         required=False, default=1, min_value=0, help_text="Units the action needs (default 1)."
     )
-    breakdown = serializers.BooleanField(
+    breakdown = StrictBooleanField(
         required=False, default=False, help_text="Add the grants the balance is made of."
     )
 

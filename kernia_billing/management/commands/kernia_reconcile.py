@@ -5,14 +5,17 @@
     python manage.py kernia_reconcile --fix           # repair the ledger; report state drift
     python manage.py kernia_reconcile --refresh --fix # also repair customer state from
                                                       # Stripe and refresh dj-stripe's mirror
+    python manage.py kernia_reconcile --expire        # first record every due grant expiry
 
 Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
 seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
 ``--refresh``. Only fresh Stripe data repairs it: the mirror can be older than what
 webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
 The ledger audit checks that each entitlement's usage equals the sum of its usage
-events since its period start. Same code as ``kernia_billing.services.reconcile``
-(``reconcile_customers()``, ``audit_ledger()``).
+events since its period start, and audits every grant (consumed = what the ledger's
+draws took from it, no draw after its expiry, the entitlement's grant totals). Same
+code as ``kernia_billing.services.reconcile`` (``reconcile_customers()``,
+``audit_ledger()``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.management.base import BillingCommand
+from kernia_billing.services.grants.expiry import expire_all
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 
 
@@ -39,8 +43,18 @@ class Command(BillingCommand):
             help="Repair the ledger drift found; customer state only with --refresh "
             "(fresh Stripe data), else it is reported.",
         )
+        parser.add_argument(
+            "--expire",
+            action="store_true",
+            help="Record every due grant expiry first (set-based; reads do it lazily anyway).",
+        )
 
-    def handle(self, *args: Any, refresh: bool, fix: bool, **options: Any) -> None:
+    def handle(
+        self, *args: Any, refresh: bool, fix: bool, expire: bool = False, **options: Any
+    ) -> None:
+        if expire:
+            count = expire_all()
+            self.say(f"Recorded due grant expiries on {count} entitlement(s).")
         try:
             customer_drift = reconcile_customers(refresh=refresh, fix=fix)
         except StripeUnavailable as exc:
