@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/bench_entitlements.py                # SQLite (file)
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/kernia_bench \\
         .venv/bin/python bench/bench_entitlements.py --threads 1 8
+    .venv/bin/python bench/bench_entitlements.py --grants 5     # 5 live grants too
 
 Each endpoint is called through Django's test client with the same token
 authentication, in one process and one run, so the figures are comparable.
@@ -54,8 +55,9 @@ ENDPOINTS = {
 }
 
 
-def setup_database() -> str:
-    """A throwaway test database with one customer on a plan; returns a token."""
+def setup_database(grants: int = 0) -> str:
+    """A throwaway test database with one customer on a plan (and ``grants`` live,
+    expiring grants beside it); returns a token."""
     from rest_framework.authtoken.models import Token
 
     settings.MIGRATION_MODULES = DisableMigrations()
@@ -76,6 +78,13 @@ def setup_database() -> str:
     import kernia_billing
 
     kernia_billing.check(user, "messages")
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    for index in range(grants):
+        expires = timezone.now() + timedelta(days=30 + index)
+        kernia_billing.grant(user, "messages", 1000, expires_at=expires, reason="bench")
     return Token.objects.create(user=user).key
 
 
@@ -144,11 +153,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--calls", type=int, default=300, help="calls per thread")
+    parser.add_argument("--grants", type=int, default=0, help="live grants beside the plan")
     args = parser.parse_args()
 
     with override_settings(ROOT_URLCONF="bench.floor", DEBUG=False):
-        token = setup_database()
-        print(f"database: {connection.vendor}; calls per thread: {args.calls}")
+        token = setup_database(args.grants)
+        print(
+            f"database: {connection.vendor}; calls per thread: {args.calls}; "
+            f"live grants: {args.grants}"
+        )
         header = f"{'endpoint':<8}{'threads':>8}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}"
         print(header + f"{'floor p50':>11}{'floor/s':>9}{'ratio':>7}{'queries':>9}")
         for name, (ours, floor) in ENDPOINTS.items():

@@ -1,9 +1,9 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
-``TrackRequest``) lives in :mod:`kernia_billing.services` and is re-exported here
-lazily, so importing the package does not import Django models before the app
-registry is ready.
+``TrackRequest``, ``grant``, ``revoke``) lives in :mod:`kernia_billing.services` and is
+re-exported here lazily, so importing the package does not import Django models before
+the app registry is ready.
 """
 
 from typing import Any
@@ -16,6 +16,8 @@ _PUBLIC = {
     "track_batch": "kernia_billing.services.usage.batch",
     "TrackRequest": "kernia_billing.types",
     "customer_state": "kernia_billing.services.customers",
+    "grant": "kernia_billing.services.grants.issue",
+    "revoke": "kernia_billing.services.grants.issue",
 }
 
 __all__ = ["__version__", *_PUBLIC]

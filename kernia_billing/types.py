@@ -22,6 +22,12 @@ class CheckResult:
     next_reset_at: datetime | None = None
     plan: str | None = None
     required: int = 1
+    # The soonest expiry among the grants with something left; the breakdown on request.
+    next_expiry: datetime | None = None
+    grants: tuple[Any, ...] | None = None
+    # Credit pools: the pool's balance in credits and what one unit costs.
+    credit_balance: int | None = None
+    credit_cost: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +44,8 @@ class TrackResult:
     unlimited: bool
     replayed: bool = False
     created_at: datetime | None = None
+    credit_balance: int | None = None
+    credit_cost: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +87,8 @@ class EntitlementState:
     reset_period: str
     period_start: datetime | None
     next_reset_at: datetime | None
+    next_expiry: datetime | None = None
+    grants: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,7 +210,10 @@ def test_api_views_use_the_apps_extend_schema():
             continue  # the wrapper itself
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "drf_spectacular.utils":
-                if any(alias.name == "extend_schema" for alias in node.names):
-                    offenders.append(path.name)
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "drf_spectacular.utils"
+                and any(alias.name == "extend_schema" for alias in node.names)
+            ):
+                offenders.append(path.name)
     assert offenders == []

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
 from ..selectors import owner_search
+from .grants import GrantCreditsMixin
 
 #: Usage events shown on a customer's page; the rest are one click away.
 RECENT_USAGE_EVENTS = 50
@@ -71,7 +72,7 @@ class EntitlementInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(BillingCustomer)
-class BillingCustomerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     change_list_template = "admin/kernia_billing/billingcustomer_change_list.html"
     list_display = [
         "owner_name",

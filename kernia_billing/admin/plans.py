@@ -235,10 +235,36 @@ class PlanAdmin(admin.ModelAdmin):
         sync_plan_customers([form.instance.pk])
 
 
+class FeatureForm(forms.ModelForm):
+    """A feature; ``credit_cost`` left empty is 1 (it only matters with a credit pool)."""
+
+    class Meta:
+        model = Feature
+        fields = [
+            "key",
+            "name",
+            "kind",
+            "unit",
+            "description",
+            "archived",
+            "credit_pool",
+            "credit_cost",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["credit_cost"].required = False
+
+    def clean_credit_cost(self) -> int:
+        return int(self.cleaned_data.get("credit_cost") or 1)
+
+
 @admin.register(Feature)
 class FeatureAdmin(admin.ModelAdmin):
-    list_display = ["key", "name", "kind", "unit", "archived"]
+    form = FeatureForm
+    list_display = ["key", "name", "kind", "unit", "credit_pool", "archived"]
     list_filter = ["kind", "archived"]
+    list_select_related = ["credit_pool"]
     search_fields = ["key", "name", "description"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:

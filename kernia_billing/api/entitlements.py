@@ -78,7 +78,9 @@ class CheckView(OwnerMixin, BillingAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         owner = self.get_owner(data)
-        result = usage.check(owner, data["feature"], required=data["required"])
+        result = usage.check(
+            owner, data["feature"], required=data["required"], breakdown=data["breakdown"]
+        )
         return Response(render_check(result))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from .serializers import OwnerSerializer, StrictCharField
+from .serializers import GrantPartSerializer, OwnerSerializer, StrictCharField
 
 MAX_URL_LENGTH = 2048
 MAX_STRIPE_ID_LENGTH = 255
@@ -37,6 +37,10 @@ class EntitlementStateSerializer(serializers.Serializer):
     resetPeriod = serializers.CharField(source="reset_period")
     periodStart = serializers.DateTimeField(source="period_start", allow_null=True)
     nextResetAt = serializers.DateTimeField(source="next_reset_at", allow_null=True)
+    nextExpiry = serializers.DateTimeField(
+        source="next_expiry", allow_null=True, help_text="Soonest expiry of a grant."
+    )
+    grants = GrantPartSerializer(many=True, help_text="Sources of the balance, in draw order.")
 
 
 class OverageEstimateSerializer(serializers.Serializer):

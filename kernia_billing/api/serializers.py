@@ -48,6 +48,17 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean: no 0/1, no "true"/"false" strings."""
+
+    default_error_messages = {"invalid": "Must be a boolean."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 @extend_schema_field(
     {"oneOf": [{"type": "integer"}, {"type": "string", "maxLength": MAX_OWNER_ID_LENGTH}]}
 )
@@ -108,6 +119,9 @@ class CheckSerializer(FlatFieldsMixin, OwnerSerializer):
     required = StrictIntegerField(  # type: ignore[assignment]  # a field, not Field.required
         required=False, default=1, min_value=0, help_text="Units the action needs (default 1)."
     )
+    breakdown = StrictBooleanField(
+        required=False, default=False, help_text="Add the grants the balance is made of."
+    )
 
 
 class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
@@ -131,6 +145,16 @@ class TrackSerializer(FlatFieldsMixin, OwnerSerializer):
     )
 
 
+class GrantPartSerializer(serializers.Serializer):
+    """One source of a balance: the plan's grant (expiresAt: its next reset) or a grant."""
+
+    source = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.source
+        help_text="plan, addon, topup, adjustment, rollover, promotion"
+    )
+    remaining = serializers.IntegerField()
+    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
+
+
 class CheckResultSerializer(serializers.Serializer):
     allowed = serializers.BooleanField()
     reason = serializers.ChoiceField(
@@ -148,6 +172,38 @@ class CheckResultSerializer(serializers.Serializer):
     resetPeriod = serializers.CharField(source="reset_period", allow_null=True)
     nextResetAt = serializers.DateTimeField(source="next_reset_at", allow_null=True)
     plan = serializers.CharField(allow_null=True, help_text="Key of the customer's plan.")
+    nextExpiry = serializers.DateTimeField(
+        source="next_expiry",
+        allow_null=True,
+        required=False,
+        help_text='With "breakdown": true: the soonest expiry of a grant.',
+    )
+    grants = GrantPartSerializer(
+        many=True,
+        required=False,
+        help_text='With "breakdown": true: the sources of the balance, in draw order.',
+    )
+
+    creditBalance = serializers.IntegerField(
+        source="credit_balance", required=False, help_text="Credit pools: the pool's credits."
+    )
+    creditCost = serializers.IntegerField(
+        source="credit_cost", required=False, help_text="Credit pools: credits per unit."
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = dict(super().to_representation(instance))
+        if getattr(instance, "grants", None) is None:
+            data.pop("nextExpiry", None)
+            data.pop("grants", None)
+        return _without_credits(data, instance)
+
+
+def _without_credits(data: dict[str, Any], instance: Any) -> dict[str, Any]:
+    if getattr(instance, "credit_cost", None) is None:
+        data.pop("creditBalance", None)
+        data.pop("creditCost", None)
+    return data
 
 
 class TrackResultSerializer(serializers.Serializer):
@@ -162,6 +218,15 @@ class TrackResultSerializer(serializers.Serializer):
         help_text="True when this answers a repeated idempotencyKey (counted once)."
     )
     createdAt = serializers.DateTimeField(source="created_at")
+    creditBalance = serializers.IntegerField(
+        source="credit_balance", required=False, help_text="Credit pools: the pool's credits."
+    )
+    creditCost = serializers.IntegerField(
+        source="credit_cost", required=False, help_text="Credit pools: credits per unit."
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        return _without_credits(dict(super().to_representation(instance)), instance)
 
 
 # The hot endpoints render their results directly: building a DRF serializer per
@@ -189,7 +254,29 @@ def render_check(result: CheckResult) -> dict[str, Any]:
         "resetPeriod": result.reset_period,
         "nextResetAt": _datetime(result.next_reset_at),
         "plan": result.plan,
+        **(
+            {}
+            if result.grants is None
+            else {
+                "nextExpiry": _datetime(result.next_expiry),
+                "grants": render_grant_parts(result.grants),
+            }
+        ),
+        **_credits(result),
     }
+
+
+def _credits(result: Any) -> dict[str, Any]:
+    if result.credit_cost is None:
+        return {}
+    return {"creditBalance": result.credit_balance, "creditCost": result.credit_cost}
+
+
+def render_grant_parts(parts: Any) -> list[dict[str, Any]]:
+    return [
+        {"source": p.source, "remaining": p.remaining, "expiresAt": _datetime(p.expires_at)}
+        for p in parts
+    ]
 
 
 def render_track(result: TrackResult) -> dict[str, Any]:
@@ -204,6 +291,7 @@ def render_track(result: TrackResult) -> dict[str, Any]:
         "unlimited": result.unlimited,
         "replayed": result.replayed,
         "createdAt": _datetime(result.created_at),
+        **_credits(result),
     }
 
 

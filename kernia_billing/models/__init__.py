@@ -1,6 +1,7 @@
-"""Models, split by sub-domain: catalog, customers, entitlements, usage, webhooks."""
+"""Models, split by sub-domain: catalog, customers, entitlements, grants, usage, webhooks."""
 
 from .catalog import (
+    CONSUMABLE_KINDS,
     CatalogPrice,
     CatalogProduct,
     Feature,
@@ -13,11 +14,13 @@ from .catalog import (
 )
 from .customers import BillingCustomer
 from .entitlements import Entitlement
+from .grants import Grant, GrantSource
 from .metering import Meter, OverageReport, ReportKind, ReportStatus
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
+    "CONSUMABLE_KINDS",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
@@ -25,6 +28,8 @@ __all__ = [
     "Entitlement",
     "Feature",
     "FeatureKind",
+    "Grant",
+    "GrantSource",
     "Meter",
     "OverageReport",
     "Plan",

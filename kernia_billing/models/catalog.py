@@ -25,6 +25,11 @@ class FeatureKind(models.TextChoices):
     METERED = "metered", _("Metered (consumable, resets)")
     SEATS = "seats", _("Seats (goes up and down)")
     QUANTITY = "quantity", _("Quantity (static limit)")
+    CREDITS = "credits", _("Credit pool (consumable, other features draw from it)")
+
+
+#: Kinds whose usage is consumed (positive amounts only) and that take grants.
+CONSUMABLE_KINDS = frozenset({FeatureKind.METERED, FeatureKind.CREDITS})
 
 
 class ResetPeriod(models.TextChoices):
@@ -53,6 +58,23 @@ class Feature(models.Model):
     )
     description = models.TextField(_("description"), blank=True)
     archived = models.BooleanField(_("archived"), default=False)
+    # Credit pools: tracking this feature draws ``amount x credit_cost`` from the pool.
+    credit_pool = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="credit_consumers",
+        limit_choices_to={"kind": "credits"},
+        verbose_name=_("credit pool"),
+    )
+    credit_cost = models.PositiveIntegerField(
+        _("credit cost"),
+        default=1,
+        db_default=1,
+        validators=[MinValueValidator(1)],
+        help_text=_("Credits one unit of this feature draws from its pool."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -61,6 +83,11 @@ class Feature(models.Model):
         # dj-stripe has its own Feature (Stripe Entitlements); say which one this is.
         verbose_name = _("billing feature")
         verbose_name_plural = _("billing features")
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_cost__gte=1), name="kernia_billing_feature_credit_cost_gte_1"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.key
@@ -75,6 +102,7 @@ class Feature(models.Model):
         return self.kernia_entitlements.exists() or self.kernia_usage_events.exists()  # type: ignore[attr-defined]
 
     def clean(self) -> None:
+        self._clean_credit_pool()
         # Renaming a used feature breaks every check/track call that names it, and a
         # new kind reinterprets the usage already recorded: add a new feature instead.
         if self.pk is None or not self.in_use():
@@ -93,6 +121,15 @@ class Feature(models.Model):
         }
         if errors:
             raise ValidationError(errors)
+
+    def _clean_credit_pool(self) -> None:
+        if self.credit_pool_id is None:
+            return
+        pool = self.credit_pool
+        if pool is None or pool.kind != FeatureKind.CREDITS or pool.pk == self.pk:
+            raise ValidationError({"credit_pool": _("A credit pool is a feature of kind credits.")})
+        if self.kind != FeatureKind.METERED:
+            raise ValidationError({"credit_pool": _("Only metered features draw from a pool.")})
 
 
 class Plan(models.Model):
@@ -161,6 +198,20 @@ class PlanFeature(models.Model):
         verbose_name=_("overage price"),
         help_text=_("An approved metered Stripe price that bills usage beyond the grant."),
     )
+    rollover_max = models.BigIntegerField(
+        _("rollover cap"),
+        default=0,
+        db_default=0,
+        validators=[MinValueValidator(0)],
+        help_text=_("Unused included amount carried into later periods, up to this (0: off)."),
+    )
+    rollover_expires_after = models.PositiveIntegerField(
+        _("rollover lifetime (periods)"),
+        default=1,
+        db_default=1,
+        validators=[MinValueValidator(1)],
+        help_text=_("A rollover expires this many periods after the period it came from."),
+    )
 
     class Meta:
         ordering = ["plan", "feature__key"]
@@ -172,6 +223,10 @@ class PlanFeature(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(included__gte=0), name="kernia_billing_planfeature_included_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(rollover_max__gte=0) & Q(rollover_expires_after__gte=1),
+                name="kernia_billing_planfeature_rollover_valid",
             ),
         ]
 
@@ -198,6 +253,10 @@ class PlanFeature(models.Model):
             errors["included_from_quantity"] = _("Only seats can follow the subscription quantity.")
         if self.overage_price_id:
             errors.update(self._overage_price_errors(kind))
+        if self.rollover_max and (
+            kind not in CONSUMABLE_KINDS or self.reset_period == ResetPeriod.NONE or self.unlimited
+        ):
+            errors["rollover_max"] = _("Only a limited metered feature that resets rolls over.")
         if errors:
             raise ValidationError(errors)
 
@@ -224,6 +283,14 @@ class PlanFeature(models.Model):
             "allowOverage": self.allow_overage,
             "includedFromQuantity": self.included_from_quantity,
             **({"overagePrice": self.overage_price.reference} if self.overage_price else {}),
+            **(
+                {
+                    "rolloverMax": self.rollover_max,
+                    "rolloverExpiresAfter": self.rollover_expires_after,
+                }
+                if self.rollover_max
+                else {}
+            ),
         }
 
 

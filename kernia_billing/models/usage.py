@@ -25,6 +25,21 @@ class UsageEvent(models.Model):
     created_at = models.DateTimeField(_("time"), db_index=True)
     balance_after = models.BigIntegerField(_("balance after"))
     usage_after = models.BigIntegerField(_("usage after"))
+    # What the event drew from grants other than the plan's, and from which:
+    # ``[{"grant": 17, "amount": 2}, {"grant": null, "amount": 3}]`` (null: the plan's
+    # grant, or overage). None when everything came from the plan's grant.
+    from_grants = models.BigIntegerField(_("drawn from grants"), default=0, db_default=0)
+    draws = models.JSONField(null=True, blank=True)
+    # Credit pools: the event is on the pool (``amount`` credits); the feature used and
+    # how many of its units.
+    used_feature = models.ForeignKey(
+        Feature,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="kernia_pool_usage_events",
+    )
+    units = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

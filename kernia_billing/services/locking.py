@@ -8,11 +8,19 @@ each other:
    ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``),
    ``apply_default_plan``, ``ensure_stripe_customer``.
 2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
-   conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook), plan
-   sync, ``track`` and ``track_batch``, the ledger audit's fix.
-3. **Rows that are only inserted** (ledger events) come last, after every lock above.
+   conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their
+   rollovers), plan sync, ``track`` and ``track_batch``, the ledger audit's fix, and
+   every writer of grants (``grant``, ``revoke``, clawbacks, expiry, the multi-grant
+   draw) which locks the grants' entitlement first.
+3. **Grants, ascending id** (``ORDER BY id FOR UPDATE``), always after their
+   entitlement: the multi-grant draw of ``track``, ``track_batch`` (all the grants of
+   all its entitlements in one statement), clawbacks, ``revoke``, expiry, rollovers.
+   A grant row is never locked by a writer that does not hold its entitlement.
+4. **Rows that are only inserted** (ledger events, new grants) come last, after every
+   lock above.
 
-``track`` and ``track_batch`` never lock the customer: they take step 2 and 3 only.
+``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
+track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert.
 
 Why ``NO KEY UPDATE`` and not ``FOR UPDATE`` for the customer: on PostgreSQL, Django's
 foreign keys are ``DEFERRABLE INITIALLY DEFERRED``, so the ledger row that a track

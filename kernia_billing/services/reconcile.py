@@ -25,6 +25,7 @@ from ..models import BillingCustomer, Entitlement, UsageEvent
 from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
 from .customers import apply_subscription, resolve_plan
+from .grants.audit import audit_grants
 from .stripe_state import list_customer_subscriptions, pick_subscription
 
 CUSTOMER_FIELDS = (
@@ -131,7 +132,10 @@ def reconcile_customers(
 
 
 def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) -> list[Drift]:
-    """Entitlements whose usage is not the sum of their events since ``period_start``.
+    """Entitlements whose usage is not the sum of their events since ``period_start``,
+    and every drift of the grants (:func:`~.grants.audit.audit_grants`: per grant,
+    consumed = what the draws took, no draw after expiry; per entitlement, the grant
+    columns = the grants' sums). Only usage is fixed; grant drifts are reported.
 
     A fix writes the ledger's sum with a conditional ``UPDATE`` on the usage it read, so
     a track that lands meanwhile is never overwritten (that row is reported, not fixed).
@@ -174,4 +178,4 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
                 fixed=fixed,
             )
         )
-    return drifts
+    return drifts + audit_grants(customer_ids)

@@ -10,6 +10,7 @@ from kernia_billing.api.serializers import (
     render_check,
     render_track,
 )
+from kernia_billing.services.grants.totals import GrantPart
 from kernia_billing.types import CheckResult, TrackResult
 
 CHECKS = [
@@ -25,6 +26,22 @@ CHECKS = [
         plan="pro",
     ),
     CheckResult(allowed=False, feature="sso", kind="boolean", reason="not_included"),
+    CheckResult(
+        allowed=True,
+        feature="messages",
+        kind="metered",
+        balance=35,
+        included=10,
+        usage=5,
+        reset_period="month",
+        next_reset_at=datetime(2026, 1, 31, 9, tzinfo=UTC),
+        next_expiry=datetime(2026, 1, 20, tzinfo=UTC),
+        grants=(
+            GrantPart("plan", 5, datetime(2026, 1, 31, 9, tzinfo=UTC)),
+            GrantPart("topup", 30, datetime(2026, 1, 20, tzinfo=UTC), 7),
+        ),
+        plan="pro",
+    ),
     CheckResult(
         allowed=True,
         feature="projects",

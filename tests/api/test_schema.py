@@ -38,7 +38,10 @@ def test_check_is_documented(schema):
         request["properties"]
     )
     assert request["required"] == ["feature"]
-    assert set(response["properties"]) == CHECK_FIELDS
+    # The breakdown fields are only present when asked for ("breakdown": true).
+    optional = {"nextExpiry", "grants", "creditBalance", "creditCost"}
+    assert set(response["properties"]) == CHECK_FIELDS | optional
+    assert not optional & set(response.get("required", []))
     for status in ("400", "401", "403", "404", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 
@@ -52,7 +55,7 @@ def test_track_is_documented(schema):
     assert request["properties"]["idempotencyKey"]["maxLength"] == 255
     assert request["properties"]["amount"]["type"] == "integer"
     assert request["properties"]["properties"]["type"] == "object"
-    assert set(response["properties"]) == TRACK_FIELDS
+    assert set(response["properties"]) == TRACK_FIELDS | {"creditBalance", "creditCost"}
     for status in ("400", "402", "404", "409", "415", "429"):
         assert json_schema(operation, status)["$ref"].endswith("/Error")
 

@@ -7,14 +7,17 @@
                                                       # Stripe and refresh dj-stripe's mirror
     python manage.py kernia_reconcile --meters        # overage we sent vs Stripe's meters
     python manage.py kernia_reconcile --meters --fix  # send the missing units (once)
+    python manage.py kernia_reconcile --expire        # first record every due grant expiry
 
 Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
 seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
 ``--refresh``. Only fresh Stripe data repairs it: the mirror can be older than what
 webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
 The ledger audit checks that each entitlement's usage equals the sum of its usage
-events since its period start. Same code as ``kernia_billing.services.reconcile``
-(``reconcile_customers()``, ``audit_ledger()``). ``--meters`` compares, per customer,
+events since its period start, and audits every grant (consumed = what the ledger's
+draws took from it, no draw after its expiry, the entitlement's grant totals). Same
+code as ``kernia_billing.services.reconcile`` (``reconcile_customers()``,
+``audit_ledger()``). ``--meters`` compares, per customer,
 feature and period, the overage units we sent with Stripe's meter event summaries
 (``kernia_billing.services.metering.reconcile.reconcile_meters()``).
 """
@@ -27,6 +30,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.management.base import BillingCommand
+from kernia_billing.services.grants.expiry import expire_all
 from kernia_billing.services.metering.reconcile import reconcile_meters
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 
@@ -44,6 +48,11 @@ class Command(BillingCommand):
             help="Repair the ledger drift found; customer state only with --refresh "
             "(fresh Stripe data), else it is reported.",
         )
+        parser.add_argument(
+            "--expire",
+            action="store_true",
+            help="Record every due grant expiry first (set-based; reads do it lazily anyway).",
+        )
 
         parser.add_argument(
             "--meters",
@@ -52,11 +61,20 @@ class Command(BillingCommand):
         )
 
     def handle(
-        self, *args: Any, refresh: bool, fix: bool, meters: bool = False, **options: Any
+        self,
+        *args: Any,
+        refresh: bool,
+        fix: bool,
+        meters: bool = False,
+        expire: bool = False,
+        **options: Any,
     ) -> None:
         if meters:
             self._meters(fix=fix)
             return
+        if expire:
+            count = expire_all()
+            self.say(f"Recorded due grant expiries on {count} entitlement(s).")
         try:
             customer_drift = reconcile_customers(refresh=refresh, fix=fix)
         except StripeUnavailable as exc:
@@ -82,7 +100,6 @@ class Command(BillingCommand):
                 )
         else:
             self.say(f"Found: {summary}. Run with --fix to repair.", style=self.style.WARNING)
-            self.stdout.write(self.style.WARNING(f"Found: {summary}. Run with --fix to repair."))
 
     def _meters(self, *, fix: bool) -> None:
         try:

@@ -25,6 +25,8 @@ PLAN_FEATURE_KEYS = {
     "allowOverage",
     "includedFromQuantity",
     "overagePrice",
+    "rolloverMax",
+    "rolloverExpiresAfter",
 }
 FEATURE_KEYS = {"key", "name", "kind", "unit", "description", "archived"}
 PLAN_KEYS = {

@@ -152,6 +152,8 @@ def load_catalog(
                     "reset_period": pf.get("resetPeriod", ResetPeriod.NONE),
                     "allow_overage": pf.get("allowOverage", False),
                     "included_from_quantity": pf.get("includedFromQuantity", False),
+                    "rollover_max": pf.get("rolloverMax", 0),
+                    "rollover_expires_after": pf.get("rolloverExpiresAfter", 1),
                 }
                 ok = True
                 expected: tuple[tuple[str, type], ...] = (
@@ -160,6 +162,8 @@ def load_catalog(
                     ("reset_period", str),
                     ("allow_overage", bool),
                     ("included_from_quantity", bool),
+                    ("rollover_max", int),
+                    ("rollover_expires_after", int),
                 )
                 for name, expected_type in expected:
                     ok = _typed(pf_fields[name], expected_type, f"{pf_where} {name}", errors) and ok

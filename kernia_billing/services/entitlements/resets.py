@@ -14,6 +14,7 @@ from ...models import (
 )
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
+from ..grants.rollovers import reset_with_rollover
 from .rows import EntitlementRow, _reload
 
 # --- periods and resets ------------------------------------------------------------------
@@ -61,10 +62,12 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
         count = entitlement.billing_interval_count or 1
     else:
         unit, count = entitlement.reset_period, 1
+    if entitlement.rollover_max > 0:
+        return reset_with_rollover(entitlement, now, unit, count)
     start, end = period_containing(entitlement.reset_anchor_or_default, unit, now, count)
     # Only the first of any number of concurrent resets matches the old boundary.
     Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
-        usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
+        usage=0, grant_usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
     )
     return _reload(entitlement.id)
 
@@ -86,14 +89,12 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
     )
     count = 0
     for entitlement_id, feature_id in list(due.values_list("pk", "feature_id")):
-        usage = (
-            UsageEvent.objects.filter(
-                customer=customer, feature_id=feature_id, created_at__gte=period_start
-            ).aggregate(total=Sum("amount"))["total"]
-            or 0
-        )
+        totals = UsageEvent.objects.filter(
+            customer=customer, feature_id=feature_id, created_at__gte=period_start
+        ).aggregate(total=Sum("amount"), from_grants=Sum("from_grants"))
         count += Entitlement.objects.filter(pk=entitlement_id).update(
-            usage=usage,
+            usage=totals["total"] or 0,
+            grant_usage=totals["from_grants"] or 0,
             period_start=period_start,
             reset_anchor=period_start,
             next_reset_at=customer.current_period_end,

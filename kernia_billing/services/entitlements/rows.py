@@ -50,10 +50,28 @@ class EntitlementRow:
     billing_interval: str
     billing_interval_count: int
     feature_name: str
+    grant_usage: int
+    grant_remaining: int
+    grant_next_expiry: datetime | None
+    rollover_max: int
+    rollover_expires_after: int
+
+    @property
+    def plan_remaining(self) -> int:
+        """What is left of the plan's grant this period (negative in overage)."""
+        return self.included - (self.usage - self.grant_usage)
 
     @property
     def balance(self) -> int:
-        return self.included - self.usage
+        """Spendable now: the plan's grant left plus what remains of the other grants.
+
+        Exact only while no grant expiry is due (``expiry_due``): readers record due
+        expiries first (:func:`kernia_billing.services.grants.expiry.expire_due`).
+        """
+        return self.plan_remaining + self.grant_remaining
+
+    def expiry_due(self, now: datetime) -> bool:
+        return self.grant_next_expiry is not None and self.grant_next_expiry <= now
 
     @property
     def reset_anchor_or_default(self) -> datetime:
@@ -84,6 +102,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("billing_interval", "c", "billing_interval"),
     ("billing_interval_count", "c", "billing_interval_count"),
     ("feature_name", "f", "name"),
+    ("grant_usage", "e", "grant_usage"),
+    ("grant_remaining", "e", "grant_remaining"),
+    ("grant_next_expiry", "e", "grant_next_expiry"),
+    ("rollover_max", "e", "rollover_max"),
+    ("rollover_expires_after", "e", "rollover_expires_after"),
 )
 _FIELDS = fields(EntitlementRow)
 assert [f.name for f in _FIELDS] == [name for name, _, _ in COLUMNS], "COLUMNS follows the row"

@@ -18,8 +18,10 @@ from ...models import (
 from ...models.catalog import ResetPeriod
 from ...selectors import default_plan, status_entitles
 from ...types import EntitlementState
+from ..grants.expiry import current
+from ..grants.totals import breakdown
 from ..locking import lock_customer
-from .resets import current_period, reset_if_due
+from .resets import current_period
 from .rows import _select_many
 
 # --- plan -> entitlements ----------------------------------------------------------------
@@ -51,6 +53,8 @@ def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None)
             "unlimited": plan_feature.unlimited,
             "allow_overage": plan_feature.allow_overage,
             "reset_period": plan_feature.reset_period,
+            "rollover_max": plan_feature.rollover_max,
+            "rollover_expires_after": plan_feature.rollover_expires_after,
         }
         current = existing.get(plan_feature.feature_id)
         if current is None:
@@ -108,12 +112,12 @@ def sync_plan_customers(plan_ids: Iterable[int]) -> int:
 def refresh_entitlements(
     customer: BillingCustomer, *, now: datetime | None = None
 ) -> list[EntitlementState]:
-    """The customer's granted entitlements, with due resets applied."""
+    """The customer's granted entitlements, with due resets and expiries applied."""
     now = now or timezone.now()
     states = []
     rows = _select_many("c.id = %s AND e.granted = %s", [customer.pk, True])
     for row in sorted(rows, key=lambda r: r.feature):
-        entitlement = reset_if_due(row, now)
+        entitlement = current(row, now)
         states.append(
             EntitlementState(
                 feature=entitlement.feature,
@@ -128,6 +132,8 @@ def refresh_entitlements(
                 reset_period=entitlement.reset_period,
                 period_start=entitlement.period_start,
                 next_reset_at=entitlement.next_reset_at,
+                next_expiry=entitlement.grant_next_expiry,
+                grants=breakdown(entitlement, now),
             )
         )
     return states

@@ -22,6 +22,7 @@ from ...exceptions import (
 )
 from ...hygiene import validate_properties, validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     Entitlement,
     FeatureKind,
     UsageEvent,
@@ -30,9 +31,11 @@ from ...selectors import owner_ref
 from ...types import BatchItemResult, CheckResult, TrackRequest
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
+from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
-from .track import _before_period, _track_result
+from .ledger import _track_result
+from .track import _before_period
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -122,7 +125,7 @@ def _prepare(
         row = rows_by_key[cache_key] = found
     if row.kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": request.feature})
-    if row.kind == FeatureKind.METERED and amount < 0:
+    if row.kind in CONSUMABLE_KINDS and amount < 0:
         raise InvalidRequest(
             "Metered usage only goes up: amount must be a positive integer.",
             fields={"amount": "Must be a positive integer."},
@@ -163,6 +166,8 @@ def _decide_locked(
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)
     before_period = {row_id for row_id, row in rows.items() if _before_period(row, moment)}
+    # Step 3 of the lock order: the grants of these entitlements, ascending id.
+    grants = GrantLedger.lock([rows[i] for i in ids if rows[i].grant_remaining > 0], moment)
     existing = _existing_events(prepared)
     known_keys.update(existing)
     decided: dict[int, BatchItemResult] = {}
@@ -190,11 +195,12 @@ def _decide_locked(
                 in_batch_replays.append((item, event))
                 continue
         # A first use, or a retry of a use that this batch refused: decide it.
-        result = _decide_one(item, row, usage, moment, accepted)
+        result = _decide_one(item, row, usage, grants, moment, accepted)
         decided[item.index] = result
         if key is not None:
             seen_keys[key] = (item.fingerprint, accepted[-1][1] if result.ok else None)
     _write_decisions(rows, usage, accepted, moment)
+    grants.write(moment)
     for item, event in accepted:
         decided[item.index] = BatchItemResult(
             index=item.index,
@@ -249,6 +255,7 @@ def _decide_one(
     item: _Prepared,
     row: EntitlementRow,
     usage: dict[int, int],
+    grants: GrantLedger,
     moment: datetime,
     accepted: list[tuple[_Prepared, UsageEvent]],
 ) -> BatchItemResult:
@@ -256,8 +263,9 @@ def _decide_one(
     after = current + item.amount
     if not row.granted:
         return refusal(item.index, denial_error(_check_result(row, 1)))
-    if item.amount > 0 and not (row.unlimited or row.allow_overage) and after > row.included:
-        balance = row.included - current
+    drawn = grants.draw(row, current, item.amount) if item.amount > 0 else (0, None)
+    if drawn is None:
+        balance = grants.balance(row, current)
         return refusal(
             item.index,
             InsufficientBalance(
@@ -275,6 +283,7 @@ def _decide_one(
             ),
         )
     usage[row.id] = after
+    from_grants, draws = drawn
     event = UsageEvent(
         customer_id=item.customer_id,
         feature_id=row.feature_id,
@@ -283,8 +292,10 @@ def _decide_one(
         request_fingerprint=item.fingerprint,
         properties=item.properties,
         created_at=moment,
-        balance_after=row.included - after,
+        balance_after=grants.balance(row, after),
         usage_after=after,
+        from_grants=from_grants,
+        draws=draws,
     )
     accepted.append((item, event))
     return BatchItemResult(index=item.index, ok=True, status=201)

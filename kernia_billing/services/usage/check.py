@@ -16,6 +16,7 @@ from ...exceptions import (
 )
 from ...hygiene import validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     Feature,
     FeatureKind,
     PlanFeature,
@@ -23,9 +24,11 @@ from ...models import (
 from ...selectors import status_entitles
 from ...types import CheckResult
 from ..customers import get_or_create_customer
-from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _load
 from ..entitlements.sync import apply_default_plan, sync_entitlements
+from ..grants.expiry import current
+from ..grants.totals import breakdown as grant_breakdown
+from .pools import in_units, pool_of
 from .validation import _validate_required
 
 
@@ -62,23 +65,51 @@ def _load_or_explain(owner: Any, feature_key: str) -> EntitlementRow | CheckResu
 
 
 def check(
-    owner: Any, feature: str, required: int = 1, *, now: datetime | None = None
+    owner: Any,
+    feature: str,
+    required: int = 1,
+    *,
+    now: datetime | None = None,
+    breakdown: bool = False,
 ) -> CheckResult:
     """May ``owner`` use ``required`` units of ``feature`` now? Never writes usage.
 
-    A reset that fell due is applied first (exactly once), so the answer reflects
-    the current period.
+    A reset that fell due is applied first (exactly once), and so are grant expiries,
+    so the answer reflects the current period. ``breakdown`` adds ``grants``: the plan's
+    grant and the live grants with what remains of each, in consumption order.
     """
     required = _validate_required(required)
     validate_text(feature, "feature")
+    moment = now or timezone.now()
+    own = _load(owner, feature)
+    if own is not None:
+        own = current(own, moment)
+        result = _check_result(own, required, grants=_parts(own, moment, breakdown))
+        if result.allowed or own.kind not in CONSUMABLE_KINDS:
+            return result
+    pool = pool_of(feature)
+    if pool is not None:
+        # A feature's own entitlement first; the pool when it does not cover the amount.
+        pooled = check(owner, pool.pool, required * pool.cost, now=moment, breakdown=breakdown)
+        if pooled.reason in (None, "insufficient_balance") or own is None:
+            kind = own.kind if own is not None else "metered"
+            return in_units(pooled, pool, feature, kind, required)
+    if own is not None:
+        return result
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         return found
-    entitlement = reset_if_due(found, now or timezone.now())
-    return _check_result(entitlement, required)
+    entitlement = current(found, moment)
+    return _check_result(entitlement, required, grants=_parts(entitlement, moment, breakdown))
 
 
-def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
+def _parts(row: EntitlementRow, moment: datetime, breakdown: bool) -> tuple[Any, ...] | None:
+    return grant_breakdown(row, moment) if breakdown else None
+
+
+def _check_result(
+    entitlement: EntitlementRow, required: int, *, grants: tuple[Any, ...] | None = None
+) -> CheckResult:
     reason = None
     boolean = entitlement.kind == FeatureKind.BOOLEAN
     if not entitlement.granted:
@@ -101,6 +132,8 @@ def _check_result(entitlement: EntitlementRow, required: int) -> CheckResult:
         next_reset_at=entitlement.next_reset_at,
         plan=entitlement.plan,
         required=required,
+        next_expiry=entitlement.grant_next_expiry,
+        grants=grants,
     )
 
 

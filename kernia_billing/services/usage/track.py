@@ -6,20 +6,22 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ... import signals
 from ...exceptions import (
     Contention,
     IdempotencyConflict,
     InsufficientBalance,
     InvalidRequest,
+    NoPlan,
+    NotIncluded,
     NotTrackable,
     UsageBelowZero,
 )
 from ...hygiene import validate_properties, validate_text
 from ...models import (
+    CONSUMABLE_KINDS,
     BillingCustomer,
     Entitlement,
     Feature,
@@ -30,8 +32,11 @@ from ...selectors import owner_ref
 from ...types import CheckResult, TrackResult
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _reload
-from ..metering.outbox import record_overage
+from ..grants.draw import draw
+from ..grants.expiry import expire_due
 from .check import _check_result, _load_or_explain, denial_error
+from .ledger import _record_tracked, _track_result
+from .pools import pool_of, track_in_units
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -63,7 +68,38 @@ def track(
     idempotency_key = validate_idempotency_key(idempotency_key)
     validate_text(feature, "feature")
     fingerprint = _fingerprint(feature, amount, properties)
-    if now is None and not isinstance(owner, BillingCustomer):
+    try:
+        return _track(owner, feature, amount, idempotency_key, properties, fingerprint, now)
+    except (InsufficientBalance, NotIncluded, NoPlan):
+        pool = pool_of(feature) if amount > 0 else None
+        if pool is None:
+            raise
+    # A credit pool covers what the feature's own entitlement does not (see .pools).
+    result = _track(
+        owner,
+        pool.pool,
+        amount * pool.cost,
+        idempotency_key,
+        properties,
+        fingerprint,
+        now,
+        credit_use=(pool.feature_id, amount),
+    )
+    return track_in_units(result, pool, feature, amount)
+
+
+def _track(
+    owner: Any,
+    feature: str,
+    amount: int,
+    idempotency_key: str | None,
+    properties: dict[str, Any],
+    fingerprint: str,
+    now: datetime | None,
+    *,
+    credit_use: tuple[int, int] | None = None,
+) -> TrackResult:
+    if now is None and not isinstance(owner, BillingCustomer) and credit_use is None:
         tracked = _track_in_one_update(
             owner, feature, amount, idempotency_key, properties, fingerprint
         )
@@ -78,7 +114,7 @@ def track(
     kind = entitlement.kind
     if kind == FeatureKind.BOOLEAN:
         raise NotTrackable(fields={"feature": feature})
-    if kind == FeatureKind.METERED and amount < 0:
+    if kind in CONSUMABLE_KINDS and amount < 0:
         raise InvalidRequest(
             "Metered usage only goes up: amount must be a positive integer.",
             fields={"amount": "Must be a positive integer."},
@@ -97,10 +133,17 @@ def track(
         entitlement = reset_if_due(entitlement, moment)
         try:
             with transaction.atomic():
+                from_grants, draws = 0, None
                 row = _deduct(entitlement, amount, moment)
+                if row is None and amount > 0:
+                    # The plan's grant does not cover it: draw across the grants too.
+                    outcome = draw(entitlement.id, amount, moment)
+                    if outcome is not None:
+                        row = (outcome.usage_after, outcome.balance_after)
+                        from_grants, draws = outcome.from_grants, outcome.draws
                 if row is None:
                     raise _Refused
-                usage_after, included = row
+                usage_after, balance_after = row
                 event = _record_tracked(
                     UsageEvent(
                         customer_id=entitlement.customer_id,
@@ -110,8 +153,12 @@ def track(
                         request_fingerprint=fingerprint,
                         properties=properties,
                         created_at=moment,
-                        balance_after=included - usage_after,
+                        balance_after=balance_after,
                         usage_after=usage_after,
+                        from_grants=from_grants,
+                        draws=draws,
+                        used_feature_id=credit_use[0] if credit_use else None,
+                        units=credit_use[1] if credit_use else None,
                     ),
                     feature=entitlement.feature,
                     unlimited=entitlement.unlimited,
@@ -126,6 +173,8 @@ def track(
             return replay
         except _Refused:
             entitlement = _reload(entitlement.id)
+            if entitlement.expiry_due(moment):
+                entitlement = expire_due(entitlement.id, moment)
             if not entitlement.granted:
                 raise denial_error(_check_result(entitlement, 1)) from None
             if _needs_retry(entitlement, moment):
@@ -169,7 +218,7 @@ def _track_in_one_update(
             row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
             if row is None:
                 return None
-            customer_id, feature_id, usage_after, included, unlimited = row
+            customer_id, feature_id, usage_after, balance_after, unlimited = row
             event = _record_tracked(
                 UsageEvent(
                     customer_id=customer_id,
@@ -179,7 +228,7 @@ def _track_in_one_update(
                     request_fingerprint=fingerprint,
                     properties=properties,
                     created_at=moment,
-                    balance_after=included - usage_after,
+                    balance_after=balance_after,
                     usage_after=usage_after,
                 ),
                 feature=feature,
@@ -192,6 +241,13 @@ def _track_in_one_update(
     return _track_result(feature, unlimited, event, replayed=False)
 
 
+#: The plan's grant alone decides: unlimited, covered by what is left of it, or overage
+#: with no other grant to draw from first. Anything else takes the multi-grant draw.
+_PLAN_COVERS = (
+    "unlimited OR {usage} - grant_usage + %s <= included OR (allow_overage AND grant_remaining = 0)"
+)
+
+
 @lru_cache(maxsize=2)
 def _deduct_by_owner_sql(vendor: str) -> str:
     quote = connection.ops.quote_name
@@ -202,16 +258,19 @@ def _deduct_by_owner_sql(vendor: str) -> str:
         f"JOIN {quote(BillingCustomer._meta.db_table)} c ON c.id = e.customer_id "
         f"JOIN {quote(Feature._meta.db_table)} f ON f.id = e.feature_id "
         "WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s "
-        f"AND f.kind <> '{FeatureKind.BOOLEAN}' AND (%s > 0 OR f.kind <> '{FeatureKind.METERED}')"
+        f"AND f.kind <> '{FeatureKind.BOOLEAN}' "
+        f"AND (%s > 0 OR f.kind NOT IN ('{FeatureKind.METERED}', '{FeatureKind.CREDITS}'))"
     )
     return (
         f"UPDATE {entitlement} SET {usage} = {usage} + %s, updated_at = %s "
         f"WHERE id = ({lookup}) AND granted "
         "AND (period_start IS NULL OR period_start <= %s) "
         "AND (next_reset_at IS NULL OR next_reset_at > %s) "
-        f"AND (CASE WHEN %s > 0 THEN (unlimited OR allow_overage OR {usage} + %s <= included) "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
+        f"AND (CASE WHEN %s > 0 THEN ({_PLAN_COVERS.format(usage=usage)}) "
         f"ELSE {usage} + %s >= 0 END) "
-        f"RETURNING customer_id, feature_id, {usage}, included, unlimited"
+        f"RETURNING customer_id, feature_id, {usage}, included, unlimited, grant_usage, "
+        "grant_remaining"
     )
 
 
@@ -219,15 +278,16 @@ def _deduct_by_owner(
     owner_type_id: int, owner_id: str, feature: str, amount: int, moment: datetime
 ) -> tuple[int, int, int, int, bool] | None:
     at = connection.ops.adapt_datetimefield_value(moment)
-    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at]
+    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at, at]
     params += [amount, amount, amount]
     with connection.cursor() as cursor:
         cursor.execute(_deduct_by_owner_sql(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
         return None
-    customer_id, feature_id, usage_after, included, unlimited = row
-    return int(customer_id), int(feature_id), int(usage_after), int(included), bool(unlimited)
+    customer_id, feature_id, usage_after, included, unlimited, grant_usage, remaining = row
+    balance_after = int(included) - (int(usage_after) - int(grant_usage)) + int(remaining)
+    return int(customer_id), int(feature_id), int(usage_after), balance_after, bool(unlimited)
 
 
 class _Refused(Exception):
@@ -246,7 +306,7 @@ def _before_period(entitlement: EntitlementRow, moment: datetime) -> bool:
 
 
 def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple[int, int] | None:
-    """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING usage, included``.
+    """``UPDATE ... SET usage = usage + amount WHERE <allowed> RETURNING ...``: (usage, balance).
 
     The database evaluates the limit under the row lock it takes for the update,
     so concurrent tracks can never overspend or lose an update.
@@ -254,67 +314,25 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
     quote = connection.ops.quote_name
     at = connection.ops.adapt_datetimefield_value(moment)
     usage = quote("usage")
-    if amount > 0:
-        limit = f"({quote('unlimited')} OR {quote('allow_overage')} OR {usage} + %s <= "
-        limit += f"{quote('included')})"
-    else:
-        limit = f"{usage} + %s >= 0"
+    limit = f"({_PLAN_COVERS.format(usage=usage)})" if amount > 0 else f"{usage} + %s >= 0"
     sql = (
         f"UPDATE {quote(Entitlement._meta.db_table)} "
         f"SET {usage} = {usage} + %s, {quote('updated_at')} = %s "
         f"WHERE {quote('id')} = %s AND {quote('granted')} "
         f"AND ({quote('period_start')} IS NULL OR {quote('period_start')} <= %s) "
         f"AND ({quote('next_reset_at')} IS NULL OR {quote('next_reset_at')} > %s) "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
         f"AND {limit} "
-        f"RETURNING {usage}, {quote('included')}"
+        f"RETURNING {usage}, {quote('included')}, grant_usage, grant_remaining"
     )
     now_value = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [amount, now_value, entitlement.id, at, at, amount])
+        cursor.execute(sql, [amount, now_value, entitlement.id, at, at, at, amount])
         row = cursor.fetchone()
-    return (int(row[0]), int(row[1])) if row else None
-
-
-_EVENT_COLUMNS = (
-    "customer_id",
-    "feature_id",
-    "amount",
-    "idempotency_key",
-    "request_fingerprint",
-    "properties",
-    "created_at",
-    "balance_after",
-    "usage_after",
-)
-
-
-@lru_cache(maxsize=2)
-def _insert_event_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
-    return (
-        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
-        f"VALUES ({placeholders}) RETURNING {quote('id')}"
-    )
-
-
-@lru_cache(maxsize=1)
-def _event_fields() -> tuple[models.Field[Any, Any], ...]:
-    fields = (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
-    return tuple(field for field in fields if isinstance(field, models.Field))
-
-
-def _record_event(event: UsageEvent) -> UsageEvent:
-    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
-    params = [
-        field.get_db_prep_save(getattr(event, field.attname), connection)
-        for field in _event_fields()
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_event_sql(connection.vendor), params)
-        event.pk = cursor.fetchone()[0]
-    return event
+    if row is None:
+        return None
+    usage_after, included, grant_usage, remaining = (int(v) for v in row)
+    return usage_after, included - (usage_after - grant_usage) + remaining
 
 
 def _replay(
@@ -329,55 +347,3 @@ def _replay(
             fields={"idempotencyKey": key},
         )
     return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
-
-
-def _track_result(
-    feature: str, unlimited: bool, event: UsageEvent, *, replayed: bool
-) -> TrackResult:
-    return TrackResult(
-        event_id=event.pk,
-        feature=feature,
-        amount=event.amount,
-        balance=event.balance_after,
-        usage=event.usage_after,
-        included=event.balance_after + event.usage_after,
-        unlimited=unlimited,
-        replayed=replayed,
-        created_at=event.created_at,
-    )
-
-
-def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
-    """Insert the ledger row of an accepted deduction and queue its signals."""
-    _record_event(event)
-    record_overage(event)  # metering: the outbox row of its overage, if any
-    _notify_tracked(event.customer_id, feature, unlimited, event)
-    return event
-
-
-def _notify_tracked(customer_id: int, feature: str, unlimited: bool, event: UsageEvent) -> None:
-    balance_before = event.balance_after + event.amount
-    limit_reached = not unlimited and balance_before > 0 >= event.balance_after
-    if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
-        return  # the hot path pays nothing for signals nobody listens to
-
-    def send() -> None:
-        customer = BillingCustomer.objects.get(pk=customer_id)
-        signals.usage_tracked.send(
-            sender=UsageEvent,
-            customer=customer,
-            feature=feature,
-            event_id=event.pk,
-            amount=event.amount,
-            balance=event.balance_after,
-            usage=event.usage_after,
-        )
-        if limit_reached:
-            signals.limit_reached.send(
-                sender=UsageEvent,
-                customer=customer,
-                feature=feature,
-                balance=event.balance_after,
-            )
-
-    transaction.on_commit(send)

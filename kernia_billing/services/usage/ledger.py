@@ -1,0 +1,110 @@
+"""The ledger row of an accepted track: one ``INSERT ... RETURNING id``, its signals, its result."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from django.db import connection, models, transaction
+
+from ... import signals
+from ...models import BillingCustomer, UsageEvent
+from ...types import TrackResult
+from ..metering.outbox import record_overage
+
+_EVENT_COLUMNS = (
+    "customer_id",
+    "feature_id",
+    "amount",
+    "idempotency_key",
+    "request_fingerprint",
+    "properties",
+    "created_at",
+    "balance_after",
+    "usage_after",
+    "from_grants",
+    "draws",
+    "used_feature_id",
+    "units",
+)
+
+
+@lru_cache(maxsize=2)
+def _insert_event_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
+    return (
+        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
+        f"VALUES ({placeholders}) RETURNING {quote('id')}"
+    )
+
+
+@lru_cache(maxsize=1)
+def _event_fields() -> tuple[models.Field[Any, Any], ...]:
+    fields = (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
+    return tuple(field for field in fields if isinstance(field, models.Field))
+
+
+def _record_event(event: UsageEvent) -> UsageEvent:
+    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
+    params = [
+        field.get_db_prep_save(getattr(event, field.attname), connection)
+        for field in _event_fields()
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_event_sql(connection.vendor), params)
+        event.pk = cursor.fetchone()[0]
+    return event
+
+
+def _track_result(
+    feature: str, unlimited: bool, event: UsageEvent, *, replayed: bool
+) -> TrackResult:
+    return TrackResult(
+        event_id=event.pk,
+        feature=feature,
+        amount=event.amount,
+        balance=event.balance_after,
+        usage=event.usage_after,
+        included=event.balance_after + event.usage_after,
+        unlimited=unlimited,
+        replayed=replayed,
+        created_at=event.created_at,
+    )
+
+
+def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
+    """Insert the ledger row of an accepted deduction and queue its signals."""
+    _record_event(event)
+    record_overage(event)  # metering: the outbox row of its overage, if any
+    _notify_tracked(event.customer_id, feature, unlimited, event)
+    return event
+
+
+def _notify_tracked(customer_id: int, feature: str, unlimited: bool, event: UsageEvent) -> None:
+    balance_before = event.balance_after + event.amount
+    limit_reached = not unlimited and balance_before > 0 >= event.balance_after
+    if not (signals.usage_tracked.has_listeners() or signals.limit_reached.has_listeners()):
+        return  # the hot path pays nothing for signals nobody listens to
+
+    def send() -> None:
+        customer = BillingCustomer.objects.get(pk=customer_id)
+        signals.usage_tracked.send(
+            sender=UsageEvent,
+            customer=customer,
+            feature=feature,
+            event_id=event.pk,
+            amount=event.amount,
+            balance=event.balance_after,
+            usage=event.usage_after,
+        )
+        if limit_reached:
+            signals.limit_reached.send(
+                sender=UsageEvent,
+                customer=customer,
+                feature=feature,
+                balance=event.balance_after,
+            )
+
+    transaction.on_commit(send)
