@@ -24,9 +24,9 @@ from kernia_billing.testing.fake_stripe import RecordedRequest
 from kernia_billing.testing.fake_stripe.contract import ContractError, validate_params
 from kernia_billing.testing.fake_stripe.server import routes
 from tests.factories import UserFactory
-from tests.lifecycle import Catalog, Webhooks, plans, stripe_settings, webhooks
+from tests.lifecycle import Catalog, Webhooks, plans, webhooks
 
-__all__ = ["plans", "stripe_settings", "webhooks"]
+__all__ = ["plans", "webhooks"]
 
 
 def contract_of(request: RecordedRequest) -> str | None:
