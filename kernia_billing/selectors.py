@@ -17,12 +17,13 @@ from django.utils import timezone
 from djstripe.models import WebhookEventTrigger
 
 from .conf import billing_settings
-from .exceptions import AnonymousOwner, InvalidOwner
+from .exceptions import AnonymousOwner, InvalidOwner, UnknownFeature
 from .models import (
     BillingCustomer,
     CatalogPrice,
     CatalogProduct,
     Entitlement,
+    Feature,
     Plan,
     PlanFeature,
     PlanPrice,
@@ -93,6 +94,16 @@ def pending_review_count() -> int:
         .exclude(pk__in=pending_prices.filter(product__isnull=False).values("product_id"))
         .count()
     )
+
+
+def feature_filter_id(key: str | None) -> int | None:
+    """The id of the feature a list filter names (None: no filter); unknown keys raise."""
+    if not key:
+        return None
+    feature_id = Feature.objects.filter(key=key).values_list("pk", flat=True).first()
+    if feature_id is None:
+        raise UnknownFeature(f"No such feature: {key!r}.", fields={"feature": key})
+    return feature_id
 
 
 def flagged_mapped_prices() -> QuerySet[CatalogPrice]:

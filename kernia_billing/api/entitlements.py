@@ -19,8 +19,6 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from .. import selectors
-from ..exceptions import UnknownFeature
-from ..models import Feature
 from ..selectors import get_customer
 from ..services import usage
 from .base import BillingAPIView
@@ -150,16 +148,7 @@ class UsageView(OwnerMixin, BillingAPIView):
         query.is_valid(raise_exception=True)
         params = query.validated_data
         owner = self.get_owner(params)
-        feature_id = None
-        if params.get("feature"):
-            feature_id = (
-                Feature.objects.filter(key=params["feature"]).values_list("pk", flat=True).first()
-            )
-            if feature_id is None:
-                raise UnknownFeature(
-                    f"No such feature: {params['feature']!r}.",
-                    fields={"feature": params["feature"]},
-                )
+        feature_id = selectors.feature_filter_id(params.get("feature"))
         customer = get_customer(owner)  # a read: no customer is created here
         events = selectors.usage_events(
             customer.pk if customer else None,

@@ -18,8 +18,8 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ..exceptions import UnknownFeature
-from ..models import Feature, Grant, GrantSource
+from .. import selectors
+from ..models import Grant, GrantSource
 from ..selectors import get_customer
 from ..services.grants import issue
 from ..services.grants.totals import customer_grants
@@ -113,16 +113,7 @@ class GrantsView(OwnerMixin, BillingAPIView):
         query.is_valid(raise_exception=True)
         params = query.validated_data
         owner = self.get_owner(params)
-        feature_id = None
-        if params.get("feature"):
-            feature_id = (
-                Feature.objects.filter(key=params["feature"]).values_list("pk", flat=True).first()
-            )
-            if feature_id is None:
-                raise UnknownFeature(
-                    f"No such feature: {params['feature']!r}.",
-                    fields={"feature": params["feature"]},
-                )
+        feature_id = selectors.feature_filter_id(params.get("feature"))
         customer = get_customer(owner)
         grants = customer_grants(customer.pk if customer else None, feature_id=feature_id)
         return Response({"results": GrantSerializer(grants, many=True).data})
