@@ -17,7 +17,10 @@ from kernia_billing.types import TrackRequest
 from tests.metering.conftest import ledger_overage
 
 
+# Volume through the sender, not database behaviour: it runs once, in the PostgreSQL leg
+# (the SQLite leg carries the README project test instead).
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_ten_thousand_overage_events_over_a_hundred_customers(metered, fake_stripe, settings):
     settings.KERNIA_BILLING = {"METER_SEND_BATCH": 500}
     customers = [metered.customer(f"c{i:03d}") for i in range(100)]

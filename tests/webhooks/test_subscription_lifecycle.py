@@ -22,7 +22,13 @@ from kernia_billing.testing import FakeStripe
 from tests.factories import MembershipFactory, UserFactory
 from tests.lifecycle import Catalog, Webhooks, fake_now
 
-pytestmark = pytest.mark.clock_matrix
+# Each case drives whole webhook sequences through the fake (about a second each), so it
+# takes the dates where a subscription's periods break: a month end, the leap day, the
+# year end and the DST switch. The period arithmetic itself runs on every date in
+# tests/services/test_entitlements.py.
+pytestmark = pytest.mark.clock_matrix(
+    "today", "jan31", "feb29-leap", "dec31-23:59:59", "dst-new-york"
+)
 
 
 def as_datetime(timestamp: int) -> datetime:
