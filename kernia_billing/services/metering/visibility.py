@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 
 from ...models import BillingCustomer, Entitlement, OverageReport, PlanFeature, ReportStatus
 from ...money import format_amount
@@ -30,9 +30,11 @@ def overage_this_period(customer: BillingCustomer) -> tuple[OverageEstimate, ...
         OverageReport.objects.filter(since, customer=customer)
         .exclude(status__in=[ReportStatus.UNBILLED, ReportStatus.CANCELLED])
         .values_list("feature_id")
-        .annotate(units=Sum("value"))
+        # Units a correction credited are billed by Stripe but refunded: not owed.
+        .annotate(units=Sum(F("value") - F("credited")))
         .values_list("feature_id", "units")
     )
+    totals = {feature_id: units for feature_id, units in totals.items() if units}
     if not totals:
         return ()
     plan_features = PlanFeature.objects.filter(plan=customer.plan, feature_id__in=totals)
