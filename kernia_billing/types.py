@@ -28,6 +28,8 @@ class CheckResult:
     # Credit pools: the pool's balance in credits and what one unit costs.
     credit_balance: int | None = None
     credit_cost: int | None = None
+    # Metering: this period's overage and its estimated charge (features allowing it).
+    overage: OverageEstimate | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
