@@ -94,13 +94,11 @@ def overage_this_period(customer: BillingCustomer) -> tuple[OverageEstimate, ...
     prices = {
         pf.feature_id: pf.overage_price for pf in plan_features.select_related("overage_price")
     }
-    return tuple(
-        estimate(
-            entitlements[feature_id].feature.key,
-            entitlements[feature_id].feature.unit,
-            int(units),
-            prices[feature_id].unit_amount if prices.get(feature_id) else None,
-            prices[feature_id].currency if prices.get(feature_id) else "",
-        )
-        for feature_id, units in sorted(totals.items())
-    )
+    estimates = []
+    for feature_id, units in sorted(totals.items()):
+        feature = entitlements[feature_id].feature
+        price = prices.get(feature_id)
+        unit_amount = price.unit_amount if price is not None else None
+        currency = price.currency if price is not None else ""
+        estimates.append(estimate(feature.key, feature.unit, int(units), unit_amount, currency))
+    return tuple(estimates)
