@@ -31,6 +31,7 @@ from kernia_billing.services.metering.sender import send_pending
 from kernia_billing.services.metering.visibility import overage_this_period
 from kernia_billing.services.reconcile import audit_ledger
 from tests.metering.conftest import ledger_overage
+from tests.threads import run_concurrently, skip_unless_shared_database
 
 # Mid-month: a day's travel never crosses the monthly reset of a customer made then.
 START = datetime(2027, 5, 10, 12, 0, tzinfo=UTC)
@@ -284,3 +285,30 @@ def test_an_event_already_cancelled_in_stripe_counts_as_cancelled(clock, metered
     assert result.cancelled_units == 10
     assert OverageReport.objects.get(pk=report.pk).status == ReportStatus.CANCELLED
     assert reconcile_meters() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_correction_racing_the_sender_and_tracks_gives_back_exactly_once(metered):
+    skip_unless_shared_database()
+    customer = metered.customer()
+    track(customer.owner, "messages", 100)
+    for _ in range(20):
+        track(customer.owner, "messages", 2)  # 40 over, queued
+
+    def work(index: int) -> object:
+        if index == 0:
+            return send_pending()
+        if index == 1:
+            return adjust_usage(customer.owner, "messages", -30, reason="race")
+        return [track(customer.owner, "messages", 1) for _ in range(5)]
+
+    results = run_concurrently(3, work)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    send_pending()
+    # Whatever the order: 40 + 5 over, 30 given back.
+    assert _in_stripe(metered, customer) == 15
+    [overage] = overage_this_period(customer)
+    assert overage.units == 15
+    assert check(customer.owner, "messages").balance == -15
+    assert reconcile_meters() == []
+    assert audit_ledger() == []
