@@ -14,14 +14,7 @@ from djstripe.models import WebhookEndpoint
 
 from example_project.accounts.models import Organization
 from example_project.demo.chart import daily_bars
-from kernia_billing.models import (
-    CatalogPrice,
-    CatalogProduct,
-    Plan,
-    PlanFeature,
-    ReviewState,
-    UsageEvent,
-)
+from kernia_billing.models import CatalogPrice, CatalogProduct, Plan, ReviewState, UsageEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -54,24 +47,20 @@ def test_setup_twice_creates_no_second_price(demo):
     out = io.StringIO()
     call_command("demo_setup", base_url="http://testserver", no_webhook=True, stdout=out)
     assert "0 price(s) created" in out.getvalue()
-    assert CatalogPrice.objects.count() == prices_before == 5  # with the overage price
+    assert CatalogPrice.objects.count() == prices_before == 4
 
 
 def test_setup_seeds_an_empty_stripe_account(stripe_settings, fake_stripe):
     """With real Stripe keys the seed's prices are created when their lookup keys are missing."""
     out = io.StringIO()
     call_command("demo_setup", no_webhook=True, stdout=out)
-    assert "5 price(s) created" in out.getvalue()
+    assert "4 price(s) created" in out.getvalue()
     assert {p["lookup_key"] for p in fake_stripe.store.list_objects("price")} == {
         "pro_monthly",
         "pro_annual",
         "team_monthly",
         "team_annual",
-        "messages_overage",
     }
-    [meter] = fake_stripe.store.list_objects("billing.meter")
-    overage = PlanFeature.objects.get(plan__key="team", feature__key="messages").overage_price
-    assert (overage.lookup_key, overage.stripe_meter_id) == ("messages_overage", meter["id"])
 
 
 PAGES = [

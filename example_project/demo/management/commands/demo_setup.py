@@ -105,28 +105,8 @@ def _read_json(path: Path) -> Any:
         raise CommandError(f"Cannot read {path}: {exc}") from exc
 
 
-def ensure_meters(seed: dict[str, Any], *, api_key: str) -> dict[str, str]:
-    """Create the seed's billing meters that Stripe lacks (by event name); their ids."""
-    meters = {m.event_name: m.id for m in stripe.billing.Meter.list(limit=100, api_key=api_key)}
-    for meter in seed.get("meters", []):
-        if meter["event_name"] not in meters:
-            meters[meter["event_name"]] = stripe.billing.Meter.create(api_key=api_key, **meter).id
-    return meters
-
-
-def _with_meter(price: dict[str, Any], meters: dict[str, str]) -> dict[str, Any]:
-    """A metered price names its meter as ``event_name:<name>`` in the seed file."""
-    recurring = price.get("recurring") or {}
-    meter = str(recurring.get("meter", ""))
-    if not meter.startswith("event_name:"):
-        return price
-    return {**price, "recurring": {**recurring, "meter": meters[meter.split(":", 1)[1]]}}
-
-
 def ensure_stripe_catalog(seed: dict[str, Any], *, api_key: str) -> int:
-    """Create the seed's meters, products and prices that Stripe lacks (by event name and
-    lookup key)."""
-    meters = ensure_meters(seed, api_key=api_key)
+    """Create the seed's products and prices that Stripe lacks (by lookup key)."""
     created = 0
     for product_data in seed.get("products", []):
         prices = product_data.get("prices", [])
@@ -141,7 +121,7 @@ def ensure_stripe_catalog(seed: dict[str, Any], *, api_key: str) -> int:
             fields = {key: value for key, value in product_data.items() if key != "prices"}
             product_id = stripe.Product.create(api_key=api_key, **fields).id
         for price in missing:
-            stripe.Price.create(api_key=api_key, product=product_id, **_with_meter(price, meters))
+            stripe.Price.create(api_key=api_key, product=product_id, **price)
             created += 1
     return created
 
