@@ -20,6 +20,7 @@ from kernia_billing.exceptions import (
     UsageBelowZero,
 )
 from kernia_billing.models import (
+    CatalogPrice,
     Entitlement,
     OverageReport,
     ReportKind,
@@ -312,3 +313,17 @@ def test_a_correction_racing_the_sender_and_tracks_gives_back_exactly_once(meter
     assert check(customer.owner, "messages").balance == -15
     assert reconcile_meters() == []
     assert audit_ledger() == []
+
+
+def test_a_credit_without_a_unit_price_is_refused_with_nothing_written(clock, metered):
+    customer = metered.customer()
+    track(customer.owner, "messages", 120)
+    send_pending()
+    clock.shift(timedelta(hours=25))
+    CatalogPrice.objects.filter(stripe_id="price_messages_overage").update(unit_amount=None)
+    with pytest.raises(InvalidRequest, match="credit"):
+        adjust_usage(customer.owner, "messages", -20, reason="late")
+    assert UsageCorrection.objects.count() == 0
+    assert Entitlement.objects.get(customer=customer).usage == 120
+    assert _balance_transactions(metered.fake, customer) == []
+    assert OverageReport.objects.get().credited == 0
