@@ -1,9 +1,9 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
-``TrackRequest``, ``grant``, ``revoke``) lives in :mod:`kernia_billing.services` and is
-re-exported here lazily, so importing the package does not import Django models before
-the app registry is ready.
+``TrackRequest``, ``grant``, ``revoke``, ``adjust_usage``) lives in
+:mod:`kernia_billing.services` and is re-exported here lazily, so importing the package
+does not import Django models before the app registry is ready.
 """
 
 from typing import Any
@@ -18,6 +18,7 @@ _PUBLIC = {
     "customer_state": "kernia_billing.services.customers",
     "grant": "kernia_billing.services.grants.issue",
     "revoke": "kernia_billing.services.grants.issue",
+    "adjust_usage": "kernia_billing.services.metering.corrections",
 }
 
 __all__ = ["__version__", *_PUBLIC]

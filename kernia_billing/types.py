@@ -28,6 +28,8 @@ class CheckResult:
     # Credit pools: the pool's balance in credits and what one unit costs.
     credit_balance: int | None = None
     credit_cost: int | None = None
+    # Metering: this period's overage and its estimated charge (features allowing it).
+    overage: OverageEstimate | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +127,34 @@ class OverageEstimate:
     estimated_amount: int | None  # in the currency's minor unit; None without a price
     currency: str
     display: str  # "270 messages · $2.70"
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionResult:
+    """A usage correction (``adjust_usage``) and how it gave billed overage back."""
+
+    correction_id: int
+    event_id: int
+    feature: str
+    amount: int
+    balance: int
+    usage: int
+    reason: str
+    #: Overage units given back before Stripe had them (dropped from the outbox).
+    unsent_units: int = 0
+    #: Overage units cancelled in Stripe (meter event adjustments, 24-hour window).
+    cancelled_units: int = 0
+    #: Units of a cancelled event that still stand, sent again as a new event.
+    resent_units: int = 0
+    #: Overage units credited to the customer's Stripe balance (outside the window).
+    credited_units: int = 0
+    credited_amount: int = 0  # in the currency's minor unit
+    currency: str = ""
+    replayed: bool = False
+    created_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

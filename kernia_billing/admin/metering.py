@@ -9,8 +9,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from ..models import Meter, OverageReport
+from ..exceptions import CatalogError
+from ..models import Meter, OverageReport, ReviewState, UsageCorrection
+from ..services.metering.catalog import review_meters
 from ..services.metering.sender import requeue
+from .catalog import ReviewedStripeObjectAdmin
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -25,10 +28,27 @@ class _ReadOnly(admin.ModelAdmin):
 
 
 @admin.register(Meter)
-class MeterAdmin(_ReadOnly):
-    list_display = ["display_name", "event_name", "stripe_id", "status", "review_state"]
+class MeterAdmin(ReviewedStripeObjectAdmin):
+    """Imported meters: read-only, with the review actions products and prices have."""
+
+    list_display = ["display_name", "event_name", "stripe_id", "status", "review", "reviewed_by"]
     list_filter = ["status", "review_state", "livemode"]
     search_fields = ["stripe_id", "event_name", "display_name"]
+    list_select_related = ["reviewed_by"]
+
+    @admin.action(description=_("Approve selected"), permissions=["change"])
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        count = review_meters(queryset, ReviewState.APPROVED, request.user)
+        self.message_user(request, _("%d approved.") % count, messages.SUCCESS)
+
+    @admin.action(description=_("Ignore selected"), permissions=["change"])
+    def ignore_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        try:
+            count = review_meters(queryset, ReviewState.IGNORED, request.user)
+        except CatalogError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        self.message_user(request, _("%d ignored.") % count, messages.SUCCESS)
 
 
 @admin.register(OverageReport)
@@ -55,3 +75,25 @@ class OverageReportAdmin(_ReadOnly):
         self.message_user(
             request, _("%(count)d report(s) queued again.") % {"count": count}, messages.SUCCESS
         )
+
+
+@admin.register(UsageCorrection)
+class UsageCorrectionAdmin(_ReadOnly):
+    """Usage corrections (``adjust_usage`` and ``POST billing/usage/adjust``): who, why,
+    and how billed overage was given back."""
+
+    list_display = [
+        "created_at",
+        "customer",
+        "feature",
+        "amount",
+        "reason",
+        "adjusted_by",
+        "cancelled_units",
+        "credited_units",
+        "credited_amount",
+    ]
+    list_filter = ["feature"]
+    search_fields = ["reason", "stripe_balance_transaction_id"]
+    list_select_related = ["customer__owner_type", "feature", "adjusted_by"]
+    date_hierarchy = "created_at"

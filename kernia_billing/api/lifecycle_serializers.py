@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from .serializers import GrantPartSerializer, OwnerSerializer, StrictCharField
+from .serializers import (
+    GrantPartSerializer,
+    OverageEstimateSerializer,
+    OwnerSerializer,
+    StrictCharField,
+)
 
 MAX_URL_LENGTH = 2048
 MAX_STRIPE_ID_LENGTH = 255
@@ -41,17 +46,6 @@ class EntitlementStateSerializer(serializers.Serializer):
         source="next_expiry", allow_null=True, help_text="Soonest expiry of a grant."
     )
     grants = GrantPartSerializer(many=True, help_text="Sources of the balance, in draw order.")
-
-
-class OverageEstimateSerializer(serializers.Serializer):
-    feature = serializers.CharField()
-    units = serializers.IntegerField(help_text="Overage units this period.")
-    unit = serializers.CharField()
-    estimatedAmount = serializers.IntegerField(
-        source="estimated_amount", allow_null=True, help_text="Minor units, from the price."
-    )
-    currency = serializers.CharField()
-    display = serializers.CharField(help_text='e.g. "270 messages · $2.70"')
 
 
 class CustomerStateSerializer(serializers.Serializer):

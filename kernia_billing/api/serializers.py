@@ -155,6 +155,17 @@ class GrantPartSerializer(serializers.Serializer):
     expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
 
 
+class OverageEstimateSerializer(serializers.Serializer):
+    feature = serializers.CharField()
+    units = serializers.IntegerField(help_text="Overage units this period.")
+    unit = serializers.CharField()
+    estimatedAmount = serializers.IntegerField(
+        source="estimated_amount", allow_null=True, help_text="Minor units, from the price."
+    )
+    currency = serializers.CharField()
+    display = serializers.CharField(help_text='e.g. "270 messages · $2.70"')
+
+
 class CheckResultSerializer(serializers.Serializer):
     allowed = serializers.BooleanField()
     reason = serializers.ChoiceField(
@@ -190,12 +201,18 @@ class CheckResultSerializer(serializers.Serializer):
     creditCost = serializers.IntegerField(
         source="credit_cost", required=False, help_text="Credit pools: credits per unit."
     )
+    overage = OverageEstimateSerializer(
+        required=False,
+        help_text="Features allowing overage: this period's overage and its estimated charge.",
+    )
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         data = dict(super().to_representation(instance))
         if getattr(instance, "grants", None) is None:
             data.pop("nextExpiry", None)
             data.pop("grants", None)
+        if getattr(instance, "overage", None) is None:
+            data.pop("overage", None)
         return _without_credits(data, instance)
 
 
@@ -263,6 +280,18 @@ def render_check(result: CheckResult) -> dict[str, Any]:
             }
         ),
         **_credits(result),
+        **({} if result.overage is None else {"overage": render_overage(result.overage)}),
+    }
+
+
+def render_overage(overage: Any) -> dict[str, Any]:
+    return {
+        "feature": overage.feature,
+        "units": overage.units,
+        "unit": overage.unit,
+        "estimatedAmount": overage.estimated_amount,
+        "currency": overage.currency,
+        "display": overage.display,
     }
 
 

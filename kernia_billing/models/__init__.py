@@ -12,6 +12,7 @@ from .catalog import (
     ResetPeriod,
     ReviewState,
 )
+from .corrections import UsageCorrection
 from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
@@ -39,6 +40,7 @@ __all__ = [
     "ReportStatus",
     "ResetPeriod",
     "ReviewState",
+    "UsageCorrection",
     "UsageEvent",
     "WebhookDelivery",
 ]

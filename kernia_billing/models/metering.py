@@ -88,6 +88,9 @@ class OverageReport(models.Model):
     # What the row was sent as (resolved when sent: the customer's plan's overage price).
     event_name = models.CharField(max_length=100, blank=True)
     stripe_customer_id = models.CharField(max_length=255, blank=True)
+    # Units of a sent row given back by corrections as a credit on the customer's
+    # balance (Stripe still counts them; the customer does not pay for them).
+    credited = models.BigIntegerField(_("units credited"), default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
 

@@ -16,6 +16,10 @@ each other:
    entitlement: the multi-grant draw of ``track``, ``track_batch`` (all the grants of
    all its entitlements in one statement), clawbacks, ``revoke``, expiry, rollovers.
    A grant row is never locked by a writer that does not hold its entitlement.
+   Usage corrections (``adjust_usage`` giving usage back) lock, after their
+   entitlement, the period's overage outbox rows of it, ascending id. The sender
+   locks outbox rows only (``SKIP LOCKED``, never an entitlement), so it never waits
+   in a cycle with them.
 4. **Rows that are only inserted** (ledger events, new grants) come last, after every
    lock above.
 

@@ -26,6 +26,7 @@ from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
 from .customers import apply_subscription, resolve_plan
 from .grants.audit import audit_grants
+from .metering.corrections import audit_corrections
 from .stripe_state import list_customer_subscriptions, pick_subscription
 
 CUSTOMER_FIELDS = (
@@ -135,7 +136,9 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
     """Entitlements whose usage is not the sum of their events since ``period_start``,
     and every drift of the grants (:func:`~.grants.audit.audit_grants`: per grant,
     consumed = what the draws took, no draw after expiry; per entitlement, the grant
-    columns = the grants' sums). Only usage is fixed; grant drifts are reported.
+    columns = the grants' sums), and of usage corrections
+    (:func:`~.metering.corrections.audit_corrections`). Only usage is fixed; grant and
+    correction drifts are reported.
 
     A fix writes the ledger's sum with a conditional ``UPDATE`` on the usage it read, so
     a track that lands meanwhile is never overwritten (that row is reported, not fixed).
@@ -178,4 +181,4 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
                 fixed=fixed,
             )
         )
-    return drifts + audit_grants(customer_ids)
+    return drifts + audit_grants(customer_ids) + audit_corrections(customer_ids)

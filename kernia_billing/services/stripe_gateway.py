@@ -322,3 +322,34 @@ def meter_event_summaries(
         )
         for obj in listing.auto_paging_iter():
             yield plain(obj)
+
+
+# --- customer balance (usage corrections) ------------------------------------------------
+
+
+def credit_customer_balance(
+    stripe_customer_id: str,
+    *,
+    amount: int,
+    currency: str,
+    description: str,
+    idempotency_key: str,
+    metadata: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """A customer balance transaction of ``-amount`` (a credit Stripe applies to the
+    customer's next invoices). The idempotency key makes a retry credit once."""
+    if amount <= 0:
+        raise ValueError("A credit is a positive amount.")
+    with translated():
+        return plain(
+            stripe.Customer.create_balance_transaction(
+                stripe_customer_id,
+                amount=-amount,
+                currency=currency,
+                description=description[:350],
+                metadata=dict(metadata or {}),
+                idempotency_key=idempotency_key,
+                **_options(api_key),
+            )
+        )

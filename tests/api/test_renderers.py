@@ -11,7 +11,7 @@ from kernia_billing.api.serializers import (
     render_track,
 )
 from kernia_billing.services.grants.totals import GrantPart
-from kernia_billing.types import CheckResult, TrackResult
+from kernia_billing.types import CheckResult, OverageEstimate, TrackResult
 
 CHECKS = [
     CheckResult(
@@ -50,6 +50,18 @@ CHECKS = [
         allow_overage=True,
         reset_period="none",
         plan="team",
+    ),
+    CheckResult(
+        allowed=True,
+        feature="messages",
+        kind="metered",
+        balance=-270,
+        included=1000,
+        usage=1270,
+        allow_overage=True,
+        reset_period="billing",
+        plan="team",
+        overage=OverageEstimate("messages", 270, "messages", 270, "usd", "270 messages · $2.70"),
     ),
 ]
 

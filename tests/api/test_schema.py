@@ -38,8 +38,9 @@ def test_check_is_documented(schema):
         request["properties"]
     )
     assert request["required"] == ["feature"]
-    # The breakdown fields are only present when asked for ("breakdown": true).
-    optional = {"nextExpiry", "grants", "creditBalance", "creditCost"}
+    # The breakdown fields are only present when asked for ("breakdown": true);
+    # overage only for features that allow it.
+    optional = {"nextExpiry", "grants", "creditBalance", "creditCost", "overage"}
     assert set(response["properties"]) == CHECK_FIELDS | optional
     assert not optional & set(response.get("required", []))
     for status in ("400", "401", "403", "404", "429"):

@@ -68,3 +68,10 @@ def test_admin_lists_the_outbox(metered, admin_client):
 
 def test_check_command_passes_on_a_clean_catalog(metered):
     call_command("check", "--database", "default", "--fail-level", "WARNING")
+
+
+def test_an_overage_price_without_unit_amount_warns_that_corrections_cannot_be_credited(metered):
+    PlanFeature.objects.get().overage_price.__class__.objects.filter(
+        stripe_id="price_messages_overage"
+    ).update(unit_amount=None)
+    assert _ids() == ["kernia_billing.W015"]

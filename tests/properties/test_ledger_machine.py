@@ -1,5 +1,6 @@
-"""A stateful property test of the ledger: random grants, revokes, tracks, expiries, resets
-and plan changes; after every step the audit's invariants hold.
+"""A stateful property test of the ledger: random grants, revokes, tracks, usage
+corrections, expiries, resets and plan changes; after every step the audit's invariants
+hold.
 
 Later engineers grow it with reserve/confirm. Kept quick so CI runs it on both databases.
 """
@@ -25,7 +26,7 @@ from hypothesis.stateful import (
 )
 
 import kernia_billing
-from kernia_billing.exceptions import InsufficientBalance
+from kernia_billing.exceptions import InsufficientBalance, UsageBelowZero
 from kernia_billing.models import Entitlement, Grant, ResetPeriod, UsageEvent
 from kernia_billing.services.customers import get_or_create_customer
 from kernia_billing.services.entitlements.sync import sync_entitlements
@@ -57,6 +58,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.customer = get_or_create_customer(self.user)
         self._set_plan(0)
         self.keys: dict[str, int] = {}  # idempotency key -> amount of its first track
+        self.correction_keys: dict[str, int] = {}  # the same for usage corrections
 
     def teardown(self) -> None:
         self.traveller.stop()
@@ -108,6 +110,29 @@ class LedgerMachine(RuleBasedStateMachine):
         if key is not None:
             self.keys.setdefault(key, amount)
 
+    @rule(
+        amount=st.integers(-25, 15).filter(bool),
+        key=st.one_of(st.none(), st.sampled_from("wxyz")),
+    )
+    def adjust_usage(self, amount, key):
+        if key is not None and key in self.correction_keys:
+            amount = self.correction_keys[key]  # a replay: the same payload
+        entitlement = Entitlement.objects.get(customer=self.customer)
+        balance = kernia_billing.check(self.user, self.feature).balance
+        try:
+            result = kernia_billing.adjust_usage(
+                self.user, self.feature, amount, reason="machine", idempotency_key=key
+            )
+        except (InsufficientBalance, UsageBelowZero):
+            assert Entitlement.objects.get(customer=self.customer).usage == entitlement.usage
+            return
+        if key is not None:
+            self.correction_keys.setdefault(key, amount)
+        if not result.replayed:
+            # Giving back returns exactly that much of the plan's grant; adding draws it.
+            # (A downgrade may have left the balance below zero: no floor here.)
+            assert result.balance == balance - amount
+
     @rule(hours=st.integers(1, 48))
     def expire(self, hours):
         self.clock.shift(timedelta(hours=hours))
@@ -135,6 +160,7 @@ class LedgerMachine(RuleBasedStateMachine):
             else:
                 assert grant.remaining == 0  # expiry recorded by the check above
         plan_left = entitlement.included - (entitlement.usage - entitlement.grant_usage)
+        assert plan_left <= entitlement.included  # corrections never give back grant units
         assert check.balance == plan_left + live_remaining
         since = UsageEvent.objects.filter(
             customer=self.customer, created_at__gte=entitlement.period_start

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
-from ...models import CatalogPrice, Meter, Plan, ReviewState
+from ...exceptions import CatalogError
+from ...models import CatalogPrice, Meter, Plan, PlanFeature, ReviewState
 from .. import stripe_gateway
 
-__all__ = ["fetch_meters", "meter_fingerprint", "write_meter_rows"]
+__all__ = ["fetch_meters", "meter_fingerprint", "review_meters", "write_meter_rows"]
 
 
 def fetch_meters(
@@ -97,3 +99,36 @@ def overage_line_items(plan: Plan, price: CatalogPrice) -> list[dict[str, Any]]:
         deleted_in_stripe=False,
     ).distinct()
     return [{"price": p.stripe_id} for p in overage_prices.order_by("stripe_id")]
+
+
+# --- review (the admin's approve/ignore actions) -------------------------------------------
+
+
+def review_meters(meters: Iterable[Meter], state: str, user: Any = None) -> int:
+    """Approve or ignore imported meters as they are now (who, when, the fingerprint
+    reviewed); a sync puts a meter back to pending when Stripe changes it. A meter that
+    bills a plan's overage price cannot be ignored."""
+    meters = list(meters)
+    if state == ReviewState.IGNORED:
+        billing = sorted(
+            PlanFeature.objects.filter(
+                overage_price__stripe_meter_id__in=[m.stripe_id for m in meters]
+            ).values_list("overage_price__stripe_meter_id", flat=True)
+        )
+        if billing:
+            raise CatalogError(
+                "Meters that bill a plan's overage price cannot be ignored; unmap the "
+                f"overage price first: {', '.join(dict.fromkeys(billing))}.",
+                fields={"meters": list(dict.fromkeys(billing))},
+            )
+    now = timezone.now()
+    reviewer = user if getattr(user, "pk", None) else None
+    with transaction.atomic():
+        for meter in meters:
+            Meter.objects.filter(pk=meter.pk).update(
+                review_state=state,
+                reviewed_by=reviewer,
+                reviewed_at=now,
+                reviewed_fingerprint=meter.fingerprint,
+            )
+    return len(meters)

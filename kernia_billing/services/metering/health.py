@@ -60,6 +60,18 @@ def overage_problems(using: str = "default") -> list[OverageProblem]:
                     pf,
                 )
             )
+        if price.unit_amount is None:
+            problems.append(
+                OverageProblem(
+                    "kernia_billing.W015",
+                    f"{where}: overage price {price.stripe_id} has no unit amount (tiered or "
+                    "decimal): usage corrections past Stripe's 24-hour cancel window cannot "
+                    "be credited automatically, and the overage estimate shows no charge.",
+                    "Use a per-unit metered price, or credit such corrections in Stripe "
+                    "yourself (adjust_usage refuses them).",
+                    pf,
+                )
+            )
         plan_prices = list(pf.plan.plan_prices.select_related("price"))
         if plan_prices and not any(
             p.price.currency == price.currency

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..entitlements.rows import EntitlementRow, _load
 from ..entitlements.sync import apply_default_plan, sync_entitlements
 from ..grants.expiry import current
 from ..grants.totals import breakdown as grant_breakdown
+from ..metering.visibility import feature_overage
 from .pools import in_units, pool_of
 from .validation import _validate_required
 
@@ -86,7 +88,7 @@ def check(
         own = current(own, moment)
         result = _check_result(own, required, grants=_parts(own, moment, breakdown))
         if result.allowed or own.kind not in CONSUMABLE_KINDS:
-            return result
+            return _with_overage(result, own)
     pool = pool_of(feature)
     if pool is not None:
         # A feature's own entitlement first; the pool when it does not cover the amount.
@@ -95,12 +97,21 @@ def check(
             kind = own.kind if own is not None else "metered"
             return in_units(pooled, pool, feature, kind, required)
     if own is not None:
-        return result
+        return _with_overage(result, own)
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         return found
     entitlement = current(found, moment)
-    return _check_result(entitlement, required, grants=_parts(entitlement, moment, breakdown))
+    result = _check_result(entitlement, required, grants=_parts(entitlement, moment, breakdown))
+    return _with_overage(result, entitlement)
+
+
+def _with_overage(result: CheckResult, row: EntitlementRow) -> CheckResult:
+    """Metering: this period's overage, only where the feature allows overage (one query;
+    the common check of a feature without overage costs nothing more)."""
+    if not (row.allow_overage and row.granted and row.kind in CONSUMABLE_KINDS):
+        return result
+    return replace(result, overage=feature_overage(row))
 
 
 def _parts(row: EntitlementRow, moment: datetime, breakdown: bool) -> tuple[Any, ...] | None:

@@ -213,6 +213,32 @@ class _Api:
         items = self.store.list_objects("customer", lambda c: not email or c["email"] == email)
         return self._page(items, p, "/v1/customers")
 
+    @route(
+        "POST",
+        f"/v1/customers/{_ID}/balance_transactions",
+        "CustomerCreateBalanceTransactionParams",
+    )
+    def customer_balance_transaction_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        transaction = self.store.create_balance_transaction(m.group(1), _without_expand(p))
+        return self._one(transaction, p)
+
+    @route(
+        "GET",
+        f"/v1/customers/{_ID}/balance_transactions/{_ID}",
+        "CustomerRetrieveBalanceTransactionParams",
+    )
+    def customer_balance_transaction_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve_balance_transaction(m.group(1), m.group(2)), p)
+
+    @route(
+        "GET",
+        f"/v1/customers/{_ID}/balance_transactions",
+        "CustomerListBalanceTransactionsParams",
+    )
+    def customer_balance_transaction_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        items = self.store.list_balance_transactions(m.group(1))
+        return self._page(items, p, f"/v1/customers/{m.group(1)}/balance_transactions")
+
     # subscriptions ------------------------------------------------------------
     @route("POST", "/v1/subscriptions", "SubscriptionCreateParams")
     def subscription_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:

@@ -244,6 +244,7 @@ _NOUNS = {
     "webhook_endpoint": "webhook endpoint",
     "event": "event",
     "billing.meter": "billing.meter",
+    "customer_balance_transaction": "customer balance transaction",
 }
 
 _PREFIXES = {
@@ -260,6 +261,7 @@ _PREFIXES = {
     "we_": "webhook_endpoint",
     "evt_": "event",
     "mtr_": "billing.meter",
+    "cbtxn_": "customer_balance_transaction",
 }
 
 

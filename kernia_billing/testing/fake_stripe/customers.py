@@ -13,6 +13,7 @@ from .core import (
     _diff,
     _int,
     _merge_metadata,
+    _require,
     _snapshot,
     _str_list,
     generate_id,
@@ -147,6 +148,65 @@ class CustomerStore(CatalogStore):
             self._deleted_customers.add(customer_id)
             self._emit("customer.deleted", customer)
             return {"id": customer_id, "object": "customer", "deleted": True}
+
+    # ----------------------------------------------------------------- balance transactions
+
+    def create_balance_transaction(self, customer_id: str, params: JSON) -> JSON:
+        """POST /v1/customers/{id}/balance_transactions: a credit (negative ``amount``)
+        or debit applied to the customer's next invoices; ``customer.updated`` follows.
+
+        As on Stripe: ``amount`` and ``currency`` are required, the currency must be the
+        customer's (a customer without one takes it), and a deleted customer is refused.
+        """
+        with self.lock:
+            customer = self._live_customer(customer_id, "customer")
+            amount = _int(_require(params, "amount"), "amount")
+            currency = str(_require(params, "currency")).lower()
+            if customer.get("currency") and customer["currency"] != currency:
+                raise StripeError.invalid(
+                    f"Customer {customer_id} has a balance in {customer['currency']}; "
+                    f"a balance transaction in {currency} cannot be added.",
+                    param="currency",
+                )
+            before = copy.deepcopy(customer)
+            customer["currency"] = currency
+            customer["balance"] = int(customer.get("balance") or 0) + amount
+            transaction = template("customer_balance_transaction")
+            transaction.update(
+                id=generate_id("cbtxn_"),
+                amount=amount,
+                created=self.now(),
+                credit_note=None,
+                checkout_session=None,
+                currency=currency,
+                customer=customer_id,
+                description=params.get("description") or None,
+                ending_balance=customer["balance"],
+                invoice=None,
+                livemode=False,
+                metadata=_merge_metadata({}, params.get("metadata")),
+                type="adjustment",
+            )
+            self._bucket("customer_balance_transaction")[transaction["id"]] = transaction
+            self._emit("customer.updated", customer, _diff(before, customer))
+            return _snapshot(transaction)
+
+    def retrieve_balance_transaction(self, customer_id: str, transaction_id: str) -> JSON:
+        """GET /v1/customers/{id}/balance_transactions/{id}."""
+        with self.lock:
+            self._live_customer(customer_id, "customer")
+            transaction = self._get("customer_balance_transaction", transaction_id)
+            if transaction["customer"] != customer_id:
+                raise StripeError.missing("customer balance transaction", transaction_id, "id")
+            return _snapshot(transaction)
+
+    def list_balance_transactions(self, customer_id: str) -> list[JSON]:
+        """GET /v1/customers/{id}/balance_transactions (newest first)."""
+        with self.lock:
+            self._live_customer(customer_id, "customer")
+        return self.list_objects(
+            "customer_balance_transaction", lambda t: t["customer"] == customer_id
+        )
 
     def search_customers(self, query: str) -> list[JSON]:
         """GET /v1/customers/search: Stripe's search query language, for customer fields.

@@ -5,7 +5,8 @@ the meter's ``customer_mapping.event_payload_key``; its ``identifier`` is unique
 24 hours (a repeat within that window is accepted and not counted again); its
 ``timestamp`` may be up to 35 days in the past and 5 minutes in the future; events of
 an inactive meter are refused; a cancel adjustment removes an event received within
-the last 24 hours. Summaries aggregate (``sum``/``count``) over ``[start_time,
+the last 24 hours (an unknown identifier, an older or an already cancelled event is
+refused). Summaries aggregate (``sum``/``count``) over ``[start_time,
 end_time)`` per customer; :meth:`MeterStore.metered_quantity` is what a metered
 subscription item is invoiced for.
 """
@@ -171,6 +172,11 @@ class MeterStore(StoreCore):
             if self.now() - stored["received"] > CANCEL_WINDOW_SECONDS:
                 raise StripeError.invalid(
                     "Meter events can only be cancelled within 24 hours of being received.",
+                    param="cancel[identifier]",
+                )
+            if stored["cancelled"]:
+                raise StripeError.invalid(
+                    f"The meter event with identifier '{identifier}' has already been cancelled.",
                     param="cancel[identifier]",
                 )
             stored["cancelled"] = True
