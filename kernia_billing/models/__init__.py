@@ -16,11 +16,13 @@ from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
 from .metering import Meter, OverageReport, ReportKind, ReportStatus
+from .rollups import ArchivedUsageEvent, UsageRollup
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "CONSUMABLE_KINDS",
+    "ArchivedUsageEvent",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
@@ -40,5 +42,6 @@ __all__ = [
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",
+    "UsageRollup",
     "WebhookDelivery",
 ]

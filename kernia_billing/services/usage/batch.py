@@ -35,6 +35,7 @@ from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _track_result
+from .rollups import record_rollups
 from .track import _before_period
 from .validation import (
     _fingerprint,
@@ -313,6 +314,7 @@ def _write_decisions(
         Entitlement.objects.filter(pk=row_id).update(usage=usage[row_id], updated_at=moment)
     if accepted:
         UsageEvent.objects.bulk_create([event for _, event in accepted], batch_size=500)
+        record_rollups(event for _, event in accepted)  # same transaction as the rows
         record_overages(event for _, event in accepted)  # metering: overage outbox rows
 
 

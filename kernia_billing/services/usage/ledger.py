@@ -11,6 +11,7 @@ from ... import signals
 from ...models import BillingCustomer, UsageEvent
 from ...types import TrackResult
 from ..metering.outbox import record_overage
+from .rollups import record_rollup
 
 _EVENT_COLUMNS = (
     "customer_id",
@@ -77,6 +78,7 @@ def _track_result(
 def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
     """Insert the ledger row of an accepted deduction and queue its signals."""
     _record_event(event)
+    record_rollup(event.customer_id, event.feature_id, event.created_at, event.amount)
     record_overage(event)  # metering: the outbox row of its overage, if any
     _notify_tracked(event.customer_id, feature, unlimited, event)
     return event
