@@ -14,11 +14,12 @@ def backfill_rollups(apps, schema_editor):
         day = "(created_at AT TIME ZONE 'UTC')::date"
     else:  # SQLite stores UTC text
         day = "date(created_at)"
-    schema_editor.execute(
-        f"INSERT INTO {rollups} (customer_id, feature_id, {quote('day')}, amount, events) "
-        f"SELECT customer_id, feature_id, {day}, SUM(amount), COUNT(*) FROM {events} "
-        f"GROUP BY customer_id, feature_id, {day}"
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {rollups} (customer_id, feature_id, {quote('day')}, amount, events) "
+            f"SELECT customer_id, feature_id, {day}, SUM(amount), COUNT(*) FROM {events} "
+            f"GROUP BY customer_id, feature_id, {day}"
+        )
 
 
 class Migration(migrations.Migration):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -36,7 +37,7 @@ from .stripe_state import (
     pick_subscription,
     snapshot_from_stripe,
 )
-from .usage.rollups import audit_rollups
+from .usage.rollups import audit_rollups, rebuild_rollups
 
 CUSTOMER_FIELDS = (
     "plan",
@@ -254,7 +255,8 @@ def audit_ledger(
     daily rollups that differ from the ledger (same window), and every drift of the
     grants (:func:`~.grants.audit.audit_grants`: per grant, consumed = what the draws
     took, no draw after expiry; per entitlement, the grant columns = the grants' sums).
-    Only usage is fixed; rollup and grant drifts are reported.
+    A fix repairs usage and rebuilds the drifting customers' rollups from the ledger;
+    grant drifts are reported.
 
     It costs the current period, not history: one statement per batch of entitlements
     sums only the events since each one's period start, on the customer + feature +
@@ -309,9 +311,13 @@ def audit_ledger(
                     fixed=fixed,
                 )
             )
-        for customer_id, feature_id, day, expected, actual in audit_rollups([e.pk for e in batch]):
+        found = audit_rollups([e.pk for e in batch])
+        if fix and found:
+            with transaction.atomic():
+                rebuild_rollups(sorted({customer_id for customer_id, *_ in found}))
+        for customer_id, feature_id, day, expected, actual in found:
             subject = f"{keys.get((customer_id, feature_id), feature_id)} rollup {day}"
-            rollup_drifts.append(Drift("rollup", customer_id, subject, expected, actual))
+            rollup_drifts.append(Drift("rollup", customer_id, subject, expected, actual, fixed=fix))
         after, done = batch[-1].pk, done + len(batch)
         if progress is not None:
             progress("entitlements", done, after)
