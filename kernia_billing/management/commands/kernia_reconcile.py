@@ -17,8 +17,9 @@ seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe wit
 webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
 The ledger audit checks that each entitlement's usage equals the sum of its usage
 events since its period start (only those: it costs the current period, not history),
-that the daily rollups of those days equal the ledger, and audits every grant (consumed = what the ledger's
-draws took from it, no draw after its expiry, the entitlement's grant totals). Same
+that the daily rollups of those days equal the ledger, and audits every grant
+(consumed = what the ledger's draws took from it, no draw after its expiry, the
+entitlement's grant totals). Same
 code as ``kernia_billing.services.reconcile`` (``reconcile_customers()``,
 ``audit_ledger()``). ``--meters`` compares, per customer,
 feature and period, the overage units we sent with Stripe's meter event summaries
