@@ -22,6 +22,23 @@ def backfill_rollups(apps, schema_editor):
         )
 
 
+def fingerprints_to_bytes(apps, schema_editor):
+    """The hex digests of the request fingerprints become their 32 bytes."""
+    connection = schema_editor.connection
+    quote = connection.ops.quote_name
+    events = quote(apps.get_model("kernia_billing", "UsageEvent")._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {events} SET fingerprint = decode(request_fingerprint, 'hex') "
+                "WHERE request_fingerprint <> ''"
+            )
+            return
+        cursor.execute(f"SELECT id, request_fingerprint FROM {events} WHERE request_fingerprint <> ''")
+        rows = [(bytes.fromhex(hexdigest), pk) for pk, hexdigest in cursor.fetchall()]
+        cursor.executemany(f"UPDATE {events} SET fingerprint = %s WHERE id = %s", rows)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("kernia_billing", "0004_grants_and_credit_pools"),
@@ -34,7 +51,10 @@ class Migration(migrations.Migration):
                 ("id", models.BigIntegerField(primary_key=True, serialize=False)),
                 ("amount", models.BigIntegerField()),
                 ("idempotency_key", models.CharField(blank=True, max_length=255, null=True)),
-                ("request_fingerprint", models.CharField(blank=True, max_length=64)),
+                (
+                    "request_fingerprint",
+                    models.BinaryField(blank=True, default=b"", max_length=32),
+                ),
                 ("properties", models.JSONField(blank=True, default=dict)),
                 ("created_at", models.DateTimeField()),
                 ("balance_after", models.BigIntegerField()),
@@ -165,4 +185,14 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(backfill_rollups, migrations.RunPython.noop, elidable=True),
+        migrations.AddField(
+            model_name="usageevent",
+            name="fingerprint",
+            field=models.BinaryField(blank=True, default=b"", max_length=32),
+        ),
+        migrations.RunPython(fingerprints_to_bytes, migrations.RunPython.noop, elidable=True),
+        migrations.RemoveField(model_name="usageevent", name="request_fingerprint"),
+        migrations.RenameField(
+            model_name="usageevent", old_name="fingerprint", new_name="request_fingerprint"
+        ),
     ]

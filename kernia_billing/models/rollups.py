@@ -63,7 +63,7 @@ class ArchivedUsageEvent(models.Model):
     )
     amount = models.BigIntegerField()
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    request_fingerprint = models.CharField(max_length=64, blank=True)
+    request_fingerprint = models.BinaryField(max_length=32, blank=True, default=b"")
     properties = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField()
     balance_after = models.BigIntegerField()

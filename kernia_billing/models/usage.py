@@ -21,8 +21,9 @@ class UsageEvent(models.Model):
     )
     amount = models.BigIntegerField(_("amount"))
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    # Hash of (feature, amount, properties): a replay with another payload is a conflict.
-    request_fingerprint = models.CharField(max_length=64, blank=True)
+    # SHA-256 of (feature, amount, properties), 32 bytes: a replay with another payload
+    # is a conflict.
+    request_fingerprint = models.BinaryField(max_length=32, blank=True, default=b"")
     properties = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(_("time"))
     balance_after = models.BigIntegerField(_("balance after"))

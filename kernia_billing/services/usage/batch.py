@@ -102,7 +102,7 @@ class _Prepared:
     amount: int
     idempotency_key: str | None
     properties: dict[str, Any]
-    fingerprint: str
+    fingerprint: bytes
 
 
 def _prepare(
@@ -175,7 +175,7 @@ def _decide_locked(
     accepted: list[tuple[_Prepared, UsageEvent]] = []
     in_batch_replays: list[tuple[_Prepared, UsageEvent]] = []
     # Keys used earlier in this batch: (fingerprint, accepted event or None if refused).
-    seen_keys: dict[tuple[int, str], tuple[str, UsageEvent | None]] = {}
+    seen_keys: dict[tuple[int, str], tuple[bytes, UsageEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         row = rows[item.entitlement_id]
@@ -319,7 +319,7 @@ def _write_decisions(
 
 
 def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchItemResult:
-    if event.request_fingerprint != item.fingerprint:
+    if bytes(event.request_fingerprint) != item.fingerprint:
         return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )
