@@ -11,6 +11,7 @@ from typing import Any
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import CharField, Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
@@ -174,6 +175,15 @@ def lower_grant_impact(plan: Any, feature_id: int, *, included: int | None) -> G
     return GrantImpact(customers=counts["customers"], negative=counts["negative"])
 
 
+def history_database() -> str:
+    """The database alias usage history reads use (``HISTORY_DATABASE``, else default).
+
+    Only history and analytics read here; a replica's lag shows as history a moment
+    behind, never as a wrong balance: check and track never read through it.
+    """
+    return billing_settings.HISTORY_DATABASE or DEFAULT_DB_ALIAS
+
+
 def usage_events(
     customer_id: int | None,
     *,
@@ -184,7 +194,7 @@ def usage_events(
     """A customer's ledger, newest first, filtered by feature and ``[since, until)``."""
     if customer_id is None:
         return UsageEvent.objects.none()
-    events = UsageEvent.objects.filter(customer_id=customer_id)
+    events = UsageEvent.objects.using(history_database()).filter(customer_id=customer_id)
     if feature_id is not None:
         events = events.filter(feature_id=feature_id)
     if since is not None:
@@ -242,7 +252,7 @@ def daily_usage(
     end_day = until.astimezone(UTC).date() if until is not None else None
     rows: dict[tuple[date, str], dict[str, Any]] = {}
     if first_full is None or end_day is None or first_full < end_day:
-        rollups = UsageRollup.objects.filter(customer_id=customer_id)
+        rollups = UsageRollup.objects.using(history_database()).filter(customer_id=customer_id)
         if feature_id is not None:
             rollups = rollups.filter(feature_id=feature_id)
         if first_full is not None:
