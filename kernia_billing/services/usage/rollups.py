@@ -29,7 +29,8 @@ def utc_day(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
-def _upsert_sql(rows: int) -> str:
+def upsert_sql(rows: int) -> str:
+    """The rollup upsert of ``rows`` (customer, feature, day, amount, events) tuples."""
     quote = connection.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
     values = ", ".join(["(%s, %s, %s, %s, %s)"] * rows)
@@ -50,7 +51,7 @@ def record_rollup(
     """
     day = connection.ops.adapt_datefield_value(utc_day(created_at))
     with connection.cursor() as cursor:
-        cursor.execute(_upsert_sql(1), [customer_id, feature_id, day, amount, events])
+        cursor.execute(upsert_sql(1), [customer_id, feature_id, day, amount, events])
 
 
 def record_rollups(events: Iterable[UsageEvent]) -> None:
@@ -69,7 +70,7 @@ def record_rollups(events: Iterable[UsageEvent]) -> None:
             params += [customer_id, feature_id, connection.ops.adapt_datefield_value(day)]
             params += [amount, count]
         with connection.cursor() as cursor:
-            cursor.execute(_upsert_sql(len(chunk)), params)
+            cursor.execute(upsert_sql(len(chunk)), params)
 
 
 # --- the audit: rollups equal the ledger -------------------------------------------------
