@@ -123,6 +123,18 @@ def audit_rollups(entitlement_ids: list[int]) -> list[tuple[int, int, date, Any,
         f"AND r.{quote('day')} >= {_first_date_sql('e.period_start')} "
         f"WHERE e.id IN ({placeholders}) AND (r.amount <> 0 OR r.events <> 0)"
     )
+    if connection.vendor == "postgresql":
+        # LATERAL: one index range per entitlement, never a scan of the whole ledger
+        # (a plain join of a batch was planned as one ledger scan per batch).
+        ledger_sql = (
+            "SELECT e.customer_id, e.feature_id, x.day, x.amount, x.n "
+            f"FROM {entitlements} e CROSS JOIN LATERAL ("
+            f"SELECT {_day_sql('u.created_at')} AS day, SUM(u.amount) AS amount, "
+            f"COUNT(*) AS n FROM {quote(UsageEvent._meta.db_table)} u "
+            "WHERE u.customer_id = e.customer_id AND u.feature_id = e.feature_id "
+            f"AND u.created_at >= {_first_day_sql('e.period_start')} GROUP BY 1) x "
+            f"WHERE e.id IN ({placeholders})"
+        )
     with connection.cursor() as cursor:
         cursor.execute(ledger_sql, entitlement_ids)
         ledger = {(c, f, _as_date(d)): (int(a), int(n)) for c, f, d, a, n in cursor.fetchall()}
