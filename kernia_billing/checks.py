@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS, STRIPE_SUBSCRIPTION_STATUSES
+from .conf import DEFAULTS, STRIPE_SUBSCRIPTION_STATUSES, billing_settings
 from .selectors import flagged_mapped_prices
 from .services.metering.health import overage_problems, reporting_health
 
@@ -235,3 +235,19 @@ def check_overage_billing(
                 )
             )
     return messages
+
+
+@register()
+def check_history_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """HISTORY_DATABASE names a database alias that exists (E022)."""
+    alias = billing_settings.HISTORY_DATABASE
+    if alias is None or alias in settings.DATABASES:
+        return []
+    return [
+        Error(
+            f"KERNIA_BILLING['HISTORY_DATABASE'] is {alias!r}, which is not in DATABASES.",
+            hint="Name the read replica's alias from DATABASES, or remove the setting to "
+            "read history from the default database.",
+            id="kernia_billing.E022",
+        )
+    ]

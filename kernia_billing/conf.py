@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_TRACK_AMOUNT": 1_000_000_000,
     # Largest number of events in one batch track.
     "MAX_BATCH_SIZE": 1000,
+    # A DATABASES alias (e.g. a read replica) for usage history reads only: GET
+    # billing/usage, daily totals, the demo chart. check, track and every write always
+    # use the default database. None: the default database.
+    "HISTORY_DATABASE": None,
     # A track's free-form ``properties``: at most this many bytes of JSON, this many
     # keys (counted at every depth) and this many levels of objects/lists.
     "MAX_PROPERTIES_BYTES": 8192,
@@ -117,6 +121,11 @@ class BillingSettings:
     @property
     def MAX_TRACK_AMOUNT(self) -> int:
         return int(self._get("MAX_TRACK_AMOUNT"))
+
+    @property
+    def HISTORY_DATABASE(self) -> str | None:
+        alias = self._get("HISTORY_DATABASE")
+        return str(alias) if alias else None
 
     @property
     def MAX_BATCH_SIZE(self) -> int:

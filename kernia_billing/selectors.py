@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import CharField, Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
@@ -29,6 +30,7 @@ from .models import (
     PlanPrice,
     ReviewState,
     UsageEvent,
+    UsageRollup,
 )
 
 # --- customers ---------------------------------------------------------------------------
@@ -173,6 +175,15 @@ def lower_grant_impact(plan: Any, feature_id: int, *, included: int | None) -> G
     return GrantImpact(customers=counts["customers"], negative=counts["negative"])
 
 
+def history_database() -> str:
+    """The database alias usage history reads use (``HISTORY_DATABASE``, else default).
+
+    Only history and analytics read here; a replica's lag shows as history a moment
+    behind, never as a wrong balance: check and track never read through it.
+    """
+    return billing_settings.HISTORY_DATABASE or DEFAULT_DB_ALIAS
+
+
 def usage_events(
     customer_id: int | None,
     *,
@@ -183,7 +194,7 @@ def usage_events(
     """A customer's ledger, newest first, filtered by feature and ``[since, until)``."""
     if customer_id is None:
         return UsageEvent.objects.none()
-    events = UsageEvent.objects.filter(customer_id=customer_id)
+    events = UsageEvent.objects.using(history_database()).filter(customer_id=customer_id)
     if feature_id is not None:
         events = events.filter(feature_id=feature_id)
     if since is not None:
@@ -211,6 +222,91 @@ def daily_usage_totals(events: QuerySet[UsageEvent]) -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def daily_usage(
+    customer_id: int | None,
+    *,
+    feature_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """``[{date, feature, amount, events}]`` per UTC day and feature over ``[since, until)``.
+
+    Whole days come from the daily rollups (:class:`~kernia_billing.models.UsageRollup`,
+    exact: written with the ledger rows), so the cost is the number of days, not of
+    events; a bound inside a day sums that part of the day from the ledger (one day of
+    one customer, on the customer + time index). Archived days stay visible.
+    """
+    if customer_id is None:
+        return []
+    first_full = None
+    if since is not None:
+        first_full = since.astimezone(UTC).date()
+        if since != _midnight(first_full):
+            first_full += timedelta(days=1)
+    end_day = until.astimezone(UTC).date() if until is not None else None
+    rows: dict[tuple[date, str], dict[str, Any]] = {}
+    if first_full is None or end_day is None or first_full < end_day:
+        rollups = UsageRollup.objects.using(history_database()).filter(customer_id=customer_id)
+        if feature_id is not None:
+            rollups = rollups.filter(feature_id=feature_id)
+        if first_full is not None:
+            rollups = rollups.filter(day__gte=first_full)
+        if end_day is not None:
+            rollups = rollups.filter(day__lt=end_day)
+        for day, key, amount, count in rollups.values_list(
+            "day", "feature__key", "amount", "events"
+        ):
+            if count:
+                rows[(day, key)] = {"date": day, "feature": key, "amount": amount, "events": count}
+    # The partial days at either bound, from the ledger.
+    edges: list[tuple[datetime, datetime]] = []
+    if since is not None and first_full is not None and since != _midnight(first_full):
+        edge_end = _midnight(first_full)
+        edges.append((since, edge_end if until is None else min(edge_end, until)))
+    if until is not None and end_day is not None and until != _midnight(end_day):
+        edge_start = _midnight(end_day)
+        if since is None or since <= edge_start:
+            edges.append((edge_start, until))
+    for start, end in edges:
+        events = usage_events(customer_id, feature_id=feature_id, since=start, until=end)
+        for row in daily_usage_totals(events):
+            rows[(row["date"], row["feature"])] = row
+    return [rows[key] for key in sorted(rows)]
+
+
+#: ``GET billing/usage`` counts the matching events exactly up to this many.
+USAGE_COUNT_CAP = 10_000
+
+
+def capped_count(events: QuerySet[UsageEvent], cap: int = USAGE_COUNT_CAP) -> tuple[int, bool]:
+    """``(count, capped)``: the exact count up to ``cap``, else ``(cap, True)``.
+
+    Counts at most ``cap + 1`` rows on the index, never the customer's whole ledger.
+    """
+    count = events.order_by()[: cap + 1].count()
+    return (cap, True) if count > cap else (count, False)
+
+
+def events_before(
+    events: QuerySet[UsageEvent], at: datetime, event_id: int
+) -> QuerySet[UsageEvent]:
+    """Keyset page: the events after ``(at, event_id)`` in newest-first order.
+
+    Written as ``created_at <= at AND (created_at < at OR id < event_id)`` so the first
+    part is an index range on customer + time and the scan stops at the page's limit.
+    """
+    return events.filter(created_at__lte=at).filter(Q(created_at__lt=at) | Q(id__lt=event_id))
+
+
+def events_after(events: QuerySet[UsageEvent], at: datetime, event_id: int) -> QuerySet[UsageEvent]:
+    """Keyset page backwards: the events newer than ``(at, event_id)`` (see events_before)."""
+    return events.filter(created_at__gte=at).filter(Q(created_at__gt=at) | Q(id__gt=event_id))
 
 
 # --- pricing table (GET billing/plans) and checkout -------------------------------------

@@ -303,8 +303,9 @@ def usage(request: HttpRequest) -> HttpResponse:
     )
     feature = request.GET.get("feature") or ""
     feature_row = Feature.objects.filter(key=feature).first() if feature else None
-    events = selectors.usage_events(customer_id, feature_id=feature_row.pk if feature_row else None)
-    totals = selectors.daily_usage_totals(events.filter(created_at__gte=since))
+    feature_id = feature_row.pk if feature_row else None
+    events = selectors.usage_events(customer_id, feature_id=feature_id)
+    totals = selectors.daily_usage(customer_id, feature_id=feature_id, since=since)
     context.update(
         events=events[:USAGE_ROWS],
         chart=chart.daily_bars(totals, days=CHART_DAYS, today=today),

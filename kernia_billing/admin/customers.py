@@ -7,21 +7,25 @@ what they show, so a page costs the same number of queries whatever its length.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
-from ..selectors import owner_search
+from ..selectors import daily_usage, owner_search
 from .grants import GrantCreditsMixin
 
 #: Usage events shown on a customer's page; the rest are one click away.
 RECENT_USAGE_EVENTS = 50
+#: Days of daily totals shown on a customer's page.
+DAILY_USAGE_DAYS = 30
 
 
 def _with_owner_search(
@@ -102,9 +106,9 @@ class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdm
                 ]
             },
         ),
-        (_("Recent usage"), {"fields": ["recent_usage"]}),
+        (_("Recent usage"), {"fields": ["daily_usage", "recent_usage"]}),
     ]
-    readonly_fields = ["owner_name", "recent_usage"]
+    readonly_fields = ["owner_name", "daily_usage", "recent_usage"]
     inlines = [EntitlementInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[BillingCustomer]:
@@ -121,6 +125,29 @@ class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         self, request: HttpRequest, queryset: QuerySet[BillingCustomer], search_term: str
     ) -> tuple[QuerySet[BillingCustomer], bool]:
         return _with_owner_search(self, request, queryset, search_term, prefix="")
+
+    @admin.display(description=_("daily totals (last 30 days, UTC)"))
+    def daily_usage(self, obj: BillingCustomer) -> str:
+        """From the daily rollups: 30 rows at most per feature, whatever the ledger's size."""
+        today = timezone.now().astimezone(UTC).date()
+        since = datetime.combine(today - timedelta(days=DAILY_USAGE_DAYS - 1), time.min, UTC)
+        totals = daily_usage(obj.pk, since=since)
+        if not totals:
+            return str(_("No usage in the last 30 days."))
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((t["date"], t["feature"], f"{t['amount']:+d}", t["events"]) for t in reversed(totals)),
+        )
+        return format_html(
+            '<table data-testid="daily-usage"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+            "<th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            _("day"),
+            _("feature"),
+            _("amount"),
+            _("events"),
+            rows,
+        )
 
     @admin.display(description=_("last usage events"))
     def recent_usage(self, obj: BillingCustomer) -> str:

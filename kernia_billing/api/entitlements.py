@@ -4,8 +4,9 @@
 - ``POST billing/track``: 201 with the recorded event; a repeated ``idempotencyKey``
   with the same payload answers 201 again with the first result and
   ``replayed: true`` (header ``Idempotent-Replayed: true``), counted once.
-- ``GET billing/usage``: the ledger, newest first, limit/offset pagination,
-  filters ``feature``, ``from``, ``to``; ``daily=true`` adds per-day totals.
+- ``GET billing/usage``: the ledger, newest first, keyset pages (``next`` carries a
+  ``cursor``; limit/offset still work), a count capped at 10,000, filters ``feature``,
+  ``from``, ``to``; ``daily=true`` adds per-day totals from the daily rollups.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .serializers import (
     TrackSerializer,
     UsagePageSerializer,
     UsageQuerySerializer,
+    encode_cursor,
     render_check,
     render_track,
 )
@@ -132,9 +134,11 @@ class UsageView(OwnerMixin, BillingAPIView):
         tags=[TAG],
         operation_id="billing_usage",
         summary="Usage history (the ledger), newest first.",
-        description="Limit/offset pagination. `from` is inclusive, `to` exclusive. With "
+        description="Pages: `next` carries a keyset `cursor` (every page costs what the "
+        "first costs); `limit`/`offset` still work. `count` is exact up to 10,000 "
+        "(`countCapped` says when more match). `from` is inclusive, `to` exclusive. With "
         "daily=true the answer also carries `daily`: totals per UTC day and feature over all "
-        "matching events (not only this page), for charts.",
+        "matching events (not only this page), for charts, read from the daily rollups.",
         parameters=[UsageQuerySerializer],
         responses={
             200: UsagePageSerializer,
@@ -157,22 +161,60 @@ class UsageView(OwnerMixin, BillingAPIView):
             until=params.get("to"),
         )
         limit, offset = params["limit"], params["offset"]
-        count = events.count()
+        count, capped = selectors.capped_count(events)
+        cursor = params.get("cursor")
+        if cursor is None:
+            # One row more than the page says whether there is a next page.
+            results = list(events[offset : offset + limit + 1])
+            more, results = len(results) > limit, results[:limit]
+            following = self._cursor(request, limit, results[-1]) if more else None
+            preceding = self._link(request, limit, max(offset - limit, 0)) if offset else None
+        else:
+            at, event_id, newer = cursor
+            offset = 0
+            if newer:  # the previous page: the `limit` events just newer, oldest first
+                earlier = selectors.events_after(events, at, event_id)
+                results = list(earlier.order_by("created_at", "id")[: limit + 1])
+                more, results = len(results) > limit, results[:limit][::-1]
+                following = self._cursor(request, limit, results[-1]) if results else None
+                preceding = self._cursor(request, limit, results[0], newer=True) if more else None
+            else:
+                results = list(selectors.events_before(events, at, event_id)[: limit + 1])
+                more, results = len(results) > limit, results[:limit]
+                following = self._cursor(request, limit, results[-1]) if more else None
+                preceding = (
+                    self._cursor(request, limit, results[0], newer=True) if results else None
+                )
         page: dict[str, Any] = {
             "count": count,
+            "count_capped": capped,
             "limit": limit,
             "offset": offset,
-            "next": self._link(request, limit, offset + limit) if offset + limit < count else None,
-            "previous": self._link(request, limit, max(offset - limit, 0)) if offset else None,
-            "results": list(events[offset : offset + limit]),
+            "next": following,
+            "previous": preceding,
+            "results": results,
         }
         if params["daily"]:
-            page["daily"] = selectors.daily_usage_totals(events)
+            page["daily"] = selectors.daily_usage(
+                customer.pk if customer else None,
+                feature_id=feature_id,
+                since=params.get("from"),
+                until=params.get("to"),
+            )
         return Response(UsagePageSerializer(page).data)
 
     @staticmethod
     def _link(request: Request, limit: int, offset: int) -> str:
         url = replace_query_param(request.build_absolute_uri(), "limit", limit)
+        url = remove_query_param(url, "cursor")
         if offset <= 0:
             return remove_query_param(url, "offset")
         return replace_query_param(url, "offset", offset)
+
+    @staticmethod
+    def _cursor(request: Request, limit: int, event: Any, *, newer: bool = False) -> str:
+        """A keyset page link: every page costs what the first one costs."""
+        url = replace_query_param(request.build_absolute_uri(), "limit", limit)
+        url = remove_query_param(url, "offset")
+        position = encode_cursor(event.created_at, event.pk, newer=newer)
+        return replace_query_param(url, "cursor", position)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -363,17 +366,48 @@ class UsageQuerySerializer(NoBlankTypedParamsMixin, OwnerSerializer):
     )
     limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=500)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+    cursor = serializers.CharField(
+        required=False,
+        max_length=100,
+        help_text="Opaque position from the `next` link (keyset page; replaces offset).",
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         fields["from"] = fields.pop("from_")
         return fields
 
+    def validate_cursor(self, value: str) -> tuple[datetime, int, bool]:
+        position = decode_cursor(value)
+        if position is None:
+            raise serializers.ValidationError("Not a cursor from a next link.")
+        return position
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         start, end = attrs.get("from"), attrs.get("to")
         if start and end and start >= end:
             raise serializers.ValidationError({"to": "Must be later than from."})
         return attrs
+
+
+def encode_cursor(at: datetime, event_id: int, *, newer: bool = False) -> str:
+    """The keyset position just past an event (older events; ``newer``: newer ones)."""
+    raw = f"{'p' if newer else 'n'}|{at.astimezone(UTC).isoformat()}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, int, bool] | None:
+    """``(at, event id, newer)`` of a cursor from :func:`encode_cursor`; None if it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        direction, at_text, id_text = raw.split("|")
+        at = datetime.fromisoformat(at_text)
+        event_id = int(id_text)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+    if direction not in ("n", "p") or at.tzinfo is None or not 0 < event_id < 2**63:
+        return None
+    return at, event_id, direction == "p"
 
 
 class UsageEventSerializer(serializers.Serializer):
@@ -395,7 +429,13 @@ class DailyUsageSerializer(serializers.Serializer):
 
 
 class UsagePageSerializer(serializers.Serializer):
-    count = serializers.IntegerField(help_text="Events matching the filters.")
+    count = serializers.IntegerField(
+        help_text="Events matching the filters, counted exactly up to 10,000 "
+        "(then 10,000 and countCapped is true)."
+    )
+    countCapped = serializers.BooleanField(
+        source="count_capped", help_text="More events match than count says."
+    )
     limit = serializers.IntegerField()
     offset = serializers.IntegerField()
     next = serializers.URLField(allow_null=True)

@@ -17,11 +17,13 @@ from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
 from .metering import Meter, OverageReport, ReportKind, ReportStatus
+from .rollups import ArchivedUsageEvent, UsageRollup
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "CONSUMABLE_KINDS",
+    "ArchivedUsageEvent",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
@@ -42,5 +44,6 @@ __all__ = [
     "ReviewState",
     "UsageCorrection",
     "UsageEvent",
+    "UsageRollup",
     "WebhookDelivery",
 ]

@@ -11,18 +11,21 @@ from .customers import BillingCustomer
 
 
 class UsageEvent(models.Model):
+    # No single-column indexes: the composite indexes below lead with the customer, and
+    # a lone feature (or time) index would cost every insert for reads nothing makes.
     customer = models.ForeignKey(
-        BillingCustomer, on_delete=models.CASCADE, related_name="usage_events"
+        BillingCustomer, on_delete=models.CASCADE, related_name="usage_events", db_index=False
     )
     feature = models.ForeignKey(
-        Feature, on_delete=models.PROTECT, related_name="kernia_usage_events"
+        Feature, on_delete=models.PROTECT, related_name="kernia_usage_events", db_index=False
     )
     amount = models.BigIntegerField(_("amount"))
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    # Hash of (feature, amount, properties): a replay with another payload is a conflict.
-    request_fingerprint = models.CharField(max_length=64, blank=True)
+    # SHA-256 of (feature, amount, properties), 32 bytes: a replay with another payload
+    # is a conflict.
+    request_fingerprint = models.BinaryField(max_length=32, blank=True, default=b"")
     properties = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(_("time"), db_index=True)
+    created_at = models.DateTimeField(_("time"))
     balance_after = models.BigIntegerField(_("balance after"))
     usage_after = models.BigIntegerField(_("usage after"))
     # What the event drew from grants other than the plan's, and from which:
@@ -38,6 +41,7 @@ class UsageEvent(models.Model):
         null=True,
         blank=True,
         related_name="kernia_pool_usage_events",
+        db_index=False,
     )
     units = models.BigIntegerField(null=True, blank=True)
 
@@ -53,9 +57,13 @@ class UsageEvent(models.Model):
             )
         ]
         indexes = [
+            # Usage history of one feature, the audit's and renewals' sums since a period
+            # start, archival: customer + feature + time.
             models.Index(
                 fields=["customer", "feature", "created_at"], name="kernia_usage_cust_feat_time"
             ),
+            # Usage history of all features, newest first (keyset pages): customer + time.
+            models.Index(fields=["customer", "created_at"], name="kernia_usage_cust_time"),
         ]
 
     def __str__(self) -> str:

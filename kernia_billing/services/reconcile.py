@@ -14,20 +14,31 @@ applying it would roll a customer back. ``kernia_reconcile`` is the command-line
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from djstripe.models import Subscription
 
-from ..models import BillingCustomer, Entitlement, UsageEvent
+from ..models import BillingCustomer, Entitlement, Plan, PlanPrice, UsageEvent
+from ..selectors import default_plan, status_entitles
 from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
 from .customers import apply_subscription, resolve_plan
 from .grants.audit import audit_grants
 from .metering.corrections import audit_corrections
-from .stripe_state import list_customer_subscriptions, pick_subscription
+from .stripe_state import (
+    ENDED_STATUSES,
+    list_customer_subscriptions,
+    pick_subscription,
+    snapshot_from_stripe,
+)
+from .usage.rollups import audit_rollups, rebuild_rollups
 
 CUSTOMER_FIELDS = (
     "plan",
@@ -54,8 +65,7 @@ def _refresh_mirror(subscriptions: list[dict[str, Any]], api_key: str | None) ->
         stripe_gateway.mirror(Subscription, data, api_key=api_key, as_sdk_object="subscription")
 
 
-def _expected(snapshot: SubscriptionSnapshot | None) -> dict[str, Any]:
-    plan = resolve_plan(snapshot)
+def _expected(snapshot: SubscriptionSnapshot | None, plan: Plan | None) -> dict[str, Any]:
     if snapshot is None:
         return {
             "plan": plan.key if plan else None,
@@ -111,7 +121,7 @@ def reconcile_customer(
         else:
             subscriptions = _mirror_subscriptions(customer.stripe_customer_id)
         snapshot = pick_subscription(subscriptions)
-    expected, stored = _expected(snapshot), _stored(customer)
+    expected, stored = _expected(snapshot, resolve_plan(snapshot)), _stored(customer)
     differences = [name for name in CUSTOMER_FIELDS if expected[name] != stored[name]]
     fixed = False
     if differences and fix and refresh:
@@ -122,63 +132,198 @@ def reconcile_customer(
     ]
 
 
+class _PlanIndex:
+    """The catalog's price -> plan mapping and the default plan, read once per run.
+
+    Answers what :func:`~.customers.resolve_plan` and
+    :func:`~.stripe_state.pick_subscription` ask the database per customer, from memory,
+    with the same ordering (plan ``display_order`` descending, then key).
+    """
+
+    def __init__(self) -> None:
+        self.plans: dict[str, list[Plan]] = defaultdict(list)
+        for link in PlanPrice.objects.select_related("plan", "price").order_by(
+            "-plan__display_order", "plan__key"
+        ):
+            self.plans[link.price.stripe_id].append(link.plan)
+        self.default = default_plan()
+
+    def best(self, price_ids: tuple[str, ...] | list[str]) -> Plan | None:
+        found = [plan for price in price_ids for plan in self.plans.get(price, ())]
+        return min(found, key=lambda p: (-p.display_order, p.key)) if found else None
+
+    def resolve(self, snapshot: SubscriptionSnapshot | None) -> Plan | None:
+        if snapshot is not None and status_entitles(snapshot.status):
+            plan = self.best(snapshot.price_ids)
+            if plan is not None:
+                return plan
+        return self.default
+
+    def pick(self, subscriptions: list[dict[str, Any]]) -> SubscriptionSnapshot | None:
+        candidates = []
+        for data in subscriptions:
+            snapshot = snapshot_from_stripe(data)
+            if snapshot.status in ENDED_STATUSES:
+                rank = 3
+            elif status_entitles(snapshot.status):
+                rank = 0 if self.best(snapshot.price_ids) is not None else 1
+            else:
+                rank = 2
+            candidates.append((rank, -int(data.get("created") or 0), data))
+        if not candidates:
+            return None
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        return snapshot_from_stripe(candidates[0][2])
+
+
 def reconcile_customers(
-    *, refresh: bool = False, fix: bool = False, api_key: str | None = None
+    *,
+    refresh: bool = False,
+    fix: bool = False,
+    api_key: str | None = None,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
 ) -> list[Drift]:
-    """:func:`reconcile_customer` for every billing customer."""
+    """:func:`reconcile_customer` for every billing customer, in batches.
+
+    From the mirror (no ``refresh``) it is set-based: one query for a batch of customers,
+    one for their mirrored subscriptions, the plan mapping read once per run; no query
+    per customer. With ``refresh`` each customer is one Stripe call (as before).
+    """
     drifts: list[Drift] = []
-    for customer in BillingCustomer.objects.select_related("plan").order_by("pk").iterator():
-        drifts.extend(reconcile_customer(customer, refresh=refresh, fix=fix, api_key=api_key))
+    index = None if refresh else _PlanIndex()
+    customers = BillingCustomer.objects.select_related("plan").order_by("pk")
+    after, done = 0, 0
+    while True:
+        batch = list(customers.filter(pk__gt=after)[:batch_size])
+        if not batch:
+            break
+        if index is None:
+            for customer in batch:
+                drifts.extend(
+                    reconcile_customer(customer, refresh=refresh, fix=fix, api_key=api_key)
+                )
+        else:
+            drifts.extend(_reconcile_from_mirror(batch, index))
+        after, done = batch[-1].pk, done + len(batch)
+        if progress is not None:
+            progress("customers", done, after)
     return drifts
 
 
-def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) -> list[Drift]:
+def _reconcile_from_mirror(batch: list[BillingCustomer], index: _PlanIndex) -> list[Drift]:
+    """Customer drift of a batch against dj-stripe's mirror (reported, never fixed)."""
+    by_stripe_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    stripe_ids = [c.stripe_customer_id for c in batch if c.stripe_customer_id]
+    rows = Subscription.objects.filter(customer__id__in=stripe_ids).values_list(
+        "customer__id", "stripe_data"
+    )
+    for stripe_customer_id, data in rows:
+        if data:
+            by_stripe_id[stripe_customer_id].append(dict(data))
+    drifts: list[Drift] = []
+    for customer in batch:
+        snapshot = None
+        if customer.stripe_customer_id:
+            snapshot = index.pick(by_stripe_id.get(customer.stripe_customer_id, []))
+        expected = _expected(snapshot, index.resolve(snapshot))
+        stored = _stored(customer)
+        drifts.extend(
+            Drift("customer", customer.pk, name, expected[name], stored[name])
+            for name in CUSTOMER_FIELDS
+            if expected[name] != stored[name]
+        )
+    return drifts
+
+
+#: ``progress(part, rows done, last id)``: how far a batched audit or reconcile got; the
+#: last id resumes it (``kernia_reconcile --after-entitlement``).
+Progress = Callable[[str, int, int], None]
+
+#: Before every period start: an entitlement that never resets sums all its events.
+_BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def audit_ledger(
+    *,
+    fix: bool = False,
+    customer_ids: list[int] | None = None,
+    batch_size: int = 1000,
+    after_entitlement: int = 0,
+    progress: Progress | None = None,
+) -> list[Drift]:
     """Entitlements whose usage is not the sum of their events since ``period_start``,
-    and every drift of the grants (:func:`~.grants.audit.audit_grants`: per grant,
-    consumed = what the draws took, no draw after expiry; per entitlement, the grant
-    columns = the grants' sums), and of usage corrections
-    (:func:`~.metering.corrections.audit_corrections`). Only usage is fixed; grant and
+    daily rollups that differ from the ledger (same window), every drift of the grants
+    (:func:`~.grants.audit.audit_grants`: per grant, consumed = what the draws took, no
+    draw after expiry; per entitlement, the grant columns = the grants' sums), and of
+    usage corrections (:func:`~.metering.corrections.audit_corrections`). A fix repairs
+    usage and rebuilds the drifting customers' rollups from the ledger; grant and
     correction drifts are reported.
+
+    It costs the current period, not history: one statement per batch of entitlements
+    sums only the events since each one's period start, on the customer + feature +
+    time index (all events for an entitlement that never resets). Batches go by
+    entitlement id from ``after_entitlement``, and ``progress`` hears of each one, so an
+    interrupted audit resumes where it stopped.
 
     A fix writes the ledger's sum with a conditional ``UPDATE`` on the usage it read, so
     a track that lands meanwhile is never overwritten (that row is reported, not fixed).
     """
-
-    def ledger_sum(*, since_period_start: bool) -> Any:
-        events = UsageEvent.objects.filter(
-            customer_id=OuterRef("customer_id"), feature_id=OuterRef("feature_id")
-        )
-        if since_period_start:
-            events = events.filter(created_at__gte=OuterRef("period_start"))
-        total = events.order_by().values("customer_id").annotate(total=Sum("amount"))
-        return Coalesce(Subquery(total.values("total")), Value(0))
-
-    rows = Entitlement.objects.annotate(
-        in_period=ledger_sum(since_period_start=True), all_time=ledger_sum(since_period_start=False)
-    ).select_related("feature")
+    events = UsageEvent.objects.filter(
+        customer_id=OuterRef("customer_id"),
+        feature_id=OuterRef("feature_id"),
+        created_at__gte=OuterRef("since"),
+    )
+    total = events.order_by().values("customer_id").annotate(total=Sum("amount"))
+    rows = (
+        Entitlement.objects.annotate(since=Coalesce("period_start", Value(_BEGINNING)))
+        .annotate(ledger=Coalesce(Subquery(total.values("total")), Value(0)))
+        .select_related("feature")
+        .order_by("pk")
+    )
     if customer_ids is not None:
         rows = rows.filter(customer_id__in=customer_ids)
-    drifts = []
-    for entitlement in rows.order_by("customer_id", "feature__key"):
-        # An entitlement that never resets has no period start: all its events count.
-        ledger = entitlement.all_time if entitlement.period_start is None else entitlement.in_period
-        if ledger == entitlement.usage:
-            continue
-        fixed = False
-        if fix and ledger >= 0:
-            fixed = bool(
-                Entitlement.objects.filter(pk=entitlement.pk, usage=entitlement.usage).update(
-                    usage=ledger
+    ledger_drifts: list[Drift] = []
+    rollup_drifts: list[Drift] = []
+    after, done = after_entitlement, 0
+    while True:
+        batch = list(rows.filter(pk__gt=after)[:batch_size])
+        if not batch:
+            break
+        keys = {}
+        for entitlement in batch:
+            keys[(entitlement.customer_id, entitlement.feature_id)] = entitlement.feature.key
+            if entitlement.ledger == entitlement.usage:
+                continue
+            ledger = entitlement.ledger
+            fixed = False
+            if fix and ledger >= 0:
+                fixed = bool(
+                    Entitlement.objects.filter(pk=entitlement.pk, usage=entitlement.usage).update(
+                        usage=ledger
+                    )
+                )
+            ledger_drifts.append(
+                Drift(
+                    "ledger",
+                    entitlement.customer_id,
+                    entitlement.feature.key,
+                    ledger,
+                    entitlement.usage,
+                    fixed=fixed,
                 )
             )
-        drifts.append(
-            Drift(
-                "ledger",
-                entitlement.customer_id,
-                entitlement.feature.key,
-                ledger,
-                entitlement.usage,
-                fixed=fixed,
-            )
-        )
-    return drifts + audit_grants(customer_ids) + audit_corrections(customer_ids)
+        found = audit_rollups([e.pk for e in batch])
+        if fix and found:
+            with transaction.atomic():
+                rebuild_rollups(sorted({customer_id for customer_id, *_ in found}))
+        for customer_id, feature_id, day, expected, actual in found:
+            subject = f"{keys.get((customer_id, feature_id), feature_id)} rollup {day}"
+            rollup_drifts.append(Drift("rollup", customer_id, subject, expected, actual, fixed=fix))
+        after, done = batch[-1].pk, done + len(batch)
+        if progress is not None:
+            progress("entitlements", done, after)
+    ledger_drifts.sort(key=lambda d: (d.customer_id, d.subject))
+    return (
+        ledger_drifts + rollup_drifts + audit_grants(customer_ids) + audit_corrections(customer_ids)
+    )

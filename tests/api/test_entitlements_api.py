@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from django.db import transaction
 from django.test import override_settings
 from django.utils.dateparse import parse_datetime
 
 from kernia_billing.models import Entitlement, UsageEvent
+from kernia_billing.services.usage.rollups import rebuild_rollups
 from tests.api.entitlement_fixtures import *  # noqa: F403
 from tests.api.entitlement_fixtures import CHECK_FIELDS, SEED, TRACK_FIELDS
 from tests.factories import PlanFactory, UserFactory
@@ -399,8 +401,10 @@ def _track_at(api, when: datetime, feature: str = "messages", amount: int = 1) -
     response = api.post(TRACK, {"feature": feature, "amount": amount}, format="json")
     assert response.status_code == 201, response.content
     event_id = response.json()["eventId"]
-    # History only: move the ledger row in time to test the filters.
+    # History only: move the ledger row in time to test the filters (and its rollup).
     UsageEvent.objects.filter(pk=event_id).update(created_at=when)
+    with transaction.atomic():
+        rebuild_rollups([UsageEvent.objects.get(pk=event_id).customer_id])
     return event_id
 
 

@@ -159,7 +159,9 @@ def test_track_covered_by_the_plan_stays_two_statements_with_grants(owner):
     with CaptureQueriesContext(connection) as queries:
         kernia_billing.track(owner, "messages", 1)
     statements = [q for q in queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
-    assert len(statements) <= 2
+    # Deduct, then the ledger row with its daily rollup: one statement on PostgreSQL,
+    # the rollup upsert apart on SQLite (no data-modifying CTE there).
+    assert len(statements) <= (2 if connection.vendor == "postgresql" else 3)
 
 
 def test_customer_state_lists_grants_with_expiry(owner):

@@ -8,14 +8,18 @@
     python manage.py kernia_reconcile --meters        # overage we sent vs Stripe's meters
     python manage.py kernia_reconcile --meters --fix  # send the missing units (once)
     python manage.py kernia_reconcile --expire        # first record every due grant expiry
+    python manage.py kernia_reconcile --progress      # a line per batch of 1000
+    python manage.py kernia_reconcile --after-entitlement 42000  # resume the ledger audit
 
 Customer state (plan, subscription status, period, cancelAtPeriodEnd, trial end,
 seats) is re-derived from dj-stripe's mirrored subscriptions, or from Stripe with
 ``--refresh``. Only fresh Stripe data repairs it: the mirror can be older than what
 webhooks already applied, so without ``--refresh`` state drift is reported, not fixed.
 The ledger audit checks that each entitlement's usage equals the sum of its usage
-events since its period start, and audits every grant (consumed = what the ledger's
-draws took from it, no draw after its expiry, the entitlement's grant totals). Same
+events since its period start (only those: it costs the current period, not history),
+that the daily rollups of those days equal the ledger, and audits every grant
+(consumed = what the ledger's draws took from it, no draw after its expiry, the
+entitlement's grant totals). Same
 code as ``kernia_billing.services.reconcile`` (``reconcile_customers()``,
 ``audit_ledger()``). ``--meters`` compares, per customer,
 feature and period, the overage units we sent with Stripe's meter event summaries
@@ -55,6 +59,21 @@ class Command(BillingCommand):
         )
 
         parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=1000,
+            help="Customers and entitlements per batch (default 1000).",
+        )
+        parser.add_argument(
+            "--after-entitlement",
+            type=int,
+            default=0,
+            help="Resume the ledger audit after this entitlement id (from a progress line).",
+        )
+        parser.add_argument(
+            "--progress", action="store_true", help="Print a line after every batch."
+        )
+        parser.add_argument(
             "--meters",
             action="store_true",
             help="Compare the overage sent to Stripe billing meters with Stripe's totals.",
@@ -67,6 +86,9 @@ class Command(BillingCommand):
         fix: bool,
         meters: bool = False,
         expire: bool = False,
+        batch_size: int = 1000,
+        after_entitlement: int = 0,
+        progress: bool = False,
         **options: Any,
     ) -> None:
         if meters:
@@ -75,11 +97,26 @@ class Command(BillingCommand):
         if expire:
             count = expire_all()
             self.say(f"Recorded due grant expiries on {count} entitlement(s).")
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1.")
+
+        def report(part: str, done: int, last_id: int) -> None:
+            self.say(f"... {done} {part} done (last id {last_id})")
+
+        tell = report if progress else None
         try:
-            customer_drift = reconcile_customers(refresh=refresh, fix=fix)
+            customer_drift = (
+                []
+                if after_entitlement
+                else reconcile_customers(
+                    refresh=refresh, fix=fix, batch_size=batch_size, progress=tell
+                )
+            )
         except StripeUnavailable as exc:
             raise CommandError(exc.message) from exc
-        ledger_drift = audit_ledger(fix=fix)
+        ledger_drift = audit_ledger(
+            fix=fix, batch_size=batch_size, after_entitlement=after_entitlement, progress=tell
+        )
         for drift in [*customer_drift, *ledger_drift]:
             self.say(str(drift))
         customers = len({d.customer_id for d in customer_drift})

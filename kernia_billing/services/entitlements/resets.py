@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Q, Sum
+from django.db.models import OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from ...models import (
@@ -87,20 +88,29 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         .order_by("pk")
         .select_for_update()
     )
-    count = 0
-    for entitlement_id, feature_id in list(due.values_list("pk", "feature_id")):
-        totals = UsageEvent.objects.filter(
-            customer=customer, feature_id=feature_id, created_at__gte=period_start
-        ).aggregate(total=Sum("amount"), from_grants=Sum("from_grants"))
-        count += Entitlement.objects.filter(pk=entitlement_id).update(
-            usage=totals["total"] or 0,
-            grant_usage=totals["from_grants"] or 0,
-            period_start=period_start,
-            reset_anchor=period_start,
-            next_reset_at=customer.current_period_end,
-            updated_at=timezone.now(),
-        )
-    return count
+    ids = list(due.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    # One UPDATE for all of them (set-based: the cost does not grow with the features),
+    # each summing its own events since the boundary on the customer + feature + time index.
+    since = UsageEvent.objects.filter(
+        customer_id=OuterRef("customer_id"),
+        feature_id=OuterRef("feature_id"),
+        created_at__gte=period_start,
+    ).order_by()
+
+    def total(column: str) -> Coalesce:
+        summed = since.values("customer_id").annotate(total=Sum(column)).values("total")
+        return Coalesce(Subquery(summed), Value(0))
+
+    return Entitlement.objects.filter(pk__in=ids).update(
+        usage=total("amount"),
+        grant_usage=total("from_grants"),
+        period_start=period_start,
+        reset_anchor=period_start,
+        next_reset_at=customer.current_period_end,
+        updated_at=timezone.now(),
+    )
 
 
 def reanchor_entitlements(customer: BillingCustomer, *, now: datetime | None = None) -> int:

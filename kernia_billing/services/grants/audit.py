@@ -13,27 +13,36 @@ from grants.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
+from itertools import chain
 
 from django.db.models import Q
 
-from ...models import Entitlement, Grant, UsageEvent
+from ...models import ArchivedUsageEvent, Entitlement, Grant, UsageEvent
 from ...types import Drift
 
 
 def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
     drifts: list[Drift] = []
-    events = UsageEvent.objects.filter(Q(from_grants__gt=0) | Q(draws__isnull=False))
+    drew = Q(from_grants__gt=0) | Q(draws__isnull=False)
+    events = UsageEvent.objects.filter(drew)
+    # Rows moved out by retention (kernia_archive_usage) still count for their grants.
+    archived = ArchivedUsageEvent.objects.filter(drew)
     grants = Grant.objects.select_related("feature")
     entitlements = Entitlement.objects.select_related("feature")
     if customer_ids is not None:
         events = events.filter(customer_id__in=customer_ids)
+        archived = archived.filter(customer_id__in=customer_ids)
         grants = grants.filter(customer_id__in=customer_ids)
         entitlements = entitlements.filter(customer_id__in=customer_ids)
     drawn: dict[int, int] = defaultdict(int)
     drawn_at: dict[int, list[datetime]] = defaultdict(list)
     in_period: dict[tuple[int, int], list[tuple[datetime, int]]] = defaultdict(list)
-    for event in events.order_by("pk").iterator():
+    drawing: Iterable[UsageEvent | ArchivedUsageEvent] = chain(
+        archived.order_by("pk").iterator(), events.order_by("pk").iterator()
+    )
+    for event in drawing:
         total = 0
         for part in event.draws or []:
             if part.get("grant") is not None:

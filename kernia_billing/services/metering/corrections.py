@@ -85,6 +85,7 @@ from ..grants.expiry import current
 from ..grants.totals import lock_entitlement
 from ..locking import atomic_with_retry
 from ..usage.check import _load_or_explain, denial_error
+from ..usage.rollups import record_rollup
 from ..usage.track import track
 from ..usage.validation import _fingerprint, _validate_amount, validate_idempotency_key
 from .outbox import _maybe_send_on_commit
@@ -217,7 +218,7 @@ def _give_back(
     units: int,
     reason: str,
     key: str | None,
-    fingerprint: str,
+    fingerprint: bytes,
     staff: Any,
     moment: datetime,
 ) -> CorrectionResult:
@@ -243,6 +244,7 @@ def _give_back(
         balance_after=locked.balance + units,
         usage_after=locked.usage - units,
     )
+    record_rollup(locked.customer_id, locked.feature_id, moment, -units)
     correction = UsageCorrection.objects.create(
         customer=customer,
         feature_id=locked.feature_id,
@@ -401,12 +403,12 @@ def _credit(
 # --- replays, results, audit ---------------------------------------------------------------
 
 
-def _replay(customer_id: int, key: str, fingerprint: str) -> CorrectionResult | None:
+def _replay(customer_id: int, key: str, fingerprint: bytes) -> CorrectionResult | None:
     event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
     if event is None:
         return None
     correction = UsageCorrection.objects.filter(usage_event=event).first()
-    if correction is None or event.request_fingerprint != fingerprint:
+    if correction is None or bytes(event.request_fingerprint) != fingerprint:
         raise IdempotencyConflict(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},

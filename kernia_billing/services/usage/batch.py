@@ -35,6 +35,7 @@ from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _track_result
+from .rollups import record_rollups
 from .track import _before_period
 from .validation import (
     _fingerprint,
@@ -101,7 +102,7 @@ class _Prepared:
     amount: int
     idempotency_key: str | None
     properties: dict[str, Any]
-    fingerprint: str
+    fingerprint: bytes
 
 
 def _prepare(
@@ -174,7 +175,7 @@ def _decide_locked(
     accepted: list[tuple[_Prepared, UsageEvent]] = []
     in_batch_replays: list[tuple[_Prepared, UsageEvent]] = []
     # Keys used earlier in this batch: (fingerprint, accepted event or None if refused).
-    seen_keys: dict[tuple[int, str], tuple[str, UsageEvent | None]] = {}
+    seen_keys: dict[tuple[int, str], tuple[bytes, UsageEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         row = rows[item.entitlement_id]
@@ -313,11 +314,12 @@ def _write_decisions(
         Entitlement.objects.filter(pk=row_id).update(usage=usage[row_id], updated_at=moment)
     if accepted:
         UsageEvent.objects.bulk_create([event for _, event in accepted], batch_size=500)
+        record_rollups(event for _, event in accepted)  # same transaction as the rows
         record_overages(event for _, event in accepted)  # metering: overage outbox rows
 
 
 def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchItemResult:
-    if event.request_fingerprint != item.fingerprint:
+    if bytes(event.request_fingerprint) != item.fingerprint:
         return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )

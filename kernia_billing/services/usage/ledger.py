@@ -11,6 +11,7 @@ from ... import signals
 from ...models import BillingCustomer, UsageEvent
 from ...types import TrackResult
 from ..metering.outbox import record_overage
+from .rollups import record_rollup, upsert_sql, utc_day
 
 _EVENT_COLUMNS = (
     "customer_id",
@@ -29,15 +30,19 @@ _EVENT_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=2)
-def _insert_event_sql(vendor: str) -> str:
+@lru_cache(maxsize=4)
+def _insert_event_sql(vendor: str, *, with_rollup: bool = False) -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
     placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
-    return (
+    insert = (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
         f"VALUES ({placeholders}) RETURNING {quote('id')}"
     )
+    if not with_rollup:
+        return insert
+    # PostgreSQL: the ledger row and its rollup upsert in one statement (one round trip).
+    return f"WITH ev AS ({insert}), r AS ({upsert_sql(1)}) SELECT {quote('id')} FROM ev"
 
 
 @lru_cache(maxsize=1)
@@ -46,14 +51,21 @@ def _event_fields() -> tuple[models.Field[Any, Any], ...]:
     return tuple(field for field in fields if isinstance(field, models.Field))
 
 
-def _record_event(event: UsageEvent) -> UsageEvent:
-    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here."""
+def _record_event(event: UsageEvent, *, with_rollup: bool = False) -> UsageEvent:
+    """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here.
+
+    ``with_rollup`` (PostgreSQL only) adds the row's :func:`.rollups.record_rollup` upsert
+    to the same statement.
+    """
     params = [
         field.get_db_prep_save(getattr(event, field.attname), connection)
         for field in _event_fields()
     ]
+    if with_rollup:
+        day = connection.ops.adapt_datefield_value(utc_day(event.created_at))
+        params += [event.customer_id, event.feature_id, day, event.amount, 1]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_event_sql(connection.vendor), params)
+        cursor.execute(_insert_event_sql(connection.vendor, with_rollup=with_rollup), params)
         event.pk = cursor.fetchone()[0]
     return event
 
@@ -76,7 +88,11 @@ def _track_result(
 
 def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
     """Insert the ledger row of an accepted deduction and queue its signals."""
-    _record_event(event)
+    if connection.vendor == "postgresql":
+        _record_event(event, with_rollup=True)  # record_rollup, folded into the insert
+    else:
+        _record_event(event)
+        record_rollup(event.customer_id, event.feature_id, event.created_at, event.amount)
     record_overage(event)  # metering: the outbox row of its overage, if any
     _notify_tracked(event.customer_id, feature, unlimited, event)
     return event

@@ -94,7 +94,7 @@ def _track(
     amount: int,
     idempotency_key: str | None,
     properties: dict[str, Any],
-    fingerprint: str,
+    fingerprint: bytes,
     now: datetime | None,
     *,
     credit_use: tuple[int, int] | None = None,
@@ -204,7 +204,7 @@ def _track_in_one_update(
     amount: int,
     idempotency_key: str | None,
     properties: dict[str, Any],
-    fingerprint: str,
+    fingerprint: bytes,
 ) -> TrackResult | None:
     """The common case in two statements: find-and-deduct, then the ledger row.
 
@@ -336,12 +336,12 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
 
 
 def _replay(
-    customer_id: int, key: str, fingerprint: str, entitlement: EntitlementRow
+    customer_id: int, key: str, fingerprint: bytes, entitlement: EntitlementRow
 ) -> TrackResult | None:
     event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
     if event is None:
         return None
-    if event.request_fingerprint != fingerprint:
+    if bytes(event.request_fingerprint) != fingerprint:
         raise IdempotencyConflict(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},

@@ -58,6 +58,7 @@ def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str 
     return key
 
 
-def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> str:
+def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> bytes:
+    """SHA-256 of the payload, as 32 bytes (stored as bytes: half the hex digest's size)."""
     payload = json.dumps([feature, amount, properties], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return hashlib.sha256(payload.encode()).digest()

@@ -1,0 +1,270 @@
+"""Scale benchmark: the operations of issue 18 at 1M and 10M ledger rows (PostgreSQL).
+
+Usage::
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/h18_bench \\
+        .venv/bin/python bench/bench_scale.py --rows 1000000 10000000
+
+Builds, per size, a fresh database (the ``DATABASE_URL``'s name; dropped at the end
+unless ``--keep``) with 10,000 customers x 3 features and the ledger made with
+set-based SQL (``generate_series``): 10% of the rows on one busy customer, the rest
+spread, times over the last 365 days. Rollups are built as the migration backfills
+them and usage is set to the ledger's sum since each period start (a clean audit).
+Prints, per size, the table of the issue: history with ``daily=true`` over 90 days and
+the first page for the busy customer (ours, and the former exact-count / whole-ledger
+plans beside it), the ledger audit, the customer part of reconcile, a renewal reset per
+customer, check/track p50, and the ledger's size. A figure, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/h18_bench")
+
+import django
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+CUSTOMERS = 10_000
+FEATURES = ("messages", "images", "exports")
+
+
+class DisableMigrations(dict):
+    """Build tables straight from the models: dj-stripe's migrations take minutes."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __getitem__(self, item: str) -> None:
+        return None
+
+
+def timed(work: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of ``runs`` calls."""
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def build(rows: int) -> int:
+    """The catalog, customers, entitlements and ``rows`` ledger rows; the busy customer's id."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from kernia_billing.models import BillingCustomer, Entitlement, Feature, Plan, PlanFeature
+
+    settings.MIGRATION_MODULES = DisableMigrations()
+    connection.settings_dict["TEST"]["NAME"] = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    plan = Plan.objects.create(key="bench", name="Bench", is_default=True)
+    features = []
+    for key in FEATURES:
+        feature = Feature.objects.create(key=key, name=key, kind="metered")
+        PlanFeature.objects.create(
+            plan=plan, feature=feature, included=10**12, reset_period="month"
+        )
+        features.append(feature)
+    owner_type = ContentType.objects.get(app_label="auth", model="user")
+    now = timezone.now()
+    start = now - timedelta(days=10)
+    BillingCustomer.objects.bulk_create(
+        [
+            BillingCustomer(owner_type=owner_type, owner_id=str(i), plan=plan)
+            for i in range(CUSTOMERS)
+        ],
+        batch_size=2000,
+    )
+    BillingCustomer.objects.update(created_at=now - timedelta(days=400))
+    customers = list(BillingCustomer.objects.order_by("pk").values_list("pk", flat=True))
+    Entitlement.objects.bulk_create(
+        [
+            Entitlement(
+                customer_id=c,
+                feature=f,
+                included=10**12,
+                reset_period="month",
+                reset_anchor=now - timedelta(days=400),
+                period_start=start,
+                next_reset_at=start + timedelta(days=30),
+            )
+            for c in customers
+            for f in features
+        ],
+        batch_size=5000,
+    )
+    busy, first, feature0 = customers[0], customers[0], features[0].pk
+    t = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO kernia_billing_usageevent (customer_id, feature_id, amount, "
+            "idempotency_key, request_fingerprint, properties, created_at, balance_after, "
+            "usage_after, from_grants) "
+            "SELECT CASE WHEN i %% 10 = 0 THEN %s ELSE %s + (i * 7919) %% %s END, "
+            "%s + (i %% 3), 1, md5(i::text)::uuid::text, sha256(i::text::bytea), '{}', "
+            "now() - (((i * 104729) %% 31536000) || ' seconds')::interval, 1000, i, 0 "
+            "FROM generate_series(1::bigint, %s) i",
+            [busy, first, CUSTOMERS, feature0, rows],
+        )
+        load = time.perf_counter() - t
+        cursor.execute(
+            "INSERT INTO kernia_billing_usagerollup (customer_id, feature_id, day, amount, events) "
+            "SELECT customer_id, feature_id, (created_at AT TIME ZONE 'UTC')::date, SUM(amount), "
+            "COUNT(*) FROM kernia_billing_usageevent GROUP BY 1, 2, 3"
+        )
+        cursor.execute(
+            "UPDATE kernia_billing_entitlement e SET usage = COALESCE((SELECT SUM(amount) "
+            "FROM kernia_billing_usageevent u WHERE u.customer_id = e.customer_id "
+            "AND u.feature_id = e.feature_id AND u.created_at >= e.period_start), 0)"
+        )
+        cursor.execute("ANALYZE")
+    print(f"  built {rows:,} rows in {load:.0f} s (+ rollups and usage)", flush=True)
+    return busy
+
+
+def measure(rows: int, busy: int) -> list[tuple[str, str]]:
+    from kernia_billing import selectors
+    from kernia_billing.models import BillingCustomer, Entitlement
+    from kernia_billing.services import usage
+    from kernia_billing.services.entitlements.resets import reset_for_new_period
+    from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+
+    out: list[tuple[str, str]] = []
+    since = timezone.now() - timedelta(days=90)
+    events = selectors.usage_events(busy, since=since)
+
+    def daily() -> None:
+        selectors.daily_usage(busy, since=since)
+
+    def daily_before() -> None:
+        selectors.daily_usage_totals(events)
+
+    p50, p99 = timed(daily, 20)
+    b50, _ = timed(daily_before, 3)
+    out.append(
+        (
+            "daily=true 90 days, busy customer",
+            f"{p50:.1f} ms p50, {p99:.1f} p99 (ledger scan: {b50:.0f} ms)",
+        )
+    )
+    all_events = selectors.usage_events(busy)
+
+    def first_page() -> None:
+        selectors.capped_count(all_events)
+        list(all_events[:51])
+
+    def first_page_before() -> None:
+        all_events.count()
+        list(all_events[:50])
+
+    p50, p99 = timed(first_page, 20)
+    b50, _ = timed(first_page_before, 3)
+    out.append(("first page, busy customer", f"{p50:.1f} ms p50 (exact COUNT: {b50:.0f} ms)"))
+    start = time.perf_counter()
+    drifts = audit_ledger()
+    out.append(("ledger audit", f"{time.perf_counter() - start:.1f} s, {len(drifts)} drift(s)"))
+    with CaptureQueriesContext(connection) as captured:
+        start = time.perf_counter()
+        reconcile_customers()
+        took = time.perf_counter() - start
+    out.append(
+        (
+            "customer part of reconcile",
+            f"{took:.1f} s, {len(captured.captured_queries)} queries for {CUSTOMERS:,} customers",
+        )
+    )
+    customers = list(BillingCustomer.objects.order_by("pk")[1:1001])
+    new_start = timezone.now() - timedelta(days=1)
+    Entitlement.objects.filter(customer__in=customers).update(reset_period="billing")
+    with CaptureQueriesContext(connection) as captured:
+        start = time.perf_counter()
+        for customer in customers:
+            customer.current_period_start = new_start
+            customer.current_period_end = new_start + timedelta(days=30)
+            customer.billing_interval = "month"
+            with transaction.atomic():
+                reset_for_new_period(customer, new_start)
+        took = time.perf_counter() - start
+    per = len(captured.captured_queries) / len(customers)
+    out.append(
+        (
+            "renewal reset (service), per customer",
+            f"{took / len(customers) * 1000:.2f} ms, {per:.0f} statements incl. BEGIN/COMMIT",
+        )
+    )
+    customer = BillingCustomer.objects.get(pk=busy)
+
+    def check() -> None:
+        usage.check(customer, "messages")
+
+    def track() -> None:
+        usage.track(customer, "messages", 1)
+
+    c50, _ = timed(check, 200)
+    t50, _ = timed(track, 200)
+    out.append(("check / track p50, busy customer", f"{c50:.2f} / {t50:.2f} ms"))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_relation_size('kernia_billing_usageevent'), "
+            "pg_indexes_size('kernia_billing_usageevent'), "
+            "pg_total_relation_size('kernia_billing_usagerollup')"
+        )
+        heap, indexes, rollups = cursor.fetchone()
+        cursor.execute(
+            "SELECT indexrelid::regclass::text, pg_relation_size(indexrelid) FROM pg_index "
+            "WHERE indrelid = 'kernia_billing_usageevent'::regclass ORDER BY 2 DESC"
+        )
+        per_index = cursor.fetchall()
+    million = rows / 1_000_000
+    out.append(
+        (
+            "ledger size per million rows",
+            f"{(heap + indexes) / million / 2**20:.0f} MB "
+            f"(heap {heap / million / 2**20:.0f}, indexes {indexes / million / 2**20:.0f}); "
+            f"rollups {rollups / 2**20:.0f} MB in all",
+        )
+    )
+    for name, size in per_index:
+        out.append((f"  index {name}", f"{size / million / 2**20:.0f} MB per million rows"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--keep", action="store_true", help="Keep the database at the end.")
+    args = parser.parse_args()
+    if connection.vendor != "postgresql":
+        raise SystemExit("The scale benchmark runs on PostgreSQL (DATABASE_URL).")
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    for rows in args.rows:
+        print(f"== {rows:,} ledger rows ==", flush=True)
+        busy = build(rows)
+        for name, figure in measure(rows, busy):
+            print(f"| {name} | {figure} |", flush=True)
+        if not args.keep or rows != args.rows[-1]:
+            connection.creation.destroy_test_db(
+                connection.settings_dict["NAME"], verbosity=0, keepdb=False
+            )
+
+
+if __name__ == "__main__":
+    main()

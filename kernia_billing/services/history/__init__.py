@@ -1,0 +1,1 @@
+"""Usage history at scale: retention (archival of old ledger rows)."""
