@@ -1,7 +1,8 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
-``TrackRequest``, ``grant``, ``revoke``) lives in :mod:`kernia_billing.services` and is
+``TrackRequest``, ``grant``, ``revoke``, ``reserve``, ``confirm``, ``release``,
+``reserved``) lives in :mod:`kernia_billing.services` and is
 re-exported here lazily, so importing the package does not import Django models before
 the app registry is ready.
 """
@@ -18,6 +19,10 @@ _PUBLIC = {
     "customer_state": "kernia_billing.services.customers",
     "grant": "kernia_billing.services.grants.issue",
     "revoke": "kernia_billing.services.grants.issue",
+    "reserve": "kernia_billing.services.reservations",
+    "confirm": "kernia_billing.services.reservations",
+    "release": "kernia_billing.services.reservations",
+    "reserved": "kernia_billing.services.reservations",
 }
 
 __all__ = ["__version__", *_PUBLIC]

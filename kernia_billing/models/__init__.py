@@ -16,6 +16,7 @@ from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
 from .metering import Meter, OverageReport, ReportKind, ReportStatus
+from .reservations import Reservation, ReservationStatus
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
 
@@ -37,6 +38,8 @@ __all__ = [
     "PlanPrice",
     "ReportKind",
     "ReportStatus",
+    "Reservation",
+    "ReservationStatus",
     "ResetPeriod",
     "ReviewState",
     "UsageEvent",

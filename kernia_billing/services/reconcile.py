@@ -5,7 +5,7 @@
   :mod:`~kernia_billing.services.stripe_state`, never dj-stripe's ``current_period_*``),
   or from Stripe itself with ``refresh=True``, and reports what differs.
 - :func:`audit_ledger` checks the ledger invariant: an entitlement's usage equals the sum
-  of its usage events since its period start.
+  of its usage events since its period start, plus its open holds of that period.
 
 Both only report unless ``fix=True``. Customer state is only fixed from fresh Stripe
 data (``refresh=True``): the mirror may be older than what webhooks already applied, and
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import OuterRef, Subquery, Sum, Value
+from django.db.models import OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from djstripe.models import Subscription
 
-from ..models import BillingCustomer, Entitlement, UsageEvent
+from ..models import BillingCustomer, Entitlement, Reservation, ReservationStatus, UsageEvent
 from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
 from .customers import apply_subscription, resolve_plan
@@ -150,8 +150,19 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
         total = events.order_by().values("customer_id").annotate(total=Sum("amount"))
         return Coalesce(Subquery(total.values("total")), Value(0))
 
+    def held_sum() -> Any:
+        # Open holds are usage without their ledger row yet (services/reservations): only
+        # those of the current period are in ``usage`` (a reset wiped older ones).
+        holds = Reservation.objects.filter(
+            entitlement_id=OuterRef("pk"), status=ReservationStatus.OPEN
+        ).filter(Q(period_start=OuterRef("period_start")) | Q(period_start__isnull=True))
+        total = holds.order_by().values("entitlement_id").annotate(total=Sum("held"))
+        return Coalesce(Subquery(total.values("total")), Value(0))
+
     rows = Entitlement.objects.annotate(
-        in_period=ledger_sum(since_period_start=True), all_time=ledger_sum(since_period_start=False)
+        in_period=ledger_sum(since_period_start=True),
+        all_time=ledger_sum(since_period_start=False),
+        held=held_sum(),
     ).select_related("feature")
     if customer_ids is not None:
         rows = rows.filter(customer_id__in=customer_ids)
@@ -159,6 +170,7 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
     for entitlement in rows.order_by("customer_id", "feature__key"):
         # An entitlement that never resets has no period start: all its events count.
         ledger = entitlement.all_time if entitlement.period_start is None else entitlement.in_period
+        ledger += entitlement.held
         if ledger == entitlement.usage:
             continue
         fixed = False
