@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from . import batch, catalog, entitlements, grants, lifecycle, metering
+from . import batch, catalog, entitlements, grants, lifecycle, metering, reservations
 from .base import UnknownPathView
 
 app_name = "kernia_billing"
@@ -17,6 +17,22 @@ urlpatterns = [
     path("billing/track/batch", batch.BatchTrackView.as_view(), name="billing-track-batch"),
     path("billing/usage", entitlements.UsageView.as_view(), name="billing-usage"),
     path("billing/grants", grants.GrantsView.as_view(), name="billing-grants"),
+    # Reservations
+    path(
+        "billing/reservations",
+        reservations.ReservationsView.as_view(),
+        name="billing-reservations",
+    ),
+    path(
+        "billing/reservations/<int:reservation_id>/confirm",
+        reservations.ConfirmView.as_view(),
+        name="billing-reservation-confirm",
+    ),
+    path(
+        "billing/reservations/<int:reservation_id>/release",
+        reservations.ReleaseView.as_view(),
+        name="billing-reservation-release",
+    ),
     # Stripe lifecycle
     path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),
     path("billing/checkout", lifecycle.CheckoutView.as_view(), name="billing-checkout"),
