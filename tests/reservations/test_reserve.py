@@ -326,3 +326,12 @@ def test_check_stays_at_two_queries_with_open_holds(owner):
         assert kernia_billing.check(owner, "tokens").balance == 90
     assert len(queries) <= 2
     assert Grant.objects.count() == 0
+
+
+def test_a_confirm_key_used_by_another_ledger_row_is_a_conflict(owner):
+    kernia_billing.track(owner, "tokens", 1, idempotency_key="k1")
+    hold = kernia_billing.reserve(owner, "tokens", 5)
+    with pytest.raises(IdempotencyConflict):
+        kernia_billing.confirm(hold.id, idempotency_key="k1")
+    assert Reservation.objects.get().status == "open"
+    assert kernia_billing.confirm(hold.id, idempotency_key="k2").actual == 5

@@ -269,6 +269,13 @@ def confirm(
                 _apply_due_reset(reservation.entitlement_id, moment)
             except _Lost:
                 break
+            except IntegrityError:
+                if key is None:
+                    raise
+                raise IdempotencyConflict(
+                    "This idempotency key was already used by another ledger row.",
+                    fields={"idempotencyKey": key},
+                ) from None
         else:  # pragma: no cover - three period boundaries crossed in one call
             raise Contention()
         reservation.refresh_from_db()
@@ -351,6 +358,13 @@ def _confirm_locked(
     cost = reservation.amount // reservation.units if reservation.units else 1
     units = actual if actual is not None else (reservation.units or reservation.amount)
     credits = units * cost
+    # The claim, first: every writer that closes a reservation holds its entitlement's
+    # lock, so exactly one of confirm, release and expiry wins it.
+    claimed = Reservation.objects.filter(
+        pk=reservation.pk, status=_OPEN, expires_at__gt=moment
+    ).update(status=ReservationStatus.CONFIRMED, actual=units, closed_at=moment)
+    if not claimed:
+        raise _Lost
     kept, from_grants, changed = _settle(reservation, row, credits, moment)
     event = None
     if credits:
@@ -374,17 +388,7 @@ def _confirm_locked(
             feature=row.feature,
             unlimited=row.unlimited,
         )
-    # The claim: under the entitlement's lock only one writer can close the reservation.
-    claimed = Reservation.objects.filter(
-        pk=reservation.pk, status=_OPEN, expires_at__gt=moment
-    ).update(
-        status=ReservationStatus.CONFIRMED,
-        actual=units,
-        closed_at=moment,
-        event=event,
-    )
-    if not claimed:
-        raise _Lost
+        Reservation.objects.filter(pk=reservation.pk).update(event=event)
     reservation.status, reservation.actual = ReservationStatus.CONFIRMED, units
     reservation.closed_at, reservation.event = moment, event
     balance = None if row.unlimited else (event.balance_after if event else None)
