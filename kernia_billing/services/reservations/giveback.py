@@ -86,7 +86,8 @@ def _give_back(reservation: Reservation, n: int, moment: datetime, *, in_usage: 
     """Return the last ``n`` units of the hold (reverse consumption order); the rest is kept.
 
     ``in_usage``: the hold is still in this period's usage (no reset since). Units
-    returned to a grant that expired meanwhile expire with it. Runs under the
+    returned to a grant that expired (or was revoked) meanwhile expire (are revoked)
+    with it. Runs under the
     entitlement's lock; locks the grants it returns to, ascending id.
     """
     kept = [dict(part) for part in reservation.draws]
@@ -104,13 +105,17 @@ def _give_back(reservation: Reservation, n: int, moment: datetime, *, in_usage: 
             Grant.objects.filter(pk__in=sorted(to_grants))
             .order_by("pk")
             .select_for_update()
-            .values_list("pk", "expires_at")
+            .values_list("pk", "expires_at", "revoked_at")
         )
-        for grant_id, expires_at in list(locked):
+        for grant_id, expires_at, revoked_at in list(locked):
             back = to_grants[grant_id]
+            # What goes back to a grant that expired or was revoked meanwhile goes with it.
             gone = expires_at is not None and expires_at <= moment
+            revoked = not gone and revoked_at is not None
             Grant.objects.filter(pk=grant_id).update(
-                consumed=F("consumed") - back, expired=F("expired") + (back if gone else 0)
+                consumed=F("consumed") - back,
+                expired=F("expired") + (back if gone else 0),
+                revoked=F("revoked") + (back if revoked else 0),
             )
     total = sum(returned.values())
     if in_usage and total:
