@@ -218,6 +218,7 @@ class ReleaseView(_OwnReservation):
         request=OwnerSerializer,
         responses={
             200: ReservationSerializer,
+            400: _error("Bad input (owner identifiers)."),
             404: _error("unknown_reservation, unknown_owner or unknown_customer."),
             409: _error("reservation_closed: it was confirmed."),
             **AUTH_ERRORS,

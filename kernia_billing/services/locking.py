@@ -16,8 +16,12 @@ each other:
    entitlement: the multi-grant draw of ``track``, ``track_batch`` (all the grants of
    all its entitlements in one statement), clawbacks, ``revoke``, expiry, rollovers.
    A grant row is never locked by a writer that does not hold its entitlement.
-4. **Rows that are only inserted** (ledger events, new grants) come last, after every
-   lock above.
+   **A reservation row** (``services/reservations``) is closed (confirm, release,
+   expiry) only by a writer holding its entitlement, with a conditional ``UPDATE ...
+   WHERE status = 'open'`` taken after the entitlement and before any grant; a reserve
+   inserts it after the deduction (step 4).
+4. **Rows that are only inserted** (ledger events, new grants, reservations) come last,
+   after every lock above.
 
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
 track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert.
