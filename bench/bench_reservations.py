@@ -83,10 +83,13 @@ def main() -> None:
         track_ms += timed(lambda: kernia_billing.track(user, "tokens", 1), args.calls)
         holds: list[int] = []
         reserve_ms += timed(
-            lambda: holds.append(kernia_billing.reserve(user, "tokens", 5).id), args.calls
+            lambda holds=holds: holds.append(kernia_billing.reserve(user, "tokens", 5).id),
+            args.calls,
         )
         pending = iter(holds)
-        confirm_ms += timed(lambda: kernia_billing.confirm(next(pending), actual=3), args.calls)
+        confirm_ms += timed(
+            lambda pending=pending: kernia_billing.confirm(next(pending), actual=3), args.calls
+        )
 
     with CaptureQueriesContext(connection) as track_q:
         kernia_billing.track(user, "tokens", 1)
