@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import OuterRef, Q, Subquery, Sum, Value
+from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from djstripe.models import Subscription
@@ -150,19 +150,24 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
         total = events.order_by().values("customer_id").annotate(total=Sum("amount"))
         return Coalesce(Subquery(total.values("total")), Value(0))
 
-    def held_sum() -> Any:
+    def held_sum(*, never_resets: bool) -> Any:
         # Open holds are usage without their ledger row yet (services/reservations): only
         # those of the current period are in ``usage`` (a reset wiped older ones).
         holds = Reservation.objects.filter(
             entitlement_id=OuterRef("pk"), status=ReservationStatus.OPEN
-        ).filter(Q(period_start=OuterRef("period_start")) | Q(period_start__isnull=True))
+        )
+        if never_resets:
+            holds = holds.filter(period_start__isnull=True)
+        else:
+            holds = holds.filter(period_start=OuterRef("period_start"))
         total = holds.order_by().values("entitlement_id").annotate(total=Sum("held"))
         return Coalesce(Subquery(total.values("total")), Value(0))
 
     rows = Entitlement.objects.annotate(
         in_period=ledger_sum(since_period_start=True),
         all_time=ledger_sum(since_period_start=False),
-        held=held_sum(),
+        held_in_period=held_sum(never_resets=False),
+        held_all=held_sum(never_resets=True),
     ).select_related("feature")
     if customer_ids is not None:
         rows = rows.filter(customer_id__in=customer_ids)
@@ -170,7 +175,9 @@ def audit_ledger(*, fix: bool = False, customer_ids: list[int] | None = None) ->
     for entitlement in rows.order_by("customer_id", "feature__key"):
         # An entitlement that never resets has no period start: all its events count.
         ledger = entitlement.all_time if entitlement.period_start is None else entitlement.in_period
-        ledger += entitlement.held
+        ledger += (
+            entitlement.held_all if entitlement.period_start is None else entitlement.held_in_period
+        )
         if ledger == entitlement.usage:
             continue
         fixed = False

@@ -335,3 +335,18 @@ def test_a_confirm_key_used_by_another_ledger_row_is_a_conflict(owner):
         kernia_billing.confirm(hold.id, idempotency_key="k1")
     assert Reservation.objects.get().status == "open"
     assert kernia_billing.confirm(hold.id, idempotency_key="k2").actual == 5
+
+
+def test_the_audit_counts_holds_on_a_balance_that_never_resets():
+    tokens = FeatureFactory(key="tokens")
+    plan = PlanFactory(key="once", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=tokens, included=100, reset_period=ResetPeriod.NONE)
+    owner = UserFactory()
+    hold = kernia_billing.reserve(owner, "tokens", 30)
+    assert Entitlement.objects.get().period_start is None
+    assert audit_ledger() == []
+    Entitlement.objects.update(usage=0)  # a hold lost from usage is a drift
+    assert [d.subject for d in audit_ledger()] == ["tokens"]
+    Entitlement.objects.update(usage=30)
+    kernia_billing.confirm(hold.id, actual=10)
+    assert audit_ledger() == []
