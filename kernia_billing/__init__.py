@@ -1,9 +1,10 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
-``TrackRequest``, ``grant``, ``revoke``, ``adjust_usage``) lives in
-:mod:`kernia_billing.services` and is re-exported here lazily, so importing the package
-does not import Django models before the app registry is ready.
+``TrackRequest``, ``grant``, ``revoke``, ``adjust_usage``, ``reserve``, ``confirm``,
+``release``, ``reserved``) lives in :mod:`kernia_billing.services` and is re-exported
+here lazily, so importing the package does not import Django models before the app
+registry is ready.
 """
 
 from typing import Any
@@ -19,6 +20,10 @@ _PUBLIC = {
     "grant": "kernia_billing.services.grants.issue",
     "revoke": "kernia_billing.services.grants.issue",
     "adjust_usage": "kernia_billing.services.metering.corrections",
+    "reserve": "kernia_billing.services.reservations",
+    "confirm": "kernia_billing.services.reservations",
+    "release": "kernia_billing.services.reservations",
+    "reserved": "kernia_billing.services.reservations",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -109,6 +109,29 @@ class IdempotencyConflict(BillingError):
     default_message = "This idempotency key was already used with a different payload."
 
 
+class UnknownReservation(BillingError):
+    code = "unknown_reservation"
+    status = 404
+    default_message = "No such reservation."
+
+
+class ReservationExpired(BillingError):
+    """Confirm after ``expiresAt``: the hold was given back; track the work if wanted."""
+
+    code = "reservation_expired"
+    status = 409
+    default_message = "The reservation expired and its hold was given back."
+
+
+class ReservationClosed(BillingError):
+    """Confirm of a released reservation, release of a confirmed one, or a second confirm
+    with another actual amount."""
+
+    code = "reservation_closed"
+    status = 409
+    default_message = "The reservation is already closed."
+
+
 class Contention(BillingError):
     """The same rows kept changing under a request; retrying it is safe."""
 

@@ -17,6 +17,8 @@ urlpatterns = [
     path("catalog/", views.catalog, name="catalog"),
     path("console/", views.console, name="console"),
     path("console/send/", views.send_messages, name="send-messages"),
+    path("console/report/", views.start_report, name="start-report"),
+    path("console/report/finish/", views.finish_report, name="finish-report"),
     path("usage/", views.usage, name="usage"),
     path("webhooks/", views.webhooks, name="webhooks"),
 ]

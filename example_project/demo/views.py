@@ -33,6 +33,7 @@ from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, Feature
 from kernia_billing.selectors import get_customer, status_entitles
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
 from kernia_billing.services.customers import customer_state
+from kernia_billing.services.reservations import holds
 from kernia_billing.services.usage import check
 from kernia_billing.types import CheckResult
 
@@ -45,6 +46,7 @@ MAX_MESSAGES_PER_CLICK = 100_000
 CHART_DAYS = 14
 USAGE_ROWS = 50
 SENT_SESSION_KEY = "demo_sent"
+REPORT_SESSION_KEY = "demo_report"
 SUBMISSION_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
@@ -195,6 +197,8 @@ def _console(request: HttpRequest, status: int = 200, **extra: Any) -> HttpRespo
         # form (double click, back + resend) is counted once.
         submission=uuid.uuid4().hex,
         sent=request.session.pop(SENT_SESSION_KEY, ""),
+        report=_open_report(request),
+        balance=_balance(current_owner(request).owner),
         **extra,
     )
     if "result_json" not in context and "feature" in request.GET:
@@ -284,6 +288,88 @@ def send_messages(request: HttpRequest) -> HttpResponse:
         text = (request.POST.get("text") or "Hello from the demo").strip()[:200]
         sent = f"Sent {count:,} message{'s' if count != 1 else ''}: “{text}”."
     request.session[SENT_SESSION_KEY] = sent
+    return redirect("demo:console")
+
+
+# --- "generate a report": reserve an estimate, confirm the actual ----------------------
+
+
+def _balance(owner: Any) -> int | None:
+    try:
+        return check(owner, USE_FEATURE).balance
+    except BillingError:
+        return None
+
+
+def _open_report(request: HttpRequest) -> dict[str, Any] | None:
+    """The report in progress (its reservation), if it is still open."""
+    report = request.session.get(REPORT_SESSION_KEY)
+    if not report:
+        return None
+    customer = get_customer(current_owner(request).owner)
+    found = [
+        r
+        for r in holds.list_reservations(customer.pk if customer else None)
+        if r.id == report["id"]
+    ]
+    if not found:
+        request.session.pop(REPORT_SESSION_KEY, None)
+        return None
+    return {"id": found[0].id, "estimate": found[0].amount, "expires_at": found[0].expires_at}
+
+
+def _whole(request: HttpRequest, name: str) -> int:
+    raw = request.POST.get(name, "")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{name} must be a whole number.", fields={name: raw}) from None
+    if not 0 <= value <= MAX_MESSAGES_PER_CLICK:
+        raise InvalidRequest(
+            f"{name} must be between 0 and {MAX_MESSAGES_PER_CLICK:,}.", fields={name: raw}
+        )
+    return value
+
+
+@login_required
+@require_POST
+def start_report(request: HttpRequest) -> HttpResponse:
+    """Reserve the estimate: the balance drops at once, nothing is in the ledger yet."""
+    try:
+        estimate = _whole(request, "estimate")
+        hold = holds.reserve(current_owner(request).owner, USE_FEATURE, estimate)
+    except BillingError as exc:
+        return _console(request, status=exc.status, refused=f"Not started: {exc.message}")
+    request.session[REPORT_SESSION_KEY] = {"id": hold.id}
+    request.session[SENT_SESSION_KEY] = (
+        f"Report started: {estimate:,} messages held until it finishes."
+    )
+    return redirect("demo:console")
+
+
+@login_required
+@require_POST
+def finish_report(request: HttpRequest) -> HttpResponse:
+    """Confirm the actual amount (or cancel: release); the rest of the hold comes back."""
+    report = _open_report(request)
+    if report is None:
+        request.session[SENT_SESSION_KEY] = "No report in progress."
+        return redirect("demo:console")
+    try:
+        if "cancel" in request.POST:
+            holds.release(report["id"])
+            done = "Report cancelled: the whole hold was given back."
+        else:
+            actual = _whole(request, "actual")
+            holds.confirm(report["id"], actual=actual)
+            back = report["estimate"] - actual
+            done = f"Report done: {actual:,} messages charged" + (
+                f", {back:,} of the hold given back." if back > 0 else "."
+            )
+    except BillingError as exc:
+        return _console(request, status=exc.status, refused=f"Not finished: {exc.message}")
+    request.session.pop(REPORT_SESSION_KEY, None)
+    request.session[SENT_SESSION_KEY] = done
     return redirect("demo:console")
 
 

@@ -2,7 +2,16 @@
 
 from django.urls import path, re_path
 
-from . import batch, catalog, corrections, entitlements, grants, lifecycle, metering
+from . import (
+    batch,
+    catalog,
+    corrections,
+    entitlements,
+    grants,
+    lifecycle,
+    metering,
+    reservations,
+)
 from .base import UnknownPathView
 
 app_name = "kernia_billing"
@@ -21,6 +30,22 @@ urlpatterns = [
         "billing/usage/adjust",
         corrections.UsageAdjustView.as_view(),
         name="billing-usage-adjust",
+    ),
+    # Reservations
+    path(
+        "billing/reservations",
+        reservations.ReservationsView.as_view(),
+        name="billing-reservations",
+    ),
+    path(
+        "billing/reservations/<int:reservation_id>/confirm",
+        reservations.ConfirmView.as_view(),
+        name="billing-reservation-confirm",
+    ),
+    path(
+        "billing/reservations/<int:reservation_id>/release",
+        reservations.ReleaseView.as_view(),
+        name="billing-reservation-release",
     ),
     # Stripe lifecycle
     path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),

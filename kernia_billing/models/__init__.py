@@ -17,6 +17,7 @@ from .customers import BillingCustomer
 from .entitlements import Entitlement
 from .grants import Grant, GrantSource
 from .metering import Meter, OverageReport, ReportKind, ReportStatus
+from .reservations import Reservation, ReservationStatus
 from .rollups import ArchivedUsageEvent, UsageRollup
 from .usage import UsageEvent
 from .webhooks import DeliveryOutcome, WebhookDelivery
@@ -40,6 +41,8 @@ __all__ = [
     "PlanPrice",
     "ReportKind",
     "ReportStatus",
+    "Reservation",
+    "ReservationStatus",
     "ResetPeriod",
     "ReviewState",
     "UsageCorrection",

@@ -20,8 +20,12 @@ each other:
    entitlement, the period's overage outbox rows of it, ascending id. The sender
    locks outbox rows only (``SKIP LOCKED``, never an entitlement), so it never waits
    in a cycle with them.
-4. **Rows that are only inserted** (ledger events, new grants) come last, after every
-   lock above.
+   **A reservation row** (``services/reservations``) is closed (confirm, release,
+   expiry) only by a writer holding its entitlement, with a conditional ``UPDATE ...
+   WHERE status = 'open'`` taken after the entitlement and before any grant; a reserve
+   inserts it after the deduction (step 4).
+4. **Rows that are only inserted** (ledger events, new grants, reservations) come last,
+   after every lock above.
 
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
 track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert.

@@ -5,7 +5,7 @@
   :mod:`~kernia_billing.services.stripe_state`, never dj-stripe's ``current_period_*``),
   or from Stripe itself with ``refresh=True``, and reports what differs.
 - :func:`audit_ledger` checks the ledger invariant: an entitlement's usage equals the sum
-  of its usage events since its period start.
+  of its usage events since its period start, plus its open holds of that period.
 
 Both only report unless ``fix=True``. Customer state is only fixed from fresh Stripe
 data (``refresh=True``): the mirror may be older than what webhooks already applied, and
@@ -25,7 +25,15 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from djstripe.models import Subscription
 
-from ..models import BillingCustomer, Entitlement, Plan, PlanPrice, UsageEvent
+from ..models import (
+    BillingCustomer,
+    Entitlement,
+    Plan,
+    PlanPrice,
+    Reservation,
+    ReservationStatus,
+    UsageEvent,
+)
 from ..selectors import default_plan, status_entitles
 from ..types import Drift, SubscriptionSnapshot
 from . import stripe_gateway
@@ -275,9 +283,27 @@ def audit_ledger(
         created_at__gte=OuterRef("since"),
     )
     total = events.order_by().values("customer_id").annotate(total=Sum("amount"))
+
+    def held_sum(*, never_resets: bool) -> Any:
+        # Open holds are usage without their ledger row yet (services/reservations): only
+        # those of the current period are in ``usage`` (a reset wiped older ones).
+        holds = Reservation.objects.filter(
+            entitlement_id=OuterRef("pk"), status=ReservationStatus.OPEN
+        )
+        if never_resets:
+            holds = holds.filter(period_start__isnull=True)
+        else:
+            holds = holds.filter(period_start=OuterRef("period_start"))
+        held = holds.order_by().values("entitlement_id").annotate(total=Sum("held"))
+        return Coalesce(Subquery(held.values("total")), Value(0))
+
     rows = (
         Entitlement.objects.annotate(since=Coalesce("period_start", Value(_BEGINNING)))
-        .annotate(ledger=Coalesce(Subquery(total.values("total")), Value(0)))
+        .annotate(
+            ledger=Coalesce(Subquery(total.values("total")), Value(0)),
+            held_in_period=held_sum(never_resets=False),
+            held_all=held_sum(never_resets=True),
+        )
         .select_related("feature")
         .order_by("pk")
     )
@@ -293,9 +319,14 @@ def audit_ledger(
         keys = {}
         for entitlement in batch:
             keys[(entitlement.customer_id, entitlement.feature_id)] = entitlement.feature.key
-            if entitlement.ledger == entitlement.usage:
+            held = (
+                entitlement.held_all
+                if entitlement.period_start is None
+                else entitlement.held_in_period
+            )
+            ledger = entitlement.ledger + held
+            if ledger == entitlement.usage:
                 continue
-            ledger = entitlement.ledger
             fixed = False
             if fix and ledger >= 0:
                 fixed = bool(

@@ -280,3 +280,25 @@ def test_cancelling_checkout_says_so(client, demo):
     assert back.redirect_chain[-1][0] == "/"
     assert "Checkout cancelled: nothing was charged" in back.content.decode()
     assert back.context["state"].plan == "free"
+
+
+def test_generate_a_report_reserves_shows_the_hold_and_confirms_the_actual(client, demo):
+    client.login(username="alice", password="alice")
+    before = client.get("/console/").content.decode()
+    assert 'data-testid="report-balance">100<' in before
+    started = client.post("/console/report/", {"estimate": "30"}, follow=True)
+    body = started.content.decode()
+    assert "30 messages held" in body
+    assert 'data-testid="report-balance">70<' in body
+    assert not UsageEvent.objects.exists()
+    done = client.post("/console/report/finish/", {"actual": "23"}, follow=True)
+    body = done.content.decode()
+    assert "23 messages charged, 7 of the hold given back." in body
+    assert 'data-testid="report-balance">77<' in body
+    assert list(UsageEvent.objects.values_list("amount", flat=True)) == [23]
+    assert client.post("/console/report/", {"estimate": "lots"}).status_code == 400
+    assert client.post("/console/report/", {"estimate": "101"}).status_code == 402
+    client.post("/console/report/", {"estimate": "10"})
+    cancelled = client.post("/console/report/finish/", {"cancel": "1"}, follow=True)
+    assert b"whole hold was given back" in cancelled.content
+    assert 'data-testid="report-balance">77<' in cancelled.content.decode()

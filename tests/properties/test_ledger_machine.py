@@ -2,7 +2,9 @@
 corrections, expiries, resets and plan changes; after every step the audit's invariants
 hold.
 
-Later engineers grow it with reserve/confirm. Kept quick so CI runs it on both databases.
+Reservations take part: reserve, confirm (less, equal or more than held), release and
+bulk expiry; open holds are usage without a ledger row, counted by the audit. Kept quick
+so CI runs it on both databases.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from hypothesis.stateful import (
 )
 
 import kernia_billing
-from kernia_billing.exceptions import InsufficientBalance, UsageBelowZero
-from kernia_billing.models import Entitlement, Grant, ResetPeriod, UsageEvent
+from kernia_billing.exceptions import InsufficientBalance, ReservationExpired, UsageBelowZero
+from kernia_billing.models import Entitlement, Grant, Reservation, ResetPeriod, UsageEvent
 from kernia_billing.services.customers import get_or_create_customer
 from kernia_billing.services.entitlements.sync import sync_entitlements
 from kernia_billing.services.locking import lock_customer
 from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.reservations.giveback import expire_reservations
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -133,6 +136,53 @@ class LedgerMachine(RuleBasedStateMachine):
             # (A downgrade may have left the balance below zero: no floor here.)
             assert result.balance == balance - amount
 
+    def _open_holds(self):
+        return Reservation.objects.filter(customer=self.customer, status="open")
+
+    @rule(amount=st.integers(1, 15), ttl_hours=st.integers(1, 72))
+    def reserve(self, amount, ttl_hours):
+        before = kernia_billing.check(self.user, self.feature).balance
+        events = UsageEvent.objects.filter(customer=self.customer).count()
+        try:
+            hold = kernia_billing.reserve(
+                self.user, self.feature, amount, ttl=timedelta(hours=ttl_hours)
+            )
+        except InsufficientBalance:
+            assert kernia_billing.check(self.user, self.feature).balance < amount
+            return
+        # Refused at first, a reserve gives back holds past their expiry and tries again.
+        after = kernia_billing.check(self.user, self.feature).balance
+        assert hold.balance == after >= 0
+        assert after >= before - amount
+        assert UsageEvent.objects.filter(customer=self.customer).count() == events  # not usage
+
+    @precondition(lambda self: self._open_holds().exists())
+    @rule(data=st.data(), delta=st.integers(-15, 5))
+    def confirm(self, data, delta):
+        hold = data.draw(st.sampled_from(list(self._open_holds().order_by("pk"))))
+        actual = max(0, hold.held + delta)
+        events = UsageEvent.objects.filter(customer=self.customer).count()
+        try:
+            done = kernia_billing.confirm(hold.pk, actual=actual)
+        except (InsufficientBalance, ReservationExpired):
+            assert UsageEvent.objects.filter(customer=self.customer).count() == events
+            return
+        assert done.actual == actual
+        added = UsageEvent.objects.filter(customer=self.customer).count() - events
+        assert added == (1 if actual else 0)
+
+    @precondition(lambda self: self._open_holds().exists())
+    @rule(data=st.data())
+    def release(self, data):
+        hold = data.draw(st.sampled_from(list(self._open_holds().order_by("pk"))))
+        assert kernia_billing.release(hold.pk).status in ("released", "expired")
+        assert kernia_billing.release(hold.pk).replayed
+
+    @rule()
+    def expire_holds(self):
+        expire_reservations()
+        assert not self._open_holds().filter(expires_at__lte=timezone.now()).exists()
+
     @rule(hours=st.integers(1, 48))
     def expire(self, hours):
         self.clock.shift(timedelta(hours=hours))
@@ -165,7 +215,9 @@ class LedgerMachine(RuleBasedStateMachine):
         since = UsageEvent.objects.filter(
             customer=self.customer, created_at__gte=entitlement.period_start
         ).aggregate(total=Sum("amount"))["total"]
-        assert entitlement.usage == (since or 0)
+        held = self._open_holds().filter(period_start=entitlement.period_start)
+        in_usage = held.aggregate(total=Sum("held"))["total"] or 0
+        assert entitlement.usage == (since or 0) + in_usage
 
 
 def test_ledger_machine():

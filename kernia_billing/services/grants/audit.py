@@ -7,7 +7,9 @@ revoked = remaining >= 0`` holds by the table's constraints. For every entitleme
 ``grant_remaining`` the sum of its grants' remaining and ``grant_next_expiry`` the
 soonest expiry among those with something left, so the balance is the plan's grant
 left plus the sum of remaining. Every event's ``from_grants`` is what its draws took
-from grants.
+from grants. Open reservations (:mod:`~kernia_billing.services.reservations`) count as
+events: what their holds drew is in the grants' ``consumed`` (any period) and, for holds
+of the entitlement's current period, in ``grant_usage``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from itertools import chain
 
 from django.db.models import Q
 
-from ...models import ArchivedUsageEvent, Entitlement, Grant, UsageEvent
+from ...models import (
+    ArchivedUsageEvent,
+    Entitlement,
+    Grant,
+    Reservation,
+    ReservationStatus,
+    UsageEvent,
+)
 from ...types import Drift
 
 
@@ -39,6 +48,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
     drawn: dict[int, int] = defaultdict(int)
     drawn_at: dict[int, list[datetime]] = defaultdict(list)
     in_period: dict[tuple[int, int], list[tuple[datetime, int]]] = defaultdict(list)
+    held_in_period = _open_holds(customer_ids, drawn)
     drawing: Iterable[UsageEvent | ArchivedUsageEvent] = chain(
         archived.order_by("pk").iterator(), events.order_by("pk").iterator()
     )
@@ -80,6 +90,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
         pair = (entitlement.customer_id, entitlement.feature_id)
         start = entitlement.period_start
         used = sum(n for at, n in in_period[pair] if start is None or at >= start)
+        used += held_in_period.get((entitlement.pk, start), 0)
         key = entitlement.feature.key
         checks = (
             ("grant usage", used, entitlement.grant_usage),
@@ -92,3 +103,22 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
                     Drift("grants", entitlement.customer_id, f"{key} {name}", expected, actual)
                 )
     return drifts
+
+
+def _open_holds(
+    customer_ids: list[int] | None, drawn: dict[int, int]
+) -> dict[tuple[int, datetime | None], int]:
+    """Add open holds' grant parts to ``drawn``; their ``from_grants`` per (entitlement,
+    period the hold was taken in)."""
+    holds = Reservation.objects.filter(status=ReservationStatus.OPEN, held__gt=0)
+    if customer_ids is not None:
+        holds = holds.filter(customer_id__in=customer_ids)
+    per_period: dict[tuple[int, datetime | None], int] = defaultdict(int)
+    for entitlement_id, period_start, draws, from_grants in holds.values_list(
+        "entitlement_id", "period_start", "draws", "from_grants"
+    ):
+        for part in draws or []:
+            if part.get("grant") is not None:
+                drawn[part["grant"]] += int(part["amount"])
+        per_period[(entitlement_id, period_start)] += from_grants
+    return per_period

@@ -55,7 +55,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from ...conf import billing_settings
@@ -74,6 +74,8 @@ from ...models import (
     PlanFeature,
     ReportKind,
     ReportStatus,
+    Reservation,
+    ReservationStatus,
     UsageCorrection,
     UsageEvent,
 )
@@ -223,7 +225,12 @@ def _give_back(
     moment: datetime,
 ) -> CorrectionResult:
     locked = lock_entitlement(row.id)
-    givable = locked.usage - locked.grant_usage
+    # Open holds of this period sit in ``usage`` too (services/reservations): what the
+    # plan holds for them is not given back here, or their release would go below zero.
+    held = Reservation.objects.filter(
+        entitlement_id=locked.id, status=ReservationStatus.OPEN, period_start=locked.period_start
+    ).aggregate(plan_part=Sum(F("held") - F("from_grants")))["plan_part"]
+    givable = locked.usage - locked.grant_usage - (held or 0)
     if units > givable:
         raise UsageBelowZero(
             f"At most {max(givable, 0)} units of {locked.feature!r} can be given back this "

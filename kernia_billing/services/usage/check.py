@@ -25,11 +25,12 @@ from ...models import (
 from ...selectors import status_entitles
 from ...types import CheckResult
 from ..customers import get_or_create_customer
-from ..entitlements.rows import EntitlementRow, _load
+from ..entitlements.rows import EntitlementRow, _load, _reload
 from ..entitlements.sync import apply_default_plan, sync_entitlements
 from ..grants.expiry import current
 from ..grants.totals import breakdown as grant_breakdown
 from ..metering.visibility import feature_overage
+from ..reservations.giveback import expire_due_holds
 from .pools import in_units, pool_of
 from .validation import _validate_required
 
@@ -87,6 +88,10 @@ def check(
     if own is not None:
         own = current(own, moment)
         result = _check_result(own, required, grants=_parts(own, moment, breakdown))
+        if result.reason == "insufficient_balance" and expire_due_holds(own.id, moment):
+            # Holds past their expiry were still in the balance: given back, ask again.
+            own = _reload(own.id)
+            result = _check_result(own, required, grants=_parts(own, moment, breakdown))
         if result.allowed or own.kind not in CONSUMABLE_KINDS:
             return _with_overage(result, own)
     pool = pool_of(feature)

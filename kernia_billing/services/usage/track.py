@@ -34,6 +34,7 @@ from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _reload
 from ..grants.draw import draw
 from ..grants.expiry import expire_due
+from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _record_tracked, _track_result
 from .pools import pool_of, track_in_units
@@ -184,6 +185,8 @@ def _track(
                         fields={"now": moment.isoformat()},
                     ) from None
                 continue
+            if amount > 0 and expire_due_holds(entitlement.id, moment):
+                continue  # holds past their expiry were still in the balance: retry
             if amount > 0:
                 raise InsufficientBalance(
                     f"Balance {entitlement.balance} is less than {amount}.",
