@@ -244,12 +244,16 @@ _NOUNS = {
     "webhook_endpoint": "webhook endpoint",
     "event": "event",
     "billing.meter": "billing.meter",
+    # plan changes
+    "subscription_schedule": "subscription_schedule",
+    "billing_portal.configuration": "billing_portal.configuration",
 }
 
 _PREFIXES = {
     "prod_": "product",
     "price_": "price",
     "cus_": "customer",
+    "sub_sched_": "subscription_schedule",  # before sub_: the longer prefix first
     "sub_": "subscription",
     "in_": "invoice",
     "ii_": "invoiceitem",
@@ -260,6 +264,7 @@ _PREFIXES = {
     "we_": "webhook_endpoint",
     "evt_": "event",
     "mtr_": "billing.meter",
+    "bpc_": "billing_portal.configuration",
 }
 
 

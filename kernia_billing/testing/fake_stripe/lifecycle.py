@@ -48,9 +48,13 @@ class LifecycleStore(SubscriptionStore):
                         self._period_no[item["id"]] += 1
                     self._refresh_item(sub, item)
                 reason = "subscription_cycle"
+            self._on_period_boundary_locked(sub)  # plan changes: schedule phases
             self._charge_renewal_locked(sub, reason)
             self._emit("customer.subscription.updated", sub, _diff(before, sub))
             return _snapshot(sub)
+
+    def _on_period_boundary_locked(self, sub: JSON) -> None:
+        """A new period started (the plan changes layer applies schedule phases)."""
 
     def _charge_renewal_locked(self, sub: JSON, reason: str, *, decline: bool = False) -> None:
         invoice = self._create_invoice_locked(sub, reason)
