@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from . import batch, catalog, entitlements, grants, lifecycle, metering
+from . import batch, catalog, entitlements, grants, lifecycle, metering, subscriptions
 from .base import UnknownPathView
 
 app_name = "kernia_billing"
@@ -26,6 +26,32 @@ urlpatterns = [
         name="billing-checkout-return",
     ),
     path("billing/portal", lifecycle.PortalView.as_view(), name="billing-portal"),
+    # Subscription changes
+    path(
+        "billing/subscription",
+        subscriptions.ChangeView.as_view(),
+        name="billing-subscription",
+    ),
+    path(
+        "billing/subscription/preview",
+        subscriptions.PreviewView.as_view(),
+        name="billing-subscription-preview",
+    ),
+    path(
+        "billing/subscription/cancel",
+        subscriptions.CancelView.as_view(),
+        name="billing-subscription-cancel",
+    ),
+    path(
+        "billing/subscription/resume",
+        subscriptions.ResumeView.as_view(),
+        name="billing-subscription-resume",
+    ),
+    path(
+        "billing/invoice/upcoming",
+        subscriptions.UpcomingInvoiceView.as_view(),
+        name="billing-invoice-upcoming",
+    ),
     path(
         "billing/webhooks/health",
         lifecycle.WebhookHealthView.as_view(),
