@@ -1,7 +1,9 @@
 """kernia-billing: enforceable product entitlements on top of a Stripe catalog.
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
-``TrackRequest``, ``grant``, ``revoke``) lives in :mod:`kernia_billing.services` and is
+``TrackRequest``, ``grant``, ``revoke``, and for plan changes ``preview_change``,
+``change_subscription``, ``cancel_subscription``, ``resume_subscription``,
+``upcoming_invoice``) lives in :mod:`kernia_billing.services` and is
 re-exported here lazily, so importing the package does not import Django models before
 the app registry is ready.
 """
@@ -18,6 +20,12 @@ _PUBLIC = {
     "customer_state": "kernia_billing.services.customers",
     "grant": "kernia_billing.services.grants.issue",
     "revoke": "kernia_billing.services.grants.issue",
+    # plan changes
+    "preview_change": "kernia_billing.services.subscriptions",
+    "change_subscription": "kernia_billing.services.subscriptions",
+    "cancel_subscription": "kernia_billing.services.subscriptions",
+    "resume_subscription": "kernia_billing.services.subscriptions",
+    "upcoming_invoice": "kernia_billing.services.subscriptions",
 }
 
 __all__ = ["__version__", *_PUBLIC]

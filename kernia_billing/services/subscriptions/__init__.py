@@ -10,12 +10,14 @@ from .change import (
     resume_subscription,
     upcoming_invoice,
 )
+from .trials import notify_trial_will_end
 
 __all__ = [
     "ChangeResult",
     "Preview",
     "cancel_subscription",
     "change_subscription",
+    "notify_trial_will_end",
     "preview_change",
     "resume_subscription",
     "upcoming_invoice",

@@ -176,6 +176,17 @@ class SubscriptionStore(InvoiceStore):
             trial_end=trial_end,
             trial_start=now if trial_end is not None else None,
         )
+        if isinstance(params.get("trial_settings"), dict):  # plan changes: trial end behavior
+            behavior = (params["trial_settings"].get("end_behavior") or {}).get(
+                "missing_payment_method"
+            )
+            if behavior not in ("cancel", "pause", "create_invoice"):
+                raise StripeError.invalid(
+                    "Invalid trial_settings[end_behavior][missing_payment_method]: must be one "
+                    "of cancel, create_invoice, or pause",
+                    param="trial_settings[end_behavior][missing_payment_method]",
+                )
+            sub["trial_settings"] = {"end_behavior": {"missing_payment_method": behavior}}
         sub["items"] = {
             "object": "list",
             "data": [],
