@@ -46,6 +46,7 @@ from .stripe_state import (
     snapshot_from_stripe,
     stripe_id,
 )
+from .subscriptions.portal import sync_portal_configuration
 
 # --- redirects -------------------------------------------------------------------------
 
@@ -351,10 +352,14 @@ def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> 
     customer = get_customer(owner)
     if customer is None or not customer.stripe_customer_id:
         raise NoStripeCustomer()
+    key = _api_key(api_key, customer)
+    # plan changes: the portal switches only between mapped plans' approved prices.
+    configuration = sync_portal_configuration(api_key=key).configuration_id
     session = stripe_gateway.create(
         "billing_portal.session",
-        api_key=_api_key(api_key, customer),
+        api_key=key,
         customer=customer.stripe_customer_id,
         return_url=return_url,
+        configuration=configuration,
     )
     return PortalStart(url=str(session["url"]))

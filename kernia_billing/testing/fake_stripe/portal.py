@@ -8,9 +8,10 @@ their configuration (else the account's default one).
 from __future__ import annotations
 
 import copy
+from html import escape
 from typing import Any
 
-from .core import JSON, StripeError, _bool, _diff, _merge_metadata, _snapshot, generate_id
+from .core import JSON, StripeError, _bool, _diff, _int, _merge_metadata, _snapshot, generate_id
 from .schedules import ScheduleStore
 
 DEFAULT_CONFIGURATION = "bpc_fakedefaultconfiguration"
@@ -171,3 +172,87 @@ class PortalStore(ScheduleStore):
                         param="configuration",
                     )
         return super().create_portal_session(params)
+
+    # ----------------------------------------------------------------- hosted portal
+
+    def _session_update_feature(self, session: JSON) -> JSON | None:
+        config = self._bucket("billing_portal.configuration").get(session["configuration"] or "")
+        if config is None:
+            return None
+        update: JSON = config["features"]["subscription_update"]
+        return update if update["enabled"] and update["products"] else None
+
+    def portal_switch_forms(self, session_id: str) -> str:
+        """HTML forms of the hosted portal: switch each live subscription's plan item to
+        a price (and quantity) its configuration allows."""
+        with self.lock:
+            session = self._get("billing_portal.session", session_id)
+            update = self._session_update_feature(session)
+            if update is None:
+                return ""
+            allowed = [p for entry in update["products"] for p in entry["prices"]]
+            forms = []
+            for sub in self._bucket("subscription").values():
+                if sub["customer"] != session["customer"] or sub["status"] in (
+                    "canceled",
+                    "incomplete_expired",
+                ):
+                    continue
+                item = self._switchable_item(sub, allowed)
+                options = "".join(
+                    f"<option value='{escape(pid)}'"
+                    + (" selected" if pid == item["price"]["id"] else "")
+                    + f">{escape(self._price_label(pid))}</option>"
+                    for pid in allowed
+                )
+                quantity = (
+                    f"<input name='quantity' type='number' min='1' value='{item['quantity']}'>"
+                    if "quantity" in update["default_allowed_updates"]
+                    else ""
+                )
+                action = f"/portal/{escape(session_id)}/subscriptions/{escape(sub['id'])}/update"
+                forms.append(
+                    f"<form method='post' action='{action}'><select name='price'>{options}"
+                    f"</select>{quantity}<button type='submit'>Update plan</button></form>"
+                )
+            return "<h2>Change plan</h2>" + "".join(forms) if forms else ""
+
+    def _price_label(self, price_id: str) -> str:
+        price = self._bucket("price").get(price_id) or {}
+        amount = int(price.get("unit_amount") or 0) / 100
+        interval = (price.get("recurring") or {}).get("interval", "")
+        return f"{self._product_name(str(price.get('product')))} {amount:.2f}/{interval}"
+
+    def _switchable_item(self, sub: JSON, allowed: list[str]) -> JSON:
+        items: list[JSON] = sub["items"]["data"]
+        return next((i for i in items if i["price"]["id"] in allowed), items[0])
+
+    def portal_update_subscription(
+        self, session_id: str, sub_id: str, *, price: str, quantity: str
+    ) -> JSON:
+        """The customer switched plan/quantity in the hosted portal (refused outside the
+        session's configuration, as Stripe's portal offers nothing else)."""
+        with self.lock:
+            session = self._get("billing_portal.session", session_id)
+            sub = self._get("subscription", sub_id)
+            if sub["customer"] != session["customer"]:
+                raise StripeError.missing("subscription", sub_id)
+            update = self._session_update_feature(session)
+            if update is None:
+                raise StripeError.invalid("This portal configuration does not allow plan changes.")
+            allowed = [p for entry in update["products"] for p in entry["prices"]]
+            if price not in allowed:
+                raise StripeError.invalid(f"The price `{price}` is not offered in this portal.")
+            item = self._switchable_item(sub, allowed)
+            change: JSON = {"id": item["id"], "price": price}
+            if quantity not in ("", None):
+                if "quantity" not in update["default_allowed_updates"]:
+                    raise StripeError.invalid("This portal does not allow quantity changes.")
+                amount = _int(quantity, "quantity")
+                if amount < 1:
+                    raise StripeError.invalid("Quantity must be at least 1.", param="quantity")
+                change["quantity"] = amount
+            return self.update_subscription(
+                sub_id,
+                {"items": [change], "proration_behavior": update["proration_behavior"]},
+            )
