@@ -2,9 +2,11 @@
 
 The public Python API (``check``, ``track``, ``track_batch``, ``customer_state``,
 ``TrackRequest``, ``grant``, ``revoke``, ``adjust_usage``, ``reserve``, ``confirm``,
-``release``, ``reserved``) lives in :mod:`kernia_billing.services` and is re-exported
-here lazily, so importing the package does not import Django models before the app
-registry is ready.
+``release``, ``reserved``, and for plan changes ``preview_change``,
+``change_subscription``, ``cancel_subscription``, ``resume_subscription``,
+``upcoming_invoice``) lives in :mod:`kernia_billing.services` and is re-exported here
+lazily, so importing the package does not import Django models before the app registry
+is ready.
 """
 
 from typing import Any
@@ -24,6 +26,12 @@ _PUBLIC = {
     "confirm": "kernia_billing.services.reservations",
     "release": "kernia_billing.services.reservations",
     "reserved": "kernia_billing.services.reservations",
+    # plan changes
+    "preview_change": "kernia_billing.services.subscriptions",
+    "change_subscription": "kernia_billing.services.subscriptions",
+    "cancel_subscription": "kernia_billing.services.subscriptions",
+    "resume_subscription": "kernia_billing.services.subscriptions",
+    "upcoming_invoice": "kernia_billing.services.subscriptions",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -80,6 +80,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="kernia_billing.E010",
             )
         )
+    trial_end = user_settings.get("TRIAL_END_WITHOUT_PAYMENT_METHOD")
+    if trial_end not in (None, "cancel", "pause"):  # plan changes
+        errors.append(
+            Error(
+                f"KERNIA_BILLING['TRIAL_END_WITHOUT_PAYMENT_METHOD'] = {trial_end!r} is not "
+                "None, 'cancel' or 'pause'.",
+                hint="Stripe's trial_settings.end_behavior.missing_payment_method: cancel or "
+                "pause the subscription when a trial ends without a payment method.",
+                id="kernia_billing.E014",
+            )
+        )
     member_path = user_settings.get("IS_ORGANIZATION_MEMBER")
     if isinstance(member_path, str):
         try:

@@ -72,6 +72,11 @@ DEFAULTS: dict[str, Any] = {
     # sends requests; None keeps the SDK's own (Stripe). Point it at the fake Stripe
     # (``python -m kernia_billing.testing.fake_stripe``), e.g. "http://127.0.0.1:12111".
     "STRIPE_API_BASE": None,
+    # Plan changes: what Stripe does when a plan's trial (``trialDays``) ends without a
+    # payment method: None (Stripe's default: invoice, the subscription goes past_due),
+    # "cancel" or "pause" (Stripe's trial_settings.end_behavior.missing_payment_method;
+    # checkout then collects a payment method only if required).
+    "TRIAL_END_WITHOUT_PAYMENT_METHOD": None,
     # Billing overage with Stripe meters (see README "Billing overage with Stripe meters").
     # Prefix of meter event identifiers; keep it unique per installation sharing a
     # Stripe account.
@@ -155,6 +160,11 @@ class BillingSettings:
     def STRIPE_API_BASE(self) -> str | None:
         value = self._get("STRIPE_API_BASE")
         return str(value).rstrip("/") if value else None
+
+    @property
+    def TRIAL_END_WITHOUT_PAYMENT_METHOD(self) -> str | None:
+        value = self._get("TRIAL_END_WITHOUT_PAYMENT_METHOD")
+        return str(value) if value else None
 
     @property
     def METER_IDENTIFIER_PREFIX(self) -> str:

@@ -185,3 +185,19 @@ class AlreadySubscribed(BillingError):
 class CatalogError(BillingError):
     code = "catalog_error"
     status = 400
+
+
+class NoSubscription(BillingError):
+    """The change needs a live Stripe subscription: subscribe through checkout first."""
+
+    code = "no_subscription"
+    status = 409
+    default_message = "This customer has no subscription to change; subscribe through checkout."
+
+
+class SeatsInUse(BillingError):
+    """Fewer seats than are in use were asked for."""
+
+    code = "seats_in_use"
+    status = 409
+    default_message = "More seats are in use than the quantity asked for."

@@ -19,7 +19,7 @@ from typing import Any
 from djstripe.event_handlers import djstripe_receiver
 from djstripe.models import Event
 
-from .services import catalog, stripe_gateway, stripe_state
+from .services import catalog, stripe_gateway, stripe_state, subscriptions
 from .services.metering.period_close import flush_before_invoice
 
 
@@ -55,6 +55,12 @@ def on_checkout_completed(event: Event) -> None:
     _sync_subscription(event, stripe_state.stripe_id(_object(event).get("subscription")))
 
 
+def on_trial_will_end(event: Event) -> None:
+    """Apply the subscription, then tell host code (``signals.trial_will_end``)."""
+    _sync_subscription(event, stripe_state.stripe_id(_object(event).get("id")))
+    subscriptions.notify_trial_will_end(_object(event))
+
+
 def on_customer_deleted(event: Event) -> None:
     stripe_state.detach_stripe_customer(
         stripe_state.stripe_id(_object(event).get("id")), state_at=event.created
@@ -86,6 +92,7 @@ HANDLERS: dict[str, Callable[[Event], None]] = {
     "customer.subscription.deleted": on_subscription,
     "customer.subscription.paused": on_subscription,
     "customer.subscription.resumed": on_subscription,
+    "customer.subscription.trial_will_end": on_trial_will_end,
     "invoice.created": on_invoice_created,
     "invoice.paid": on_invoice,
     "invoice.payment_failed": on_invoice,

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import re
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from django.contrib import messages
@@ -29,11 +30,24 @@ from kernia_billing.api.exceptions import error_body
 from kernia_billing.api.serializers import render_check
 from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
-from kernia_billing.models import CatalogPrice, CatalogProduct, Feature, FeatureKind
+from kernia_billing.models import (
+    BillingCustomer,
+    CatalogPrice,
+    CatalogProduct,
+    Feature,
+    FeatureKind,
+)
+from kernia_billing.money import format_amount
 from kernia_billing.selectors import get_customer, status_entitles
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
 from kernia_billing.services.customers import customer_state
 from kernia_billing.services.reservations import holds
+from kernia_billing.services.subscriptions import (
+    cancel_subscription,
+    change_subscription,
+    preview_change,
+    resume_subscription,
+)
 from kernia_billing.services.usage import check
 from kernia_billing.types import CheckResult
 
@@ -87,8 +101,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     plans = list(selectors.pricing_plans())
     currencies = sorted({pp.price.currency for plan in plans for pp in plan.offered_prices})
     chosen = currency.visitor_currency(request, currencies)
+    current = next((p for p in plans if p.key == state.plan), None)
     for plan in plans:
         plan.shown_prices = currency.prices_in(plan, chosen)
+        plan.is_seat_plan = any(pf.included_from_quantity for pf in plan.current_features)
+        for pp in plan.shown_prices:
+            pp.change_label = _change_label(plan, pp.price, current, state)
     context.update(
         state=state,
         plans=plans,
@@ -97,6 +115,113 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         currencies=currencies,
     )
     return render(request, "demo/dashboard.html", context)
+
+
+def _change_label(plan: Any, price: CatalogPrice, current: Any, state: Any) -> str:
+    """Upgrade / Downgrade / Switch to annual|monthly / Change seats for a subscriber."""
+    if current is None:
+        return "Upgrade"
+    if plan.pk == current.pk:
+        sub = state.subscription
+        row = BillingCustomer.objects.filter(pk=state.customer_id).first() if sub else None
+        interval = row.billing_interval if row else ""
+        if price.recurring_interval != interval:
+            return "Switch to annual" if price.recurring_interval == "year" else "Switch to monthly"
+        return (
+            "Change seats" if any(pf.included_from_quantity for pf in plan.current_features) else ""
+        )
+    return "Upgrade" if plan.display_order > current.display_order else "Downgrade"
+
+
+def _quantity(request: HttpRequest) -> int | None:
+    raw = request.POST.get("quantity", "")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest("Seats must be a whole number.") from None
+    if not 1 <= value <= 100_000:
+        raise InvalidRequest("Seats must be between 1 and 100,000.")
+    return value
+
+
+@login_required
+@require_POST
+def change_preview(request: HttpRequest) -> HttpResponse:
+    """Confirmation page of a plan, seat or interval change: Stripe's preview of it."""
+    owner = current_owner(request).owner
+    try:
+        preview = preview_change(
+            owner, price=request.POST.get("price") or None, quantity=_quantity(request)
+        )
+    except BillingError as exc:
+        messages.error(request, f"This change is not possible: {exc.message}")
+        return redirect("demo:dashboard")
+    shown = {
+        **asdict(preview),
+        "amount_due_now_display": format_amount(preview.amount_due_now, preview.currency),
+        "amount_at_renewal_display": format_amount(preview.amount_at_renewal, preview.currency),
+        "lines": [
+            {**line, "display": format_amount(line["amount"], preview.currency)}
+            for line in preview.lines
+        ],
+    }
+    context = _page(request, "plan", preview=shown, state=customer_state(owner))
+    return render(request, "demo/change.html", context)
+
+
+@login_required
+@require_POST
+def change_confirm(request: HttpRequest) -> HttpResponse:
+    """Apply the change that the confirmation page showed."""
+    owner = current_owner(request).owner
+    try:
+        result = change_subscription(
+            owner, price=request.POST.get("price") or None, quantity=_quantity(request)
+        )
+    except BillingError as exc:
+        messages.error(request, f"The change failed: {exc.message}")
+        return redirect("demo:dashboard")
+    if result.effective == "period_end":
+        when = result.effective_at.strftime("%b %d, %Y") if result.effective_at else "period end"
+        messages.success(request, f"Scheduled: you move to {result.plan} on {when}.")
+    elif result.kind == "unchanged":
+        messages.info(
+            request,
+            "Nothing changed"
+            + (" (scheduled change cancelled)." if result.released_schedule else "."),
+        )
+    else:
+        messages.success(request, f"Done: you are on {result.plan} x {result.quantity}.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_POST
+def cancel(request: HttpRequest) -> HttpResponse:
+    """Downgrade to the free plan at the period end (cancel at period end)."""
+    try:
+        cancel_subscription(current_owner(request).owner, at_period_end=True)
+    except BillingError as exc:
+        messages.error(request, f"Could not cancel: {exc.message}")
+        return redirect("demo:dashboard")
+    messages.success(request, "Scheduled: you move to the free plan at the period end.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_POST
+def resume(request: HttpRequest) -> HttpResponse:
+    """Keep the current plan: undo a cancellation or a scheduled downgrade."""
+    try:
+        result = resume_subscription(current_owner(request).owner)
+    except BillingError as exc:
+        messages.error(request, f"Could not resume: {exc.message}")
+        return redirect("demo:dashboard")
+    note = " (scheduled downgrade cancelled)" if result.released_schedule else ""
+    messages.success(request, f"You keep your {result.plan} plan{note}.")
+    return redirect("demo:dashboard")
 
 
 @login_required
@@ -108,6 +233,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
         started = start_checkout(
             owner,
             price=request.POST.get("price", ""),
+            quantity=_quantity(request),
             success_url=_absolute(request, "demo:checkout-return"),
             cancel_url=_absolute(request, "demo:checkout-cancelled"),
         )

@@ -81,7 +81,15 @@ class PlanForm(forms.ModelForm):
 
     class Meta:
         model = Plan
-        fields = ["name", "key", "description", "is_default", "active", "display_order"]
+        fields = [
+            "name",
+            "key",
+            "description",
+            "is_default",
+            "active",
+            "display_order",
+            "trial_days",
+        ]
 
 
 class PlanFeatureFormSet(forms.BaseInlineFormSet):

@@ -104,6 +104,7 @@ class PlanSerializer(serializers.Serializer):
     description = serializers.CharField()
     isDefault = serializers.BooleanField(source="is_default")
     displayOrder = serializers.IntegerField(source="display_order")
+    trialDays = serializers.IntegerField(source="trial_days", help_text="0: no trial.")
     prices = serializers.SerializerMethodField()
     features = PlanFeatureSerializer(many=True, source="current_features")
 

@@ -11,6 +11,7 @@ from . import (
     lifecycle,
     metering,
     reservations,
+    subscriptions,
 )
 from .base import UnknownPathView
 
@@ -56,6 +57,32 @@ urlpatterns = [
         name="billing-checkout-return",
     ),
     path("billing/portal", lifecycle.PortalView.as_view(), name="billing-portal"),
+    # Subscription changes
+    path(
+        "billing/subscription",
+        subscriptions.ChangeView.as_view(),
+        name="billing-subscription",
+    ),
+    path(
+        "billing/subscription/preview",
+        subscriptions.PreviewView.as_view(),
+        name="billing-subscription-preview",
+    ),
+    path(
+        "billing/subscription/cancel",
+        subscriptions.CancelView.as_view(),
+        name="billing-subscription-cancel",
+    ),
+    path(
+        "billing/subscription/resume",
+        subscriptions.ResumeView.as_view(),
+        name="billing-subscription-resume",
+    ),
+    path(
+        "billing/invoice/upcoming",
+        subscriptions.UpcomingInvoiceView.as_view(),
+        name="billing-invoice-upcoming",
+    ),
     path(
         "billing/webhooks/health",
         lifecycle.WebhookHealthView.as_view(),

@@ -145,6 +145,12 @@ class Plan(models.Model):
     )
     active = models.BooleanField(_("active"), default=True)
     display_order = models.PositiveIntegerField(_("display order"), default=0)
+    trial_days = models.PositiveIntegerField(
+        _("trial days"),
+        default=0,
+        db_default=0,
+        help_text=_("Days of free trial a new subscription gets at checkout (0: none)."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

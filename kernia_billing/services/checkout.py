@@ -46,6 +46,7 @@ from .stripe_state import (
     snapshot_from_stripe,
     stripe_id,
 )
+from .subscriptions.portal import sync_portal_configuration
 
 # --- redirects -------------------------------------------------------------------------
 
@@ -234,7 +235,8 @@ def start_checkout(
         success_url=_with_session_placeholder(success_url),
         cancel_url=cancel_url,
         metadata=metadata,
-        subscription_data={"metadata": metadata},
+        subscription_data=_subscription_data(plan_row, metadata),
+        **_trial_collection(plan_row),
     )
     return CheckoutStart(
         url=str(session["url"]),
@@ -243,6 +245,25 @@ def start_checkout(
         price_id=price_row.stripe_id,
         quantity=quantity,
     )
+
+
+def _subscription_data(plan: Plan, metadata: dict[str, str]) -> dict[str, Any]:
+    """The plan's trial (``trialDays``), and what Stripe does when it ends without a
+    payment method (``TRIAL_END_WITHOUT_PAYMENT_METHOD``: cancel or pause)."""
+    data: dict[str, Any] = {"metadata": metadata}
+    if plan.trial_days:
+        data["trial_period_days"] = plan.trial_days
+        behavior = billing_settings.TRIAL_END_WITHOUT_PAYMENT_METHOD
+        if behavior:
+            data["trial_settings"] = {"end_behavior": {"missing_payment_method": behavior}}
+    return data
+
+
+def _trial_collection(plan: Plan) -> dict[str, Any]:
+    # A trial that may end without a payment method lets checkout skip collecting one.
+    if plan.trial_days and billing_settings.TRIAL_END_WITHOUT_PAYMENT_METHOD:
+        return {"payment_method_collection": "if_required"}
+    return {}
 
 
 def _refuse_second_subscription(customer: BillingCustomer, *, api_key: str | None) -> None:
@@ -331,10 +352,14 @@ def start_portal(owner: Any, *, return_url: str, api_key: str | None = None) -> 
     customer = get_customer(owner)
     if customer is None or not customer.stripe_customer_id:
         raise NoStripeCustomer()
+    key = _api_key(api_key, customer)
+    # plan changes: the portal switches only between mapped plans' approved prices.
+    configuration = sync_portal_configuration(api_key=key).configuration_id
     session = stripe_gateway.create(
         "billing_portal.session",
-        api_key=_api_key(api_key, customer),
+        api_key=key,
         customer=customer.stripe_customer_id,
         return_url=return_url,
+        configuration=configuration,
     )
     return PortalStart(url=str(session["url"]))

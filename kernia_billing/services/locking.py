@@ -5,7 +5,9 @@ each other:
 
 1. **The billing customer**, with :func:`lock_customer` (``FOR NO KEY UPDATE``), by
    writers that change the customer's plan, subscription state or Stripe link:
-   ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``),
+   ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``, and
+   the plan changes of ``services.subscriptions``, which hold no lock while Stripe is
+   asked and then apply Stripe's answer through ``apply_subscription``),
    ``apply_default_plan``, ``ensure_stripe_customer``.
 2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
    conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their

@@ -48,6 +48,10 @@ Resource = Literal[
     "billing.meter",
     "billing.meter_event",
     "billing.meter_event_adjustment",
+    # plan changes
+    "invoice",
+    "subscription_schedule",
+    "billing_portal.configuration",
 ]
 
 #: The Stripe SDK resource behind each name the services use.
@@ -63,6 +67,10 @@ RESOURCES: dict[str, Any] = {
     "billing.meter": stripe.billing.Meter,
     "billing.meter_event": stripe.billing.MeterEvent,
     "billing.meter_event_adjustment": stripe.billing.MeterEventAdjustment,
+    # plan changes
+    "invoice": stripe.Invoice,
+    "subscription_schedule": stripe.SubscriptionSchedule,
+    "billing_portal.configuration": stripe.billing_portal.Configuration,
 }
 
 # Stripe allows at most 100 objects per list page.
@@ -353,3 +361,31 @@ def credit_customer_balance(
                 **_options(api_key),
             )
         )
+
+
+# --- plan changes ------------------------------------------------------------------------
+
+
+def invoice_preview(*, api_key: str | None = None, **params: Any) -> dict[str, Any]:
+    """Stripe's preview of an invoice (``POST /v1/invoices/create_preview``): nothing is
+    created, so no idempotency key."""
+    with translated():
+        return plain(stripe.Invoice.create_preview(**params, **_options(api_key)))
+
+
+def release_schedule(
+    schedule_id: str, *, api_key: str | None = None, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Release a subscription schedule: the subscription stays as it is now."""
+    extra = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    with translated():
+        return plain(stripe.SubscriptionSchedule.release(schedule_id, **extra, **_options(api_key)))
+
+
+def cancel_subscription_now(
+    subscription_id: str, *, api_key: str | None = None, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Cancel a subscription at once (``DELETE /v1/subscriptions/{id}``)."""
+    extra = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    with translated():
+        return plain(stripe.Subscription.cancel(subscription_id, **extra, **_options(api_key)))

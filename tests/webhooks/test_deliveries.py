@@ -67,7 +67,8 @@ def test_an_older_event_does_not_roll_back(
     stripe.Subscription.modify(sub_id, items=[{"id": item_id, "price": plans.business_monthly}])
     fake_stripe.advance_clock(60)
     stripe.Subscription.modify(sub_id, cancel_at_period_end=True)
-    upgrade, cancel = webhooks.pending()
+    # (the upgrade's proration also sends invoiceitem.created, as Stripe does)
+    upgrade, cancel = webhooks.pending("customer.subscription.updated")
     assert upgrade["created"] < cancel["created"]
 
     assert webhooks.post(cancel).status_code == 200

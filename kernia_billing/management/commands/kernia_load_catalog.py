@@ -55,9 +55,10 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from kernia_billing.exceptions import CatalogError
+from kernia_billing.exceptions import CatalogError, StripeUnavailable
 from kernia_billing.management.base import BillingCommand
 from kernia_billing.services.catalog import load_catalog
+from kernia_billing.services.subscriptions.portal import sync_portal_configuration
 
 
 class Command(BillingCommand):
@@ -101,3 +102,18 @@ class Command(BillingCommand):
             self.say("Catalog loaded.", style=self.style.SUCCESS)
         else:
             self.say("Catalog already up to date; nothing changed.", style=self.style.SUCCESS)
+        if not result.dry_run:
+            self._refresh_portal()
+
+    def _refresh_portal(self) -> None:
+        """plan changes: the portal configuration follows the mapped prices."""
+        try:
+            portal = sync_portal_configuration()
+        except StripeUnavailable as exc:
+            self.say(
+                f"Portal configuration not refreshed (run kernia_sync_portal): {exc.message}",
+                style=self.style.WARNING,
+            )
+            return
+        if portal.outcome != "unchanged":
+            self.say(f"Portal configuration {portal.configuration_id} {portal.outcome}.", level=2)

@@ -34,6 +34,7 @@ PLAN_KEYS = {
     "name",
     "description",
     "isDefault",
+    "trialDays",
     "active",
     "displayOrder",
     "prices",

@@ -83,9 +83,18 @@ def load_catalog(
             "is_default": entry.get("isDefault", False),
             "active": entry.get("active", True),
             "display_order": entry.get("displayOrder", i),
+            "trial_days": entry.get("trialDays", 0),
         }
-        for name, kind in (("is_default", bool), ("active", bool), ("display_order", int)):
+        for name, kind in (
+            ("is_default", bool),
+            ("active", bool),
+            ("display_order", int),
+            ("trial_days", int),
+        ):
             _typed(fields[name], kind, f"{where} {name}", errors)
+        trial_days = fields["trial_days"]
+        if isinstance(trial_days, int) and not 0 <= trial_days <= 730:
+            errors.add(f"{where} trialDays", "must be between 0 and 730 (Stripe's limit)")
         if fields["is_default"] is True:
             defaults.append(key)
 

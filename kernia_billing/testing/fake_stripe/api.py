@@ -309,6 +309,64 @@ class _Api:
     def invoice_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._page(self.store.list_invoices(p), p, "/v1/invoices")
 
+    # plan changes: previews, schedules, portal configurations -----------------
+    @route("POST", "/v1/invoices/create_preview", "InvoiceCreatePreviewParams")
+    def invoice_preview(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_invoice_preview(_without_expand(p)), p)
+
+    @route("POST", "/v1/subscription_schedules", "SubscriptionScheduleCreateParams")
+    def schedule_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_subscription_schedule(_without_expand(p)), p)
+
+    @route("GET", f"/v1/subscription_schedules/{_ID}", "SubscriptionScheduleRetrieveParams")
+    def schedule_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve_subscription_schedule(m.group(1)), p)
+
+    @route("POST", f"/v1/subscription_schedules/{_ID}", "SubscriptionScheduleModifyParams")
+    def schedule_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.update_subscription_schedule(m.group(1), _without_expand(p)), p)
+
+    @route(
+        "POST",
+        f"/v1/subscription_schedules/{_ID}/release",
+        "SubscriptionScheduleReleaseParams",
+    )
+    def schedule_release(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.release_subscription_schedule(m.group(1)), p)
+
+    @route("POST", f"/v1/subscription_schedules/{_ID}/cancel", "SubscriptionScheduleCancelParams")
+    def schedule_cancel(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.cancel_subscription_schedule(m.group(1)), p)
+
+    @route("POST", "/v1/billing_portal/configurations", "billing_portal.ConfigurationCreateParams")
+    def portal_configuration_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_portal_configuration(_without_expand(p)), p)
+
+    @route(
+        "GET",
+        f"/v1/billing_portal/configurations/{_ID}",
+        "billing_portal.ConfigurationRetrieveParams",
+    )
+    def portal_configuration_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("billing_portal.configuration", m.group(1)), p)
+
+    @route(
+        "POST",
+        f"/v1/billing_portal/configurations/{_ID}",
+        "billing_portal.ConfigurationModifyParams",
+    )
+    def portal_configuration_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.update_portal_configuration(m.group(1), _without_expand(p)), p)
+
+    @route("GET", "/v1/billing_portal/configurations", "billing_portal.ConfigurationListParams")
+    def portal_configuration_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        active = _flag(p.get("active"))
+        configs = self.store.list_objects(
+            "billing_portal.configuration",
+            lambda c: active is None or c["active"] == active,
+        )
+        return self._page(configs, p, "/v1/billing_portal/configurations")
+
     # checkout -----------------------------------------------------------------
     def _session(self, session: JSON, p: JSON) -> tuple[int, JSON]:
         paths = _as_list(p.get("expand"))

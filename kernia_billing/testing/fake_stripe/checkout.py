@@ -153,7 +153,11 @@ class CheckoutStore(LifecycleStore):
                 origin_context=None,
                 payment_intent=None,
                 payment_link=None,
-                payment_method_collection="always" if mode == "subscription" else None,
+                payment_method_collection=(
+                    str(params.get("payment_method_collection") or "always")
+                    if mode == "subscription"
+                    else None
+                ),
                 payment_method_configuration_details=None,
                 payment_method_options={},
                 payment_method_types=_str_list(
@@ -273,7 +277,14 @@ class CheckoutStore(LifecycleStore):
                 "tax_ids": [],
             }
             payment_status = "paid"
-            pm = self.create_payment_method(customer_id)["id"]
+            trial_days = (session["_subscription_data"] or {}).get("trial_period_days")
+            optional = session.get("payment_method_collection") == "if_required"
+            # A trial checkout that collects a payment method only if required takes none.
+            pm = (
+                None
+                if optional and trial_days not in (None, "", 0, "0")
+                else self.create_payment_method(customer_id)["id"]
+            )
             if session["mode"] == "subscription":
                 sub_data = session["_subscription_data"]
                 sub_params: JSON = {
@@ -284,10 +295,10 @@ class CheckoutStore(LifecycleStore):
                         if li["price"]["type"] == "recurring"
                     ],
                     "metadata": sub_data.get("metadata") or {},
-                    "default_payment_method": pm,
+                    "default_payment_method": pm or "",
                     "payment_behavior": "default_incomplete",
                 }
-                for key in ("trial_period_days", "trial_end", "description"):
+                for key in ("trial_period_days", "trial_end", "description", "trial_settings"):
                     if sub_data.get(key) not in (None, ""):
                         sub_params[key] = sub_data[key]
                 sub = self._create_subscription_locked(sub_params)

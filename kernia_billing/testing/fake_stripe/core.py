@@ -245,12 +245,16 @@ _NOUNS = {
     "event": "event",
     "billing.meter": "billing.meter",
     "customer_balance_transaction": "customer balance transaction",
+    # plan changes
+    "subscription_schedule": "subscription_schedule",
+    "billing_portal.configuration": "billing_portal.configuration",
 }
 
 _PREFIXES = {
     "prod_": "product",
     "price_": "price",
     "cus_": "customer",
+    "sub_sched_": "subscription_schedule",  # before sub_: the longer prefix first
     "sub_": "subscription",
     "in_": "invoice",
     "ii_": "invoiceitem",
@@ -262,6 +266,7 @@ _PREFIXES = {
     "evt_": "event",
     "mtr_": "billing.meter",
     "cbtxn_": "customer_balance_transaction",
+    "bpc_": "billing_portal.configuration",
 }
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from . import pages
 from .api import _ROUTES, check_contract
@@ -302,6 +302,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     raise StripeError.missing("subscription", parts[3])
                 store.update_subscription(parts[3], {"cancel_at_period_end": parts[4] == "cancel"})
                 self._redirect(f"/portal/{parts[1]}")
+            elif (
+                method == "POST"
+                and len(parts) == 5
+                and parts[0] == "portal"
+                and parts[2] == "subscriptions"
+                and parts[4] == "update"
+            ):  # plan changes: switch price/quantity within the portal configuration
+                form = parse_qs(raw_body.decode("utf-8", "replace"))
+                store.portal_update_subscription(
+                    parts[1],
+                    parts[3],
+                    price=(form.get("price") or [""])[0],
+                    quantity=(form.get("quantity") or [""])[0],
+                )
+                self._redirect(f"/portal/{parts[1]}")
             else:
                 self._html(404, pages.message_page("Not found", f"No page at {path}."))
         except StripeError as exc:
@@ -312,7 +327,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         session = store.retrieve("billing_portal.session", session_id)
         customer = store.retrieve("customer", session["customer"])
         subs = store.list_subscriptions({"customer": session["customer"], "status": "all"})
-        self._html(200, pages.portal_page(session, customer, subs))
+        switch = store.portal_switch_forms(session_id)  # plan changes
+        self._html(200, pages.portal_page(session, customer, subs, extra=switch))
 
     def _html(self, status: int, html: str) -> None:
         self._send(status, html.encode("utf-8"), "text/html; charset=utf-8")

@@ -18,8 +18,11 @@ from .payments import PaymentStore
 class InvoiceStore(PaymentStore):
     """Invoices of subscriptions, finalized at once, paid with a payment method."""
 
-    def _create_invoice_locked(self, sub: JSON, billing_reason: str) -> JSON:
-        """A finalized, open invoice for ``sub``'s current period.
+    def _create_invoice_locked(
+        self, sub: JSON, billing_reason: str, *, period_lines: bool = True
+    ) -> JSON:
+        """A finalized, open invoice for ``sub``'s current period (``period_lines=False``:
+        its pending invoice items only, as for prorations invoiced at once).
 
         Emits ``invoice.created`` and ``invoice.finalized``; settle it with
         :meth:`_settle_invoice_locked`.
@@ -31,7 +34,7 @@ class InvoiceStore(PaymentStore):
         invoice_id = generate_id("in_")
         lines = []
         trialing = sub["status"] == "trialing"
-        for item in sub["items"]["data"]:
+        for item in sub["items"]["data"] if period_lines else []:
             unit = 0 if trialing else int(item["price"]["unit_amount"] or 0)
             quantity = int(item["quantity"] or 1)
             period = {"start": item["current_period_start"], "end": item["current_period_end"]}
@@ -80,16 +83,18 @@ class InvoiceStore(PaymentStore):
                 taxes=[],
             )
             lines.append(line)
+        lines.extend(self._pending_item_lines_locked(sub, invoice_id, line_template))
         total = sum(line["amount"] for line in lines)
+        due = max(total, 0)  # a net credit goes to the customer's balance
         now = self.now()
         first = sub["items"]["data"][0] if sub["items"]["data"] else None
         invoice.update(
             id=invoice_id,
             account_name="Kernia Fake Stripe",
-            amount_due=total,
+            amount_due=due,
             amount_overpaid=0,
-            amount_paid=total if paid else 0,
-            amount_remaining=0 if paid else total,
+            amount_paid=due if paid else 0,
+            amount_remaining=0 if paid else due,
             attempt_count=0,
             attempted=False,
             auto_advance=not paid,
@@ -153,11 +158,17 @@ class InvoiceStore(PaymentStore):
             customer["next_invoice_sequence"] = int(customer.get("next_invoice_sequence") or 1) + 1
         self._bucket("invoice")[invoice_id] = invoice
         sub["latest_invoice"] = invoice_id
-        if total > 0 and sub["collection_method"] == "charge_automatically":
+        if due > 0 and sub["collection_method"] == "charge_automatically":
             self._invoice_intents[invoice_id] = self._new_payment_intent(invoice)["id"]
         self._emit("invoice.created", invoice)
         self._emit("invoice.finalized", invoice)
         return invoice
+
+    def _pending_item_lines_locked(
+        self, sub: JSON, invoice_id: str, line_template: JSON
+    ) -> list[JSON]:
+        """Lines for pending invoice items (prorations; the plan changes layer)."""
+        return []
 
     def _metered_usage_locked(self, sub: JSON, item: JSON) -> tuple[int, JSON]:
         """A metered item's quantity: its meter's total over the period before the current

@@ -36,6 +36,8 @@ class LifecycleStore(SubscriptionStore):
                 self._cancel_subscription_locked(sub)
                 return _snapshot(sub)
             before = copy.deepcopy(sub)
+            if sub["status"] == "trialing" and self._trial_ends_unpaid_locked(sub):
+                return _snapshot(sub)
             if sub["status"] == "trialing":
                 sub["status"] = "active"
                 for item in sub["items"]["data"]:
@@ -48,9 +50,29 @@ class LifecycleStore(SubscriptionStore):
                         self._period_no[item["id"]] += 1
                     self._refresh_item(sub, item)
                 reason = "subscription_cycle"
+            self._on_period_boundary_locked(sub)  # plan changes: schedule phases
             self._charge_renewal_locked(sub, reason)
             self._emit("customer.subscription.updated", sub, _diff(before, sub))
             return _snapshot(sub)
+
+    def _trial_ends_unpaid_locked(self, sub: JSON) -> bool:
+        """A trial ends without a payment method and ``trial_settings`` says cancel or
+        pause: Stripe does that instead of invoicing. True when it did."""
+        behavior = ((sub.get("trial_settings") or {}).get("end_behavior") or {}).get(
+            "missing_payment_method"
+        )
+        if behavior not in ("cancel", "pause") or self._default_payment_method(sub):
+            return False
+        if behavior == "cancel":
+            self._cancel_subscription_locked(sub)
+            return True
+        before = copy.deepcopy(sub)
+        sub["status"] = "paused"
+        self._emit("customer.subscription.paused", sub, _diff(before, sub))
+        return True
+
+    def _on_period_boundary_locked(self, sub: JSON) -> None:
+        """A new period started (the plan changes layer applies schedule phases)."""
 
     def _charge_renewal_locked(self, sub: JSON, reason: str, *, decline: bool = False) -> None:
         invoice = self._create_invoice_locked(sub, reason)

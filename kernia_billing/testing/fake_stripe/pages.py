@@ -102,7 +102,10 @@ def _interval(price: dict[str, Any]) -> str:
 
 
 def portal_page(
-    session: dict[str, Any], customer: dict[str, Any], subscriptions: list[dict[str, Any]]
+    session: dict[str, Any],
+    customer: dict[str, Any],
+    subscriptions: list[dict[str, Any]],
+    extra: str = "",
 ) -> str:
     """The Customer Portal: the customer's subscriptions with cancel/resume buttons."""
     rows = []
@@ -145,5 +148,5 @@ def portal_page(
         href = escape(session["return_url"])
         back = f"<p><a href='{href}'><button class='secondary'>Back</button></a></p>"
     who = customer.get("email") or customer.get("name") or customer["id"]
-    body = f"<h1>Billing</h1><p>{escape(str(who))}</p>{table}{back}"
+    body = f"<h1>Billing</h1><p>{escape(str(who))}</p>{table}{extra}{back}"
     return _page("Billing portal", body)

@@ -13,6 +13,7 @@ The store is layered by resource family, one module each: :mod:`.core`
 (plumbing, clock, lookups, account), :mod:`.catalog`, :mod:`.customers`,
 :mod:`.invoices`, :mod:`.subscriptions`, :mod:`.lifecycle`, :mod:`.checkout`,
 :mod:`.meters` (billing meters),
+:mod:`.schedules` (prorations, previews, schedules), :mod:`.portal` (portal configurations),
 and here webhook endpoints and events.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import re
 
-from .checkout import CheckoutStore
 from .core import (
     DEFAULT_API_VERSION,
     JSON,
@@ -38,6 +38,7 @@ from .core import (
     template,
 )
 from .meters import MeterStore
+from .portal import PortalStore
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class Store(CheckoutStore, MeterStore):
+class Store(PortalStore, MeterStore):
     """Thread-safe in-memory Stripe account.
 
     :param base_url: the fake server's URL, used for hosted page URLs.

@@ -176,6 +176,17 @@ class SubscriptionStore(InvoiceStore):
             trial_end=trial_end,
             trial_start=now if trial_end is not None else None,
         )
+        if isinstance(params.get("trial_settings"), dict):  # plan changes: trial end behavior
+            behavior = (params["trial_settings"].get("end_behavior") or {}).get(
+                "missing_payment_method"
+            )
+            if behavior not in ("cancel", "pause", "create_invoice"):
+                raise StripeError.invalid(
+                    "Invalid trial_settings[end_behavior][missing_payment_method]: must be one "
+                    "of cancel, create_invoice, or pause",
+                    param="trial_settings[end_behavior][missing_payment_method]",
+                )
+            sub["trial_settings"] = {"end_behavior": {"missing_payment_method": behavior}}
         sub["items"] = {
             "object": "list",
             "data": [],
@@ -274,8 +285,11 @@ class SubscriptionStore(InvoiceStore):
                 sub["default_payment_method"] = params["default_payment_method"] or None
             if isinstance(params.get("cancellation_details"), dict):
                 sub["cancellation_details"].update(params["cancellation_details"])
+            invoice_now = False
             if params.get("items"):
+                old_items = copy.deepcopy(sub["items"]["data"])
                 self._update_items(sub, params["items"])
+                invoice_now = self._prorate_locked(sub, old_items, params)  # plan changes
             if "cancel_at_period_end" in params:
                 if _bool(params["cancel_at_period_end"], "cancel_at_period_end"):
                     self._schedule_cancel(sub)
@@ -318,7 +332,16 @@ class SubscriptionStore(InvoiceStore):
                 self._emit("customer.subscription.updated", sub, changes)
             if changes.get("status") == "trialing" and sub["status"] == "active":
                 self._renew_locked(sub, "subscription_update")
+            elif invoice_now:
+                self._invoice_change_locked(sub)
             return _snapshot(sub)
+
+    def _prorate_locked(self, sub: JSON, old_items: list[JSON], params: JSON) -> bool:
+        """Prorations for changed items (plan changes layer); True: invoice them now."""
+        return False
+
+    def _invoice_change_locked(self, sub: JSON) -> None:
+        """Invoice a change now (plan changes layer)."""
 
     def _renew_locked(self, sub: JSON, reason: str, *, decline: bool = False) -> bool:
         """Invoice the new period and charge it; an unpaid renewal makes it ``past_due``."""
