@@ -1,5 +1,6 @@
 """Models, split by sub-domain: catalog, customers, entitlements, grants, usage, webhooks."""
 
+from .addons import AddOn, AddOnFeature, AddOnItem, AddOnPrice, AddOnReset, TopUpPack
 from .catalog import (
     CONSUMABLE_KINDS,
     CatalogPrice,
@@ -21,6 +22,11 @@ from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "CONSUMABLE_KINDS",
+    "AddOn",
+    "AddOnFeature",
+    "AddOnItem",
+    "AddOnPrice",
+    "AddOnReset",
     "BillingCustomer",
     "CatalogPrice",
     "CatalogProduct",
@@ -39,6 +45,7 @@ __all__ = [
     "ReportStatus",
     "ResetPeriod",
     "ReviewState",
+    "TopUpPack",
     "UsageEvent",
     "WebhookDelivery",
 ]

@@ -48,6 +48,10 @@ Resource = Literal[
     "billing.meter",
     "billing.meter_event",
     "billing.meter_event_adjustment",
+    # add-ons and top-ups
+    "subscription_item",
+    "charge",
+    "refund",
 ]
 
 #: The Stripe SDK resource behind each name the services use.
@@ -63,6 +67,10 @@ RESOURCES: dict[str, Any] = {
     "billing.meter": stripe.billing.Meter,
     "billing.meter_event": stripe.billing.MeterEvent,
     "billing.meter_event_adjustment": stripe.billing.MeterEventAdjustment,
+    # add-ons and top-ups
+    "subscription_item": stripe.SubscriptionItem,
+    "charge": stripe.Charge,
+    "refund": stripe.Refund,
 }
 
 # Stripe allows at most 100 objects per list page.
@@ -206,6 +214,21 @@ def modify(
         params["idempotency_key"] = idempotency_key
     with translated():
         return plain(RESOURCES[resource].modify(object_id, **params, **_options(api_key)))
+
+
+def delete(
+    resource: Resource,
+    object_id: str,
+    *,
+    api_key: str | None = None,
+    idempotency_key: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Delete a Stripe object (a subscription item: an add-on removed)."""
+    if idempotency_key:
+        params["idempotency_key"] = idempotency_key
+    with translated():
+        return plain(RESOURCES[resource].delete(object_id, **params, **_options(api_key)))
 
 
 # --- dj-stripe's mirror ----------------------------------------------------------------

@@ -195,6 +195,10 @@ class CheckoutStore(LifecycleStore):
             self._line_items[session_id] = line_items
             return self._public_session(session)
 
+    def _pay_checkout_locked(self, session: JSON, pm: str) -> str:
+        """A payment-mode session's payment: its PaymentIntent id (see ``refunds``)."""
+        return generate_id("pi_")
+
     @staticmethod
     def _public_session(session: JSON) -> JSON:
         return {k: _snapshot(v) for k, v in session.items() if not k.startswith("_")}
@@ -301,7 +305,7 @@ class CheckoutStore(LifecycleStore):
                 if sub["status"] == "trialing":
                     payment_status = "no_payment_required"
             elif session["mode"] == "payment":
-                session["payment_intent"] = generate_id("pi_")
+                session["payment_intent"] = self._pay_checkout_locked(session, pm)
             else:
                 session["setup_intent"] = generate_id("seti_")
                 payment_status = "no_payment_required"

@@ -244,6 +244,8 @@ _NOUNS = {
     "webhook_endpoint": "webhook endpoint",
     "event": "event",
     "billing.meter": "billing.meter",
+    "charge": "charge",
+    "refund": "refund",
 }
 
 _PREFIXES = {
@@ -260,6 +262,8 @@ _PREFIXES = {
     "we_": "webhook_endpoint",
     "evt_": "event",
     "mtr_": "billing.meter",
+    "ch_": "charge",
+    "re_": "refund",
 }
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 
-from .checkout import CheckoutStore
 from .core import (
     DEFAULT_API_VERSION,
     JSON,
@@ -38,6 +37,7 @@ from .core import (
     template,
 )
 from .meters import MeterStore
+from .refunds import RefundStore
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-class Store(CheckoutStore, MeterStore):
+class Store(RefundStore, MeterStore):
     """Thread-safe in-memory Stripe account.
 
     :param base_url: the fake server's URL, used for hosted page URLs.
