@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from . import batch, catalog, entitlements, grants, lifecycle, metering
+from . import addons, batch, catalog, entitlements, grants, lifecycle, metering
 from .base import UnknownPathView
 
 app_name = "kernia_billing"
@@ -17,6 +17,7 @@ urlpatterns = [
     path("billing/track/batch", batch.BatchTrackView.as_view(), name="billing-track-batch"),
     path("billing/usage", entitlements.UsageView.as_view(), name="billing-usage"),
     path("billing/grants", grants.GrantsView.as_view(), name="billing-grants"),
+    path("billing/addons", addons.AddOnsView.as_view(), name="billing-addons"),
     # Stripe lifecycle
     path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),
     path("billing/checkout", lifecycle.CheckoutView.as_view(), name="billing-checkout"),

@@ -164,8 +164,35 @@ def sync_addon_grants(customer: BillingCustomer, *, now: datetime | None = None)
                 writes += 1
         for item, af in wanted.get(feature_id, []):
             writes += _follow(customer, item, af, grants, now)
+            writes += _end_past_periods(item, af, grants, now)
         refresh_totals(row.id, row.customer_id, row.feature_id)
     return writes
+
+
+def _end_past_periods(
+    item: AddOnItem, af: AddOnFeature, grants: dict[str | None, Grant], now: datetime
+) -> int:
+    """A renewal reached us: what is left of the item's earlier periods expires now.
+
+    Stripe's new period may begin before our clock reaches the old period's end (the
+    renewal webhook comes first); the old grant then ends now, as the plan's grant
+    resets now (its draws all came before now, so the audit's expiry rule holds).
+    """
+    if item.addon.reset_period != AddOnReset.BILLING:
+        return 0
+    current = _grant_key(item, af.feature.key, item.addon.reset_period)
+    ended = 0
+    for key, g in grants.items():
+        if (
+            key != current
+            and g.resets
+            and g.stripe_subscription_item_id == item.stripe_subscription_item_id
+            and g.remaining > 0
+            and (g.expires_at is None or g.expires_at > now)
+        ):
+            Grant.objects.filter(pk=g.pk).update(expired=F("expired") + g.remaining, expires_at=now)
+            ended += 1
+    return ended
 
 
 def _follow(
