@@ -14,7 +14,7 @@ from ...models import (
 )
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
-from ..grants.rollovers import reset_with_rollover
+from ..grants.rollovers import reset_with_rollover, roll_over_at_boundary
 from .rows import EntitlementRow, _reload
 
 # --- periods and resets ------------------------------------------------------------------
@@ -88,10 +88,20 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         .select_for_update()
     )
     count = 0
-    for entitlement_id, feature_id in list(due.values_list("pk", "feature_id")):
+    columns = ("pk", "feature_id", "usage", "grant_usage", "included", "rollover_max")
+    for entitlement_id, feature_id, usage, grant_usage, included, cap in list(
+        due.values_list(*columns)
+    ):
         totals = UsageEvent.objects.filter(
             customer=customer, feature_id=feature_id, created_at__gte=period_start
         ).aggregate(total=Sum("amount"), from_grants=Sum("from_grants"))
+        if cap > 0:
+            # The plan's grant used in the period that ended: what was tracked before the
+            # new period began (rollovers, as the lazy reset makes them, same key).
+            after = (totals["total"] or 0) - (totals["from_grants"] or 0)
+            unused = included - ((usage - grant_usage) - after)
+            unit, interval_count = _reset_unit(ResetPeriod.BILLING, customer)
+            roll_over_at_boundary(entitlement_id, period_start, unused, unit, interval_count)
         count += Entitlement.objects.filter(pk=entitlement_id).update(
             usage=totals["total"] or 0,
             grant_usage=totals["from_grants"] or 0,
