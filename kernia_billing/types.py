@@ -170,6 +170,8 @@ class LoadResult:
     prices_mapped: int = 0
     prices_unmapped: int = 0
     prices_approved: int = 0
+    addons_loaded: int = 0
+    topups_loaded: int = 0
     dry_run: bool = False
 
     @property
