@@ -6,7 +6,8 @@ each other:
 1. **The billing customer**, with :func:`lock_customer` (``FOR NO KEY UPDATE``), by
    writers that change the customer's plan, subscription state or Stripe link:
    ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``),
-   ``apply_default_plan``, ``ensure_stripe_customer``.
+   ``apply_default_plan``, ``ensure_stripe_customer``. Add-on items (``AddOnItem``)
+   are written only under this lock, by the subscription sync that applies a state.
 2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
    conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their
    rollovers), plan sync, ``track`` and ``track_batch``, the ledger audit's fix, and
