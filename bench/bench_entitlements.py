@@ -6,6 +6,7 @@ Usage::
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/kernia_bench \\
         .venv/bin/python bench/bench_entitlements.py --threads 1 8
     .venv/bin/python bench/bench_entitlements.py --grants 5     # 5 live grants too
+    .venv/bin/python bench/bench_entitlements.py --grants 5 --draw   # every track draws
 
 Each endpoint is called through Django's test client with the same token
 authentication, in one process and one run, so the figures are comparable.
@@ -55,15 +56,20 @@ ENDPOINTS = {
 }
 
 
-def setup_database(grants: int = 0) -> str:
+def setup_database(grants: int = 0, *, draw: bool = False) -> tuple[str, str]:
     """A throwaway test database with one customer on a plan (and ``grants`` live,
-    expiring grants beside it); returns a token."""
+    expiring grants beside it); returns a token. With ``draw`` the plan includes
+    nothing, so every track takes the multi-grant draw (the grants pay for it), and the
+    floor (which knows no grants) is measured on a second customer whose plan covers
+    its tracks: the floor stays "the least a deduction costs". Returns (ours, floor)."""
     from rest_framework.authtoken.models import Token
 
     settings.MIGRATION_MODULES = DisableMigrations()
     if connection.vendor == "sqlite":
         # Threads need a file: an in-memory database is one shared-cache connection.
         connection.settings_dict["TEST"]["NAME"] = f"{tempfile.mkdtemp()}/bench.sqlite3"
+    elif os.environ.get("BENCH_TEST_DATABASE"):  # a name of your own on a shared server
+        connection.settings_dict["TEST"]["NAME"] = os.environ["BENCH_TEST_DATABASE"]
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
 
     from kernia_billing.models import Feature, Plan, PlanFeature
@@ -72,7 +78,7 @@ def setup_database(grants: int = 0) -> str:
     messages = Feature.objects.create(key="messages", name="Messages", kind="metered")
     plan = Plan.objects.create(key="bench", name="Bench", is_default=True)
     PlanFeature.objects.create(
-        plan=plan, feature=messages, included=10**12 // 2, reset_period="month"
+        plan=plan, feature=messages, included=0 if draw else 10**12 // 2, reset_period="month"
     )
     user = UserFactory(username="bench")
     import kernia_billing
@@ -84,8 +90,25 @@ def setup_database(grants: int = 0) -> str:
 
     for index in range(grants):
         expires = timezone.now() + timedelta(days=30 + index)
-        kernia_billing.grant(user, "messages", 1000, expires_at=expires, reason="bench")
-    return Token.objects.create(user=user).key
+        amount = 10**9 if draw else 1000
+        kernia_billing.grant(user, "messages", amount, expires_at=expires, reason="bench")
+    token = Token.objects.create(user=user).key
+    if not draw:
+        return token, token
+    from kernia_billing.models import BillingCustomer
+    from kernia_billing.services.entitlements.sync import sync_entitlements
+
+    roomy = Plan.objects.create(key="bench-floor", name="Bench floor")
+    PlanFeature.objects.create(
+        plan=roomy, feature=messages, included=10**12 // 2, reset_period="month"
+    )
+    floor_user = UserFactory(username="bench-floor")
+    kernia_billing.check(floor_user, "messages")
+    customer = BillingCustomer.objects.get(owner_id=str(floor_user.pk))
+    BillingCustomer.objects.filter(pk=customer.pk).update(plan=roomy)
+    customer.refresh_from_db()
+    sync_entitlements(customer)
+    return token, Token.objects.create(user=floor_user).key
 
 
 def call(client: Client, path: str, token: str) -> int:
@@ -154,21 +177,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--calls", type=int, default=300, help="calls per thread")
     parser.add_argument("--grants", type=int, default=0, help="live grants beside the plan")
+    parser.add_argument(
+        "--draw", action="store_true", help="the plan includes nothing: every track draws"
+    )
     args = parser.parse_args()
 
     with override_settings(ROOT_URLCONF="bench.floor", DEBUG=False):
-        token = setup_database(args.grants)
+        token, floor_token = setup_database(args.grants, draw=args.draw)
         print(
             f"database: {connection.vendor}; calls per thread: {args.calls}; "
-            f"live grants: {args.grants}"
+            f"live grants: {args.grants}{' (every track draws)' if args.draw else ''}"
         )
         header = f"{'endpoint':<8}{'threads':>8}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}"
         print(header + f"{'floor p50':>11}{'floor/s':>9}{'ratio':>7}{'queries':>9}")
         for name, (ours, floor) in ENDPOINTS.items():
             queries = queries_per_call(ours, token)
-            floor_queries = queries_per_call(floor, token)
+            floor_queries = queries_per_call(floor, floor_token)
             for threads in args.threads:
-                floor_lat, floor_rate = measure(floor, token, threads=threads, calls=args.calls)
+                floor_lat, floor_rate = measure(
+                    floor, floor_token, threads=threads, calls=args.calls
+                )
                 our_lat, our_rate = measure(ours, token, threads=threads, calls=args.calls)
                 ratio = statistics.median(our_lat) / statistics.median(floor_lat)
                 print(

@@ -7,9 +7,11 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db.models import Q
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, STRIPE_SUBSCRIPTION_STATUSES, billing_settings
+from .models import CatalogPrice
 from .selectors import flagged_mapped_prices
 from .services.metering.health import overage_problems, reporting_health
 
@@ -262,3 +264,56 @@ def check_history_database(app_configs: Any = None, **kwargs: Any) -> list[Check
             id="kernia_billing.E022",
         )
     ]
+
+
+@register(Tags.database)
+def check_addon_topup_prices(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """A price mapped twice (plan, add-on, top-up pack), or a pack on a recurring price.
+
+    The admin and the models refuse both; rows written around them (SQL, a fixture)
+    are caught here (``check --database default``).
+    """
+    from django.db import DatabaseError
+
+    found: list[CheckMessage] = []
+    for alias in databases or ():
+        try:
+            twice = list(
+                CatalogPrice.objects.using(alias).filter(
+                    Q(plan_mapping__isnull=False, addon_mapping__isnull=False)
+                    | Q(plan_mapping__isnull=False, topup_mapping__isnull=False)
+                    | Q(addon_mapping__isnull=False, topup_mapping__isnull=False)
+                )
+            )
+            wrong_kind = list(
+                CatalogPrice.objects.using(alias).filter(
+                    Q(topup_mapping__isnull=False) & ~Q(price_type="one_time")
+                    | Q(addon_mapping__isnull=False) & ~Q(price_type="recurring")
+                )
+            )
+        except DatabaseError:
+            continue  # not migrated yet
+        for price in twice:
+            found.append(
+                Error(
+                    f"Stripe price {price.stripe_id} is mapped to more than one of a plan, an "
+                    "add-on and a top-up pack.",
+                    hint="A price sells one thing: unmap it from all but one in the admin.",
+                    obj=price,
+                    id="kernia_billing.E016",
+                )
+            )
+        for price in wrong_kind:
+            found.append(
+                Error(
+                    f"Stripe price {price.stripe_id} ({price.price_type or 'unknown type'}) "
+                    "sells an add-on (needs a recurring price) or a top-up pack (needs a "
+                    "one-time price) it cannot sell.",
+                    hint="Map a price of the right type instead.",
+                    obj=price,
+                    id="kernia_billing.E017",
+                )
+            )
+    return found

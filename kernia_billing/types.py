@@ -200,6 +200,8 @@ class LoadResult:
     prices_mapped: int = 0
     prices_unmapped: int = 0
     prices_approved: int = 0
+    addons_loaded: int = 0
+    topups_loaded: int = 0
     dry_run: bool = False
 
     @property
@@ -227,6 +229,19 @@ class SubscriptionSnapshot:
     # Quantity of the subscription item whose price maps to the plan (seats).
     quantity: int | None = None
     livemode: bool = False
+    # Every item (add-ons: their quantities and periods).
+    items: tuple[SubscriptionItemSnapshot, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionItemSnapshot:
+    """One subscription item: what add-ons need of it."""
+
+    id: str
+    price_id: str
+    quantity: int
+    current_period_start: datetime | None
+    current_period_end: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from djstripe.models import Event
 
 from .services import catalog, stripe_gateway, stripe_state, subscriptions
 from .services.metering.period_close import flush_before_invoice
+from .services.topups.fulfil import fulfil_session_id
+from .services.topups.refunds import apply_charge_refund
 
 
 def _object(event: Event) -> dict[str, Any]:
@@ -52,7 +54,16 @@ def on_invoice_created(event: Event) -> None:
 
 
 def on_checkout_completed(event: Event) -> None:
-    _sync_subscription(event, stripe_state.stripe_id(_object(event).get("subscription")))
+    data = _object(event)
+    _sync_subscription(event, stripe_state.stripe_id(data.get("subscription")))
+    if data.get("mode") == "payment" and data.get("id"):  # top-ups: re-read, grant once
+        fulfil_session_id(str(data["id"]), api_key=stripe_gateway.api_key_for(event=event))
+
+
+def on_charge_refunded(event: Event) -> None:
+    charge_id = stripe_state.stripe_id(_object(event).get("id"))
+    if charge_id:  # top-ups: a full refund revokes what is left
+        apply_charge_refund(charge_id, api_key=stripe_gateway.api_key_for(event=event))
 
 
 def on_trial_will_end(event: Event) -> None:
@@ -97,6 +108,7 @@ HANDLERS: dict[str, Callable[[Event], None]] = {
     "invoice.paid": on_invoice,
     "invoice.payment_failed": on_invoice,
     "checkout.session.completed": on_checkout_completed,
+    "charge.refunded": on_charge_refunded,
     "customer.deleted": on_customer_deleted,
     "product.created": on_product,
     "product.updated": on_product,

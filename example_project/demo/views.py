@@ -31,14 +31,18 @@ from kernia_billing.api.serializers import render_check
 from kernia_billing.decorators import track_usage
 from kernia_billing.exceptions import BillingError, InvalidRequest
 from kernia_billing.models import (
+    AddOnPrice,
     BillingCustomer,
     CatalogPrice,
     CatalogProduct,
     Feature,
     FeatureKind,
+    ReviewState,
+    TopUpPack,
 )
 from kernia_billing.money import format_amount
 from kernia_billing.selectors import get_customer, status_entitles
+from kernia_billing.services.addons.manage import owner_addons, set_addon
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
 from kernia_billing.services.customers import customer_state
 from kernia_billing.services.reservations import holds
@@ -107,12 +111,32 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         plan.is_seat_plan = any(pf.included_from_quantity for pf in plan.current_features)
         for pp in plan.shown_prices:
             pp.change_label = _change_label(plan, pp.price, current, state)
+    # Top-ups ("Buy 1,000 messages") and, on a subscription, its add-ons ("Extra seats").
+    packs = TopUpPack.objects.filter(
+        active=True, price__review_state=ReviewState.APPROVED, price__active=True
+    ).select_related("price")
+    addon_prices = (
+        AddOnPrice.objects.filter(
+            addon__active=True,
+            price__active=True,
+            addon__addon_features__feature__kernia_plan_features__plan__key=state.plan,
+        )
+        .distinct()
+        .select_related("addon", "price")
+        if subscribed
+        else []
+    )
+    on = {item.stripe_price_id: item.quantity for item in owner_addons(context["owner"])}
+    for mapping in addon_prices:
+        mapping.current_quantity = on.get(mapping.price.stripe_id, 0)  # type: ignore[attr-defined]
     context.update(
         state=state,
         plans=plans,
         subscribed=subscribed,
         currency=chosen,
         currencies=currencies,
+        packs=list(packs),
+        addon_prices=list(addon_prices),
     )
     return render(request, "demo/dashboard.html", context)
 
@@ -226,6 +250,23 @@ def resume(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+def addon(request: HttpRequest) -> HttpResponse:
+    """Set an add-on's quantity on the subscription (a subscription item, via Stripe)."""
+    owner = current_owner(request).owner
+    try:
+        quantity = int(request.POST.get("quantity", ""))
+        set_addon(owner, request.POST.get("price", ""), quantity)
+    except ValueError:
+        messages.error(request, "Quantity must be a whole number.")
+    except BillingError as exc:
+        messages.error(request, f"The add-on could not be changed: {exc.message}")
+    else:
+        messages.success(request, "Add-on updated.")
+    return redirect("demo:dashboard")
+
+
+@login_required
+@require_POST
 def checkout(request: HttpRequest) -> HttpResponse:
     """Open a Stripe Checkout Session for the chosen price and send the browser there."""
     owner = current_owner(request).owner
@@ -253,7 +294,9 @@ def checkout_return(request: HttpRequest) -> HttpResponse:
     except BillingError as exc:
         messages.error(request, f"Checkout could not be confirmed: {exc.message}")
         return redirect("demo:dashboard")
-    if result.status == "complete":
+    if result.status == "complete" and not result.subscription_id:
+        messages.success(request, "Thank you! Your top-up was added to your balance.")
+    elif result.status == "complete":
         plan_name = customer_state(owner).plan_name or result.plan
         messages.success(request, f"Thank you! You are now on the {plan_name} plan.")
     else:

@@ -4,4 +4,4 @@ billing customers with their entitlements and usage, and webhook health.
 Importing the modules registers their ``ModelAdmin`` classes.
 """
 
-from . import catalog, customers, grants, metering, plans, rollups, webhooks  # noqa: F401
+from . import addons, catalog, customers, grants, metering, plans, rollups, webhooks  # noqa: F401

@@ -3,6 +3,7 @@
 from django.urls import path, re_path
 
 from . import (
+    addons,
     batch,
     catalog,
     corrections,
@@ -48,6 +49,7 @@ urlpatterns = [
         reservations.ReleaseView.as_view(),
         name="billing-reservation-release",
     ),
+    path("billing/addons", addons.AddOnsView.as_view(), name="billing-addons"),
     # Stripe lifecycle
     path("billing/customer", lifecycle.CustomerView.as_view(), name="billing-customer"),
     path("billing/checkout", lifecycle.CheckoutView.as_view(), name="billing-checkout"),

@@ -1,5 +1,6 @@
 """Models, split by sub-domain: catalog, customers, entitlements, grants, usage, webhooks."""
 
+from .addons import AddOn, AddOnFeature, AddOnItem, AddOnPrice, AddOnReset, TopUpPack
 from .catalog import (
     CONSUMABLE_KINDS,
     CatalogPrice,
@@ -24,6 +25,11 @@ from .webhooks import DeliveryOutcome, WebhookDelivery
 
 __all__ = [
     "CONSUMABLE_KINDS",
+    "AddOn",
+    "AddOnFeature",
+    "AddOnItem",
+    "AddOnPrice",
+    "AddOnReset",
     "ArchivedUsageEvent",
     "BillingCustomer",
     "CatalogPrice",
@@ -45,6 +51,7 @@ __all__ = [
     "ReservationStatus",
     "ResetPeriod",
     "ReviewState",
+    "TopUpPack",
     "UsageCorrection",
     "UsageEvent",
     "UsageRollup",

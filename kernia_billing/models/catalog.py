@@ -420,3 +420,10 @@ class PlanPrice(models.Model):
             raise ValidationError(
                 {"price": _("Only approved prices can be mapped to a plan; review it first.")}
             )
+        if self.price_id and (
+            hasattr(self.price, "addon_mapping") or hasattr(self.price, "topup_mapping")
+        ):
+            # A price maps to one plan, one add-on or one top-up pack, never two.
+            raise ValidationError(
+                {"price": _("This price is already mapped to an add-on or a top-up pack.")}
+            )

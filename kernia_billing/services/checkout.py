@@ -31,7 +31,7 @@ from ..exceptions import (
     StripeRefused,
     UnknownPlan,
 )
-from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice
+from ..models import BillingCustomer, CatalogPrice, Plan, PlanPrice, TopUpPack
 from ..selectors import get_customer, offerable_prices, plan_for_prices, status_entitles
 from ..types import CheckoutReturn, CheckoutStart, PortalStart
 from . import stripe_gateway
@@ -47,6 +47,8 @@ from .stripe_state import (
     stripe_id,
 )
 from .subscriptions.portal import sync_portal_configuration
+from .topups.fulfil import fulfil_session
+from .topups.packs import pack_quantity, sellable_pack
 
 # --- redirects -------------------------------------------------------------------------
 
@@ -209,6 +211,11 @@ def start_checkout(
     endpoint so the new plan is applied before the webhook arrives. Seat plans buy
     ``quantity`` (default: the current seat quantity, else 1); other plans one.
     """
+    pack = sellable_pack(price) if price and not plan else None
+    if pack is not None:  # top-ups: a one-time price opens Checkout in mode=payment
+        return _start_topup_checkout(
+            owner, pack, quantity, success_url=success_url, cancel_url=cancel_url, api_key=api_key
+        )
     price_row = resolve_checkout_price(plan=plan, interval=interval, price=price)
     plan_row = PlanPrice.objects.select_related("plan").get(price=price_row).plan
     seat_plan = _is_seat_plan(plan_row)
@@ -264,6 +271,41 @@ def _trial_collection(plan: Plan) -> dict[str, Any]:
     if plan.trial_days and billing_settings.TRIAL_END_WITHOUT_PAYMENT_METHOD:
         return {"payment_method_collection": "if_required"}
     return {}
+
+
+def _start_topup_checkout(
+    owner: Any,
+    pack: TopUpPack,
+    quantity: int | None,
+    *,
+    success_url: str,
+    cancel_url: str,
+    api_key: str | None,
+) -> CheckoutStart:
+    """Checkout in ``mode=payment`` for a top-up pack (needs no subscription)."""
+    count = pack_quantity(quantity)
+    customer = ensure_stripe_customer(owner, api_key=api_key)
+    metadata = {**owner_metadata(customer), "kernia_topup_pack": pack.key}
+    assert pack.price is not None  # sellable_pack() only finds mapped packs
+    session = stripe_gateway.create(
+        "checkout.session",
+        api_key=_api_key(api_key, customer),
+        mode="payment",
+        customer=customer.stripe_customer_id,
+        client_reference_id=str(customer.pk),
+        line_items=[{"price": pack.price.stripe_id, "quantity": count}],
+        success_url=_with_session_placeholder(success_url),
+        cancel_url=cancel_url,
+        metadata=metadata,
+        payment_intent_data={"metadata": metadata},
+    )
+    return CheckoutStart(
+        url=str(session["url"]),
+        session_id=str(session["id"]),
+        stripe_customer_id=str(customer.stripe_customer_id),
+        price_id=pack.price.stripe_id,
+        quantity=count,
+    )
 
 
 def _refuse_second_subscription(customer: BillingCustomer, *, api_key: str | None) -> None:
@@ -334,6 +376,8 @@ def complete_checkout(
         if isinstance(expanded, dict):
             subscriptions[subscription_id] = expanded
         apply_subscription(customer, pick_subscription(subscriptions.values()), state_at=None)
+    if session.get("mode") == "payment":  # top-ups: the same grant as the webhook's
+        fulfil_session(session, customer, api_key=api_key)
     customer.refresh_from_db()
     return CheckoutReturn(
         customer_id=customer.pk,

@@ -15,6 +15,7 @@ from .. import signals
 from ..models import BillingCustomer, Plan
 from ..selectors import default_plan, get_customer, owner_ref, plan_for_prices, status_entitles
 from ..types import CustomerState, SubscriptionSnapshot, SubscriptionState
+from .addons.sync import sync_addon_grants, sync_addon_items
 from .entitlements.resets import reanchor_entitlements, reset_for_new_period
 from .entitlements.sync import refresh_entitlements, sync_entitlements
 from .locking import atomic_with_retry, lock_customer
@@ -126,7 +127,9 @@ def _apply_locked(
         if period_start and previous_period_start and period_start > previous_period_start:
             reset_for_new_period(locked, period_start)
         reanchor_entitlements(locked)
+    sync_addon_items(locked, snapshot)  # add-ons: before plan sync (seat limits)
     sync_entitlements(locked)
+    sync_addon_grants(locked)
 
     if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
         transaction.on_commit(

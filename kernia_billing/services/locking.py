@@ -8,7 +8,8 @@ each other:
    ``apply_subscription`` (webhooks, checkout return, ``kernia_reconcile --fix``, and
    the plan changes of ``services.subscriptions``, which hold no lock while Stripe is
    asked and then apply Stripe's answer through ``apply_subscription``),
-   ``apply_default_plan``, ``ensure_stripe_customer``.
+   ``apply_default_plan``, ``ensure_stripe_customer``. Add-on items (``AddOnItem``)
+   are written only under this lock, by the subscription sync that applies a state.
 2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
    conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their
    rollovers), plan sync, ``track`` and ``track_batch``, the ledger audit's fix, and

@@ -52,6 +52,10 @@ Resource = Literal[
     "invoice",
     "subscription_schedule",
     "billing_portal.configuration",
+    # add-ons and top-ups
+    "subscription_item",
+    "charge",
+    "refund",
 ]
 
 #: The Stripe SDK resource behind each name the services use.
@@ -71,6 +75,10 @@ RESOURCES: dict[str, Any] = {
     "invoice": stripe.Invoice,
     "subscription_schedule": stripe.SubscriptionSchedule,
     "billing_portal.configuration": stripe.billing_portal.Configuration,
+    # add-ons and top-ups
+    "subscription_item": stripe.SubscriptionItem,
+    "charge": stripe.Charge,
+    "refund": stripe.Refund,
 }
 
 # Stripe allows at most 100 objects per list page.
@@ -214,6 +222,21 @@ def modify(
         params["idempotency_key"] = idempotency_key
     with translated():
         return plain(RESOURCES[resource].modify(object_id, **params, **_options(api_key)))
+
+
+def delete(
+    resource: Resource,
+    object_id: str,
+    *,
+    api_key: str | None = None,
+    idempotency_key: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Delete a Stripe object (a subscription item: an add-on removed)."""
+    if idempotency_key:
+        params["idempotency_key"] = idempotency_key
+    with translated():
+        return plain(RESOURCES[resource].delete(object_id, **params, **_options(api_key)))
 
 
 # --- dj-stripe's mirror ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from django.db import transaction
 
 from ..models import BillingCustomer, PlanPrice
 from ..selectors import status_entitles
-from ..types import SubscriptionSnapshot
+from ..types import SubscriptionItemSnapshot, SubscriptionSnapshot
 from . import stripe_gateway
 from .customers import apply_subscription, get_or_create_customer
 
@@ -156,6 +156,17 @@ def snapshot_from_stripe(subscription: Any) -> SubscriptionSnapshot:
         trial_end=timestamp(data.get("trial_end")),
         quantity=quantity,
         livemode=bool(data.get("livemode")),
+        items=tuple(
+            SubscriptionItemSnapshot(
+                id=stripe_id(item.get("id")),
+                price_id=stripe_id(_item_price(item).get("id")),
+                quantity=int(item.get("quantity") or 0),
+                current_period_start=timestamp(item.get("current_period_start")) or period_start,
+                current_period_end=timestamp(item.get("current_period_end")) or period_end,
+            )
+            for item in items
+            if item.get("id")
+        ),
     )
 
 

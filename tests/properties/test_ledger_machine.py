@@ -29,13 +29,31 @@ from hypothesis.stateful import (
 
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance, ReservationExpired, UsageBelowZero
-from kernia_billing.models import Entitlement, Grant, Reservation, ResetPeriod, UsageEvent
+from kernia_billing.models import (
+    AddOn,
+    AddOnFeature,
+    AddOnPrice,
+    Entitlement,
+    Feature,
+    Grant,
+    Reservation,
+    ResetPeriod,
+    UsageEvent,
+)
+from kernia_billing.services.addons.sync import sync_addon_grants, sync_addon_items
 from kernia_billing.services.customers import get_or_create_customer
 from kernia_billing.services.entitlements.sync import sync_entitlements
 from kernia_billing.services.locking import lock_customer
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.services.reservations.giveback import expire_reservations
-from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+from kernia_billing.types import SubscriptionItemSnapshot, SubscriptionSnapshot
+from tests.factories import (
+    CatalogPriceFactory,
+    FeatureFactory,
+    PlanFactory,
+    PlanFeatureFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -62,6 +80,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self._set_plan(0)
         self.keys: dict[str, int] = {}  # idempotency key -> amount of its first track
         self.correction_keys: dict[str, int] = {}  # the same for usage corrections
+        # An add-on of 10 per unit on a 30-day billing period (issue 13).
+        addon = AddOn.objects.create(key=f"boost-{run}", name="Boost")
+        AddOnFeature.objects.create(
+            addon=addon, feature=Feature.objects.get(key=self.feature), amount=10
+        )
+        price = CatalogPriceFactory(stripe_id=f"price_boost_{run}")
+        AddOnPrice.objects.create(addon=addon, price=price)
+        self.addon_price = price.stripe_id
+        self.item_id = f"si_machine_{run}"
+        self.started = timezone.now()
 
     def teardown(self) -> None:
         self.traveller.stop()
@@ -190,6 +218,35 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def reset(self):
         self.clock.shift(timedelta(days=31))
+
+    @rule(quantity=st.integers(0, 3))
+    def addon_quantity(self, quantity):
+        """The add-on's subscription item at ``quantity`` (0: removed) in the current
+        30-day period: its grant follows, a new period grants afresh."""
+        period = timedelta(days=30)
+        start = self.started + period * ((timezone.now() - self.started) // period)
+        items = (
+            (
+                SubscriptionItemSnapshot(
+                    self.item_id, self.addon_price, quantity, start, start + period
+                ),
+            )
+            if quantity
+            else ()
+        )
+        snapshot = SubscriptionSnapshot(
+            id="sub_machine",
+            stripe_customer_id="",
+            status="active",
+            price_ids=(),
+            current_period_start=start,
+            current_period_end=start + period,
+            items=items,
+        )
+        with transaction.atomic():
+            customer = lock_customer(self.customer.pk)
+            sync_addon_items(customer, snapshot)
+            sync_addon_grants(customer)
 
     @rule(index=st.integers(0, 1))
     def change_plan(self, index):

@@ -28,6 +28,8 @@ The file::
       ]
     }
 
+- ``addons[]`` / ``topups[]``: add-ons and top-up packs (see
+  :mod:`kernia_billing.services.catalog.addons_loader` and the README).
 - ``features[]``: ``key`` (slug), ``kind`` (boolean|metered|seats|quantity), optional
   ``name``, ``unit``, ``description``, ``archived``.
 - ``plans[]``: ``key``, optional ``name``, ``description``, ``isDefault`` (at most one),
@@ -95,6 +97,12 @@ class Command(BillingCommand):
             f"{result.plan_features_updated} updated, {result.plan_features_removed} removed.\n"
             f"Prices: {result.prices_mapped} mapped, {result.prices_unmapped} unmapped, "
             f"{result.prices_approved} approved."
+            + (
+                f"\nAdd-ons: {result.addons_loaded} loaded. Top-up packs: "
+                f"{result.topups_loaded} loaded."
+                if result.addons_loaded or result.topups_loaded
+                else ""
+            )
         )
         if result.dry_run:
             self.say("Dry run: nothing was written.", style=self.style.WARNING)

@@ -22,6 +22,7 @@ from ...models import (
 from ...types import LoadResult
 from ..entitlements.sync import sync_plan_customers
 from . import rules
+from .addons_loader import parse_sections, save_sections
 from .document import (
     PLAN_FEATURE_KEYS,
     PLAN_KEYS,
@@ -49,10 +50,11 @@ def load_catalog(
     errors = _Errors()
     if not isinstance(data, dict):
         raise CatalogError("The catalog must be a JSON object with 'features' and 'plans'.")
-    unknown = set(data) - {"features", "plans"}
+    unknown = set(data) - {"features", "plans", "addons", "topups"}
     if unknown:
         errors.add("catalog", f"unknown keys {sorted(unknown)}")
     feature_specs = _parse_features(data, errors)
+    sections = parse_sections(data, errors)  # add-ons and top-up packs
     plans = data.get("plans", [])
     if not _typed(plans, list, "plans", errors):
         plans = []
@@ -245,9 +247,17 @@ def load_catalog(
             "prices_mapped",
             "prices_unmapped",
             "prices_approved",
+            "addons_loaded",
+            "topups_loaded",
         ),
         0,
     )
+    for price in sections.unapproved:
+        if approve:
+            to_approve[price.pk] = price
+        else:
+            errors.add(f"price {price.stripe_id!r}", "not approved; review it or pass --approve")
+    errors.raise_if_any()
     changed_plans: list[Plan] = []
     try:
         with transaction.atomic():
@@ -290,6 +300,7 @@ def load_catalog(
                 # customers (and those of the default plan) follow.
                 if features_changed or outcome != "unchanged":
                     changed_plans.append(plan)
+            save_sections(sections, errors, counts)
             errors.raise_if_any()
             if changed_plans:
                 sync_plan_customers([plan.pk for plan in changed_plans])

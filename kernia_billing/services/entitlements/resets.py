@@ -15,7 +15,7 @@ from ...models import (
 )
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
-from ..grants.rollovers import reset_with_rollover
+from ..grants.rollovers import reset_with_rollover, roll_over_at_boundary
 from .rows import EntitlementRow, _reload
 
 # --- periods and resets ------------------------------------------------------------------
@@ -88,9 +88,23 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         .order_by("pk")
         .select_for_update()
     )
-    ids = list(due.values_list("pk", flat=True))
-    if not ids:
+    columns = ("pk", "feature_id", "usage", "grant_usage", "included", "rollover_max")
+    rows = list(due.values_list(*columns))
+    if not rows:
         return 0
+    for entitlement_id, feature_id, usage, grant_usage, included, cap in rows:
+        if cap <= 0:
+            continue
+        # The plan's grant used in the period that ended: what was tracked before the new
+        # period began (rollovers, as the lazy reset makes them, same key). Only features
+        # with rollovers pay this query.
+        totals = UsageEvent.objects.filter(
+            customer=customer, feature_id=feature_id, created_at__gte=period_start
+        ).aggregate(total=Sum("amount"), from_grants=Sum("from_grants"))
+        after = (totals["total"] or 0) - (totals["from_grants"] or 0)
+        unused = included - ((usage - grant_usage) - after)
+        unit, interval_count = _reset_unit(ResetPeriod.BILLING, customer)
+        roll_over_at_boundary(entitlement_id, period_start, unused, unit, interval_count)
     # One UPDATE for all of them (set-based: the cost does not grow with the features),
     # each summing its own events since the boundary on the customer + feature + time index.
     since = UsageEvent.objects.filter(
@@ -103,7 +117,7 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         summed = since.values("customer_id").annotate(total=Sum(column)).values("total")
         return Coalesce(Subquery(summed), Value(0))
 
-    return Entitlement.objects.filter(pk__in=ids).update(
+    return Entitlement.objects.filter(pk__in=[row[0] for row in rows]).update(
         usage=total("amount"),
         grant_usage=total("from_grants"),
         period_start=period_start,

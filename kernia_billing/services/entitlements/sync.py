@@ -18,6 +18,7 @@ from ...models import (
 from ...models.catalog import ResetPeriod
 from ...selectors import default_plan, status_entitles
 from ...types import EntitlementState
+from ..addons.sync import addon_limits
 from ..grants.expiry import current
 from ..grants.totals import breakdown
 from ..locking import lock_customer
@@ -43,10 +44,12 @@ def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None)
     )
     existing = {e.feature_id: e for e in Entitlement.objects.filter(customer=customer)}
     changed: list[str] = []
+    extra = addon_limits(customer) if plan_features else {}  # add-ons: seats and quantities
     for plan_feature in plan_features:
         included = plan_feature.included
         if plan_feature.included_from_quantity and customer.seat_quantity is not None:
             included = customer.seat_quantity
+        included += extra.get(plan_feature.feature_id, 0)
         wanted = {
             "granted": True,
             "included": included,

@@ -69,7 +69,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
     for grant in grants.order_by("pk"):
         pair = (grant.customer_id, grant.feature_id)
         subject = f"{grant.feature.key} grant {grant.pk}"
-        if not grant.resets and drawn[grant.pk] != grant.consumed:
+        if drawn[grant.pk] != grant.consumed:
             drifts.append(
                 Drift("grant", grant.customer_id, subject, drawn[grant.pk], grant.consumed)
             )

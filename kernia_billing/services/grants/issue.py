@@ -49,6 +49,7 @@ def grant(
     source: str = GrantSource.ADJUSTMENT,
     now: datetime | None = None,
     stripe: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Grant:
     """Give ``owner`` ``amount`` of ``feature`` (a clawback when negative); return the grant."""
     amount = _validate_integer(amount, "amount")
@@ -99,6 +100,7 @@ def grant(
             granted_by=granted_by if getattr(granted_by, "pk", None) else None,
             idempotency_key=key,
             created_at=moment,
+            details=dict(details or {}),
             **_stripe_fields(stripe),
         )
         with transaction.atomic():

@@ -80,6 +80,52 @@ def reset_with_rollover(
     return _reload(row.id)
 
 
+def roll_over_at_boundary(
+    entitlement_id: int, boundary: datetime, unused: int, unit: str, count: int
+) -> Grant | None:
+    """The webhook's reset (a new Stripe billing period began at ``boundary``): roll over.
+
+    ``unused`` is what the ended period left of the plan's grant. Same cap, lifetime and
+    idempotency key as the lazy reset, so whichever path crosses a boundary first makes
+    the rollover and the other finds it. The caller holds the entitlement's lock.
+    """
+    fresh = lock_entitlement(entitlement_id)
+    cap, lifetime = fresh.rollover_max, fresh.rollover_expires_after
+    if cap <= 0 or unused <= 0:
+        return None
+    rollover_ids = _rollover_ids(fresh)
+    alive = sum(
+        g.remaining
+        for g in lock_grants(fresh.customer_id, fresh.feature_id)
+        if g.id in rollover_ids and g.expires_at is not None and g.expires_at > boundary
+    )
+    amount = min(unused, max(0, cap - alive))
+    expires = boundary
+    for _ in range(lifetime):
+        expires = period_containing(boundary, unit, expires, count)[1]
+    if not amount or expires <= timezone.now():
+        return None
+    key = f"rollover:{fresh.id}:{boundary.isoformat()}"
+    if Grant.objects.filter(customer_id=fresh.customer_id, idempotency_key=key).exists():
+        return None
+    try:
+        with transaction.atomic():
+            made = Grant.objects.create(
+                customer_id=fresh.customer_id,
+                feature_id=fresh.feature_id,
+                source=GrantSource.ROLLOVER,
+                amount=amount,
+                expires_at=expires,
+                reason="Unused at the end of the period",
+                idempotency_key=key,
+                created_at=min(boundary, timezone.now()),
+            )
+    except IntegrityError:
+        return None
+    refresh_totals(fresh.id, fresh.customer_id, fresh.feature_id)
+    return made
+
+
 def _rollover_ids(row: EntitlementRow) -> set[int]:
     return set(
         Grant.objects.filter(

@@ -273,6 +273,18 @@ class _Api:
     def subscription_item_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve_subscription_item(m.group(1)), p)
 
+    @route("POST", "/v1/subscription_items", "SubscriptionItemCreateParams")
+    def subscription_item_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_subscription_item(_without_expand(p)), p)
+
+    @route("POST", f"/v1/subscription_items/{_ID}", "SubscriptionItemModifyParams")
+    def subscription_item_update(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.update_subscription_item(m.group(1), _without_expand(p)), p)
+
+    @route("DELETE", f"/v1/subscription_items/{_ID}", "SubscriptionItemDeleteParams")
+    def subscription_item_delete(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return 200, self.store.delete_subscription_item(m.group(1), _without_expand(p))
+
     # invoices -----------------------------------------------------------------
     @route("GET", f"/v1/invoices/{_ID}", "InvoiceRetrieveParams")
     def invoice_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
@@ -304,6 +316,18 @@ class _Api:
     @route("GET", f"/v1/payment_intents/{_ID}", "PaymentIntentRetrieveParams")
     def payment_intent_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
         return self._one(self.store.retrieve("payment_intent", m.group(1)), p)
+
+    @route("GET", f"/v1/charges/{_ID}", "ChargeRetrieveParams")
+    def charge_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("charge", m.group(1)), p)
+
+    @route("POST", "/v1/refunds", "RefundCreateParams")
+    def refund_create(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.create_refund(_without_expand(p)), p)
+
+    @route("GET", f"/v1/refunds/{_ID}", "RefundRetrieveParams")
+    def refund_get(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:
+        return self._one(self.store.retrieve("refund", m.group(1)), p)
 
     @route("GET", "/v1/invoices", "InvoiceListParams")
     def invoice_list(self, m: re.Match[str], p: JSON) -> tuple[int, JSON]:

@@ -199,6 +199,10 @@ class CheckoutStore(LifecycleStore):
             self._line_items[session_id] = line_items
             return self._public_session(session)
 
+    def _pay_checkout_locked(self, session: JSON, pm: str) -> str:
+        """A payment-mode session's payment: its PaymentIntent id (see ``refunds``)."""
+        return generate_id("pi_")
+
     @staticmethod
     def _public_session(session: JSON) -> JSON:
         return {k: _snapshot(v) for k, v in session.items() if not k.startswith("_")}
@@ -312,7 +316,8 @@ class CheckoutStore(LifecycleStore):
                 if sub["status"] == "trialing":
                     payment_status = "no_payment_required"
             elif session["mode"] == "payment":
-                session["payment_intent"] = generate_id("pi_")
+                assert pm is not None  # only a subscription's trial goes without one
+                session["payment_intent"] = self._pay_checkout_locked(session, pm)
             else:
                 session["setup_intent"] = generate_id("seti_")
                 payment_status = "no_payment_required"

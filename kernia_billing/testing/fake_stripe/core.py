@@ -248,6 +248,8 @@ _NOUNS = {
     # plan changes
     "subscription_schedule": "subscription_schedule",
     "billing_portal.configuration": "billing_portal.configuration",
+    "charge": "charge",
+    "refund": "refund",
 }
 
 _PREFIXES = {
@@ -267,6 +269,8 @@ _PREFIXES = {
     "mtr_": "billing.meter",
     "cbtxn_": "customer_balance_transaction",
     "bpc_": "billing_portal.configuration",
+    "ch_": "charge",
+    "re_": "refund",
 }
 
 

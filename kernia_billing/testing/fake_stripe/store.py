@@ -39,6 +39,7 @@ from .core import (
 )
 from .meters import MeterStore
 from .portal import PortalStore
+from .refunds import RefundStore
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class Store(PortalStore, MeterStore):
+class Store(PortalStore, RefundStore, MeterStore):
     """Thread-safe in-memory Stripe account.
 
     :param base_url: the fake server's URL, used for hosted page URLs.
