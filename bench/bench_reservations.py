@@ -41,6 +41,8 @@ def setup() -> object:
     settings.MIGRATION_MODULES = DisableMigrations()
     if connection.vendor == "sqlite":
         connection.settings_dict["TEST"]["NAME"] = f"{tempfile.mkdtemp()}/bench.sqlite3"
+    elif os.environ.get("BENCH_TEST_DATABASE"):  # the throwaway database's name (shared hosts)
+        connection.settings_dict["TEST"]["NAME"] = os.environ["BENCH_TEST_DATABASE"]
     connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
 
     import kernia_billing

@@ -366,3 +366,26 @@ def test_a_usage_correction_never_gives_back_what_an_open_hold_holds(owner):
     assert balance(owner) == 100
     assert Entitlement.objects.get().usage == 0
     assert audit_ledger() == []
+
+
+def _statements(call):
+    with CaptureQueriesContext(connection) as queries:
+        call()
+    return [q["sql"] for q in queries.captured_queries]
+
+
+def test_a_confirm_that_gives_back_takes_four_statements_more_than_a_track(owner):
+    # Pins the speed of issue 15's common confirm (bench/bench_reservations.py): read the
+    # reservation, lock the entitlement, claim, give back, insert the ledger row, set its
+    # event_id; no re-read of the entitlement when only the plan's grant was given back to.
+    kernia_billing.track(owner, "tokens", 1)
+    track = _statements(lambda: kernia_billing.track(owner, "tokens", 1))
+    hold = kernia_billing.reserve(owner, "tokens", 5)
+    confirm = _statements(lambda: kernia_billing.confirm(hold.id, actual=3))
+    assert len(confirm) == len(track) + 4, confirm  # 8 vs 4 on PostgreSQL, 9 vs 5 on SQLite
+    done = Reservation.objects.get()
+    event = UsageEvent.objects.get(pk=done.event_id)
+    assert (done.status, done.actual, event.amount) == ("confirmed", 3, 3)
+    assert (event.balance_after, event.usage_after) == (95, 5)
+    assert balance(owner) == 95
+    assert audit_ledger() == []

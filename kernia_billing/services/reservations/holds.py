@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -372,10 +372,10 @@ def _confirm_locked(
         claimed = cursor.rowcount
     if not claimed:
         raise _Lost
-    kept, from_grants, changed = _settle(reservation, row, credits, moment)
+    kept, from_grants, after = _settle(reservation, row, credits, moment)
     event = None
     if credits:
-        after = lock_entitlement(row.id) if changed else row
+        after = after or lock_entitlement(row.id)
         event = _record_tracked(
             UsageEvent(
                 customer_id=reservation.customer_id,
@@ -408,13 +408,21 @@ def _confirm_locked(
 
 def _settle(
     reservation: Reservation, row: EntitlementRow, credits: int, moment: datetime
-) -> tuple[Draws, int, bool]:
-    """Turn the hold into ``credits`` of usage: ``(draws kept, from grants, changed)``."""
+) -> tuple[Draws, int, EntitlementRow | None]:
+    """Turn the hold into ``credits`` of usage: ``(draws kept, from grants, row after)``.
+
+    The row after is None when it must be re-read (grants were written).
+    """
     same_period = reservation.period_start == row.period_start
     held = reservation.held
     if held and same_period and credits <= held:
-        kept = _give_back(reservation, held - credits, moment, in_usage=True)
-        return kept, _grant_total(kept), credits != held
+        back = held - credits
+        kept = _give_back(reservation, back, moment, in_usage=True)
+        if back and any(part["grant"] is not None for part in reservation.draws):
+            return kept, _grant_total(kept), None  # grant totals were recomputed: re-read
+        # Only the plan's grant was given back to: under the entitlement's lock the row
+        # after is the locked row less the usage returned (no re-read).
+        return kept, _grant_total(kept), replace(row, usage=row.usage - back)
     kept = list(reservation.draws)
     need = credits
     if held and same_period:
@@ -432,7 +440,7 @@ def _settle(
                 balance=balance,
                 fields={"actual": credits, "reserved": reservation.amount, "balance": balance},
             ) from None
-    return kept, _grant_total(kept), True
+    return kept, _grant_total(kept), None
 
 
 def _deduct_as_track(row: EntitlementRow, amount: int, moment: datetime) -> Draws:
