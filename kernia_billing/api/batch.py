@@ -87,6 +87,12 @@ class BatchItemSerializer(serializers.Serializer):
         required=False, help_text="True when this answers a repeated idempotencyKey."
     )
     createdAt = serializers.DateTimeField(required=False)
+    creditBalance = serializers.IntegerField(
+        required=False, help_text="Credit pools: the pool's credits (pool features only)."
+    )
+    creditCost = serializers.IntegerField(
+        required=False, help_text="Credit pools: credits per unit (pool features only)."
+    )
     error = ErrorDetailSerializer(required=False, help_text="Only when ok is false.")
 
 

@@ -14,7 +14,9 @@ each other:
    conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their
    rollovers), plan sync, ``track`` and ``track_batch``, the ledger audit's fix, and
    every writer of grants (``grant``, ``revoke``, clawbacks, expiry, the multi-grant
-   draw) which locks the grants' entitlement first.
+   draw) which locks the grants' entitlement first. ``track_batch`` locks, in one
+   statement, every entitlement its events may draw from: a pool feature's own (if
+   any) and its credit pool's.
 3. **Grants, ascending id** (``ORDER BY id FOR UPDATE``), always after their
    entitlement: the multi-grant draw of ``track``, ``track_batch`` (all the grants of
    all its entitlements in one statement), clawbacks, ``revoke``, expiry, rollovers.

@@ -10,10 +10,16 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from kernia_billing.models import BillingCustomer, Entitlement, UsageEvent
+from kernia_billing.models import BillingCustomer, Entitlement, FeatureKind, ResetPeriod, UsageEvent
 from tests.api.entitlement_fixtures import *  # noqa: F403
 from tests.api.test_entitlements_api import TRACK, TRACK_FIELDS, assert_error
-from tests.factories import OrganizationFactory, StaffFactory, UserFactory
+from tests.factories import (
+    FeatureFactory,
+    OrganizationFactory,
+    PlanFeatureFactory,
+    StaffFactory,
+    UserFactory,
+)
 
 BATCH = "/api/auth/billing/track/batch"
 
@@ -198,3 +204,33 @@ def test_staff_name_an_owner_per_event(plan):
         for e in Entitlement.objects.filter(feature__key="messages").select_related("customer")
     }
     assert usage == {alice: 4, bob: 5, organization: 7}
+
+
+def test_a_pool_feature_is_answered_in_its_units_with_the_pools_credits(api, plan, messages):
+    credits = FeatureFactory(key="credits", kind=FeatureKind.CREDITS)
+    FeatureFactory(key="images", kind=FeatureKind.METERED, credit_pool=credits, credit_cost=20)
+    PlanFeatureFactory(plan=plan, feature=credits, included=100, reset_period=ResetPeriod.MONTH)
+    events = [
+        {"feature": "images", "amount": 2, "idempotencyKey": "img-1"},  # 40 credits
+        {"feature": "messages", "amount": 1},  # a plain feature: no credit fields
+        {"feature": "images", "amount": 4},  # 80 credits, 60 left: refused
+    ]
+    results = results_of(post_batch(api, events))
+
+    assert results[0]["ok"] is True and results[0]["status"] == 201
+    assert {k: results[0][k] for k in ("feature", "amount", "balance", "replayed")} == {
+        "feature": "images",
+        "amount": 2,
+        "balance": 3,
+        "replayed": False,
+    }
+    assert (results[0]["creditBalance"], results[0]["creditCost"]) == (60, 20)
+    assert "creditCost" not in results[1]
+    assert_refused(results[2], 402, "insufficient_balance")
+    single = api.post(TRACK, {"feature": "images", "amount": 4}, format="json")
+    assert results[2]["error"] == single.json()["error"]
+
+    again = results_of(post_batch(api, events[:1]))
+    assert again[0]["replayed"] is True and again[0]["eventId"] == results[0]["eventId"]
+    assert (again[0]["balance"], again[0]["creditBalance"]) == (3, 60)
+    assert Entitlement.objects.get(feature=credits).usage == 40

@@ -55,6 +55,8 @@ class EntitlementRow:
     grant_next_expiry: datetime | None
     rollover_max: int
     rollover_expires_after: int
+    #: The credit pool the feature draws from, if any (``services.usage.pools``).
+    credit_pool_id: int | None = None
 
     @property
     def plan_remaining(self) -> int:
@@ -107,6 +109,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("grant_next_expiry", "e", "grant_next_expiry"),
     ("rollover_max", "e", "rollover_max"),
     ("rollover_expires_after", "e", "rollover_expires_after"),
+    ("credit_pool_id", "f", "credit_pool_id"),
 )
 _FIELDS = fields(EntitlementRow)
 assert [f.name for f in _FIELDS] == [name for name, _, _ in COLUMNS], "COLUMNS follows the row"

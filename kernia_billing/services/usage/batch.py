@@ -17,6 +17,8 @@ from ...exceptions import (
     IdempotencyConflict,
     InsufficientBalance,
     InvalidRequest,
+    NoPlan,
+    NotIncluded,
     NotTrackable,
     UsageBelowZero,
 )
@@ -28,13 +30,14 @@ from ...models import (
     UsageEvent,
 )
 from ...selectors import owner_ref
-from ...types import BatchItemResult, CheckResult, TrackRequest
+from ...types import BatchItemResult, CheckResult, TrackRequest, TrackResult
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
 from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _track_result
+from .pools import Pool, pool_of, track_in_units
 from .rollups import record_rollups
 from .track import _before_period
 from .validation import (
@@ -60,6 +63,11 @@ def track_batch(
     event is decided in order against the locked balances, then one ``UPDATE``
     per entitlement and one bulk ``INSERT`` record what was accepted. An event's
     ``owner`` (staff callers) overrides ``owner``.
+
+    A feature of a credit pool (``services.usage.pools``) is decided as single track
+    decides it: its own entitlement first, if it has one; else (or when that does not
+    cover the whole amount) ``amount x creditCost`` credits of the pool, answered in the
+    feature's units. Both entitlements are locked with the others, in id order.
     """
     limit = billing_settings.MAX_BATCH_SIZE
     if len(events) > limit:
@@ -68,10 +76,10 @@ def track_batch(
         )
     results: list[BatchItemResult | None] = [None] * len(events)
     prepared: list[_Prepared] = []
-    rows_by_key: dict[tuple[Any, str], EntitlementRow] = {}
+    lookups = _Lookups()
     for index, request in enumerate(events):
         try:
-            prepared.append(_prepare(index, request, owner, rows_by_key))
+            prepared.append(_prepare(index, request, owner, lookups))
         except BillingError as error:
             results[index] = refusal(index, error)
     for _attempt in range(3):
@@ -94,53 +102,118 @@ def track_batch(
 
 
 @dataclass(slots=True)
+class _PoolDraw:
+    """The credit pool an event of a pool feature draws from."""
+
+    entitlement_id: int  # the pool's entitlement
+    feature_id: int  # the feature used (the ledger row's ``used_feature``)
+    cost: int  # credits per unit
+
+
+@dataclass(slots=True)
 class _Prepared:
     index: int
-    entitlement_id: int
+    #: The feature's own entitlement; None for a pool feature without one (``pool`` then).
+    entitlement_id: int | None
     customer_id: int
     feature: str
-    amount: int
+    amount: int  # in the feature's units
     idempotency_key: str | None
     properties: dict[str, Any]
     fingerprint: bytes
+    #: A pool feature's pool: drawn from when there is no own entitlement, or when it
+    #: refuses the whole amount (as single track falls back to the pool).
+    pool: _PoolDraw | None = None
+    #: The pool's own refusal (no plan includes it, ...), answered if the own one refuses.
+    pool_error: BillingError | None = None
+
+    @property
+    def entitlement_ids(self) -> list[int]:
+        ids = [] if self.entitlement_id is None else [self.entitlement_id]
+        return ids + ([] if self.pool is None else [self.pool.entitlement_id])
+
+
+class _Lookups:
+    """What the events of one batch looked up, each once: entitlements and pools."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Any, str], EntitlementRow | CheckResult] = {}
+        self._pools: dict[str, Pool | None] = {}
+
+    def row(self, owner: Any, feature: str) -> EntitlementRow | BillingError:
+        key = (owner_ref(owner), feature)
+        found = self._rows.get(key)
+        if found is None:
+            found = self._rows[key] = _load_or_explain(owner, feature)
+        return denial_error(found) if isinstance(found, CheckResult) else found
+
+    def pool(self, feature: str) -> Pool | None:
+        if feature not in self._pools:
+            self._pools[feature] = pool_of(feature)
+        return self._pools[feature]
 
 
 def _prepare(
     index: int,
     request: TrackRequest,
     default_owner: Any,
-    rows_by_key: dict[tuple[Any, str], EntitlementRow],
+    lookups: _Lookups,
 ) -> _Prepared:
-    """Validate one event and find its entitlement (outside the transaction)."""
+    """Validate one event and find its entitlement(s) (outside the transaction)."""
     owner = request.owner if request.owner is not None else default_owner
     amount = _validate_amount(request.amount)
     properties = validate_properties(request.properties)
     key = validate_idempotency_key(request.idempotency_key)
     validate_text(request.feature, "feature")
-    cache_key = (owner_ref(owner), request.feature)
-    row = rows_by_key.get(cache_key)
-    if row is None:
-        found = _load_or_explain(owner, request.feature)
-        if isinstance(found, CheckResult):
-            raise denial_error(found)
-        row = rows_by_key[cache_key] = found
+    found = lookups.row(owner, request.feature)
+    # Only a feature that names a pool costs the lookup of it.
+    may_pool = isinstance(found, BillingError) or found.credit_pool_id is not None
+    pool = lookups.pool(request.feature) if amount > 0 and may_pool else None
+    if isinstance(found, BillingError):
+        # Single track: no entitlement of its own (or no plan) -> the pool, if any.
+        if pool is None or not isinstance(found, (NotIncluded, NoPlan)):
+            raise found
+        own = None
+    else:
+        own = found
+        _check_trackable(own, amount)
+    pool_draw, pool_error = None, None
+    customer_id = own.customer_id if own is not None else None
+    if pool is not None:
+        pool_row = lookups.row(owner, pool.pool)
+        if isinstance(pool_row, BillingError):
+            if own is None:
+                raise pool_row  # single track raises the pool's error
+            pool_error = pool_row
+        else:
+            _check_trackable(pool_row, amount * pool.cost)
+            pool_draw = _PoolDraw(pool_row.id, pool.feature_id, pool.cost)
+            customer_id = pool_row.customer_id
+    assert customer_id is not None  # an own entitlement or a pool's, else raised above
+    return _Prepared(
+        index=index,
+        entitlement_id=None if own is None else own.id,
+        customer_id=customer_id,
+        feature=own.feature if own is not None else request.feature,
+        amount=amount,
+        idempotency_key=key,
+        properties=properties,
+        fingerprint=_fingerprint(
+            own.feature if own is not None else request.feature, amount, properties
+        ),
+        pool=pool_draw,
+        pool_error=pool_error,
+    )
+
+
+def _check_trackable(row: EntitlementRow, amount: int) -> None:
     if row.kind == FeatureKind.BOOLEAN:
-        raise NotTrackable(fields={"feature": request.feature})
+        raise NotTrackable(fields={"feature": row.feature})
     if row.kind in CONSUMABLE_KINDS and amount < 0:
         raise InvalidRequest(
             "Metered usage only goes up: amount must be a positive integer.",
             fields={"amount": "Must be a positive integer."},
         )
-    return _Prepared(
-        index=index,
-        entitlement_id=row.id,
-        customer_id=row.customer_id,
-        feature=row.feature,
-        amount=amount,
-        idempotency_key=key,
-        properties=properties,
-        fingerprint=_fingerprint(row.feature, amount, properties),
-    )
 
 
 def _decide_locked(
@@ -157,7 +230,7 @@ def _decide_locked(
     """
     if not prepared:
         return {}
-    ids = sorted({p.entitlement_id for p in prepared})
+    ids = sorted({i for p in prepared for i in p.entitlement_ids})
     lock = " ORDER BY e.id"
     if connection.features.has_select_for_update_of:
         lock += " FOR UPDATE OF e"
@@ -178,15 +251,14 @@ def _decide_locked(
     seen_keys: dict[tuple[int, str], tuple[bytes, UsageEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
-        row = rows[item.entitlement_id]
-        if row.id in before_period:
+        if item.entitlement_ids[0] in before_period:
             decided[item.index] = refusal(item.index, _before_period_error(now, moment))
             continue
         key = (item.customer_id, item.idempotency_key) if item.idempotency_key else None
         if key is not None:
             first = existing.get(key)
             if first is not None:
-                decided[item.index] = _replayed(item, row, first)
+                decided[item.index] = _replayed(item, rows, first)
                 continue
             fingerprint, event = seen_keys.get(key, (item.fingerprint, None))
             if fingerprint != item.fingerprint:
@@ -196,24 +268,58 @@ def _decide_locked(
                 in_batch_replays.append((item, event))
                 continue
         # A first use, or a retry of a use that this batch refused: decide it.
-        result = _decide_one(item, row, usage, grants, moment, accepted)
-        decided[item.index] = result
+        outcome = _decide_item(item, rows, before_period, usage, grants, moment, now)
+        if isinstance(outcome, BillingError):
+            decided[item.index] = refusal(item.index, outcome)
+        else:
+            accepted.append((item, outcome))
+            decided[item.index] = BatchItemResult(index=item.index, ok=True, status=201)
         if key is not None:
-            seen_keys[key] = (item.fingerprint, accepted[-1][1] if result.ok else None)
+            accepted_event = None if isinstance(outcome, BillingError) else outcome
+            seen_keys[key] = (item.fingerprint, accepted_event)
     _write_decisions(rows, usage, accepted, moment)
     grants.write(moment)
     for item, event in accepted:
         decided[item.index] = BatchItemResult(
             index=item.index,
             ok=True,
-            result=_track_result(
-                item.feature, rows[item.entitlement_id].unlimited, event, replayed=False
-            ),
+            result=_result(item, rows, event, replayed=False),
             status=201,
         )
     for item, event in in_batch_replays:
-        decided[item.index] = _replayed(item, rows[item.entitlement_id], event)
+        decided[item.index] = _replayed(item, rows, event)
     return decided
+
+
+def _decide_item(
+    item: _Prepared,
+    rows: dict[int, EntitlementRow],
+    before_period: set[int],
+    usage: dict[int, int],
+    grants: GrantLedger,
+    moment: datetime,
+    now: datetime | None,
+) -> UsageEvent | BillingError:
+    """The event's own entitlement first, then its credit pool, as single track does."""
+    if item.entitlement_id is not None:  # not before its period: refused earlier
+        outcome = _decide_one(item, rows[item.entitlement_id], item.amount, usage, grants, moment)
+        if not isinstance(outcome, (InsufficientBalance, NotIncluded, NoPlan)):
+            return outcome
+        if item.pool is None:
+            return item.pool_error or outcome
+    assert item.pool is not None  # no own entitlement: _prepare found the pool's
+    pool = item.pool
+    if pool.entitlement_id in before_period:
+        return _before_period_error(now, moment)
+    return _decide_one(
+        item,
+        rows[pool.entitlement_id],
+        item.amount * pool.cost,
+        usage,
+        grants,
+        moment,
+        credit_use=(pool.feature_id, item.amount),
+    )
 
 
 def _before_period_error(now: datetime | None, moment: datetime) -> BillingError:
@@ -255,40 +361,37 @@ def _existing_events(prepared: list[_Prepared]) -> dict[tuple[int, str], UsageEv
 def _decide_one(
     item: _Prepared,
     row: EntitlementRow,
+    amount: int,
     usage: dict[int, int],
     grants: GrantLedger,
     moment: datetime,
-    accepted: list[tuple[_Prepared, UsageEvent]],
-) -> BatchItemResult:
+    *,
+    credit_use: tuple[int, int] | None = None,
+) -> UsageEvent | BillingError:
+    """``amount`` against the locked ``row``: the ledger row to insert, or the refusal."""
     current = usage[row.id]
-    after = current + item.amount
+    after = current + amount
     if not row.granted:
-        return refusal(item.index, denial_error(_check_result(row, 1)))
-    drawn = grants.draw(row, current, item.amount) if item.amount > 0 else (0, None)
+        return denial_error(_check_result(row, 1))
+    drawn = grants.draw(row, current, amount) if amount > 0 else (0, None)
     if drawn is None:
         balance = grants.balance(row, current)
-        return refusal(
-            item.index,
-            InsufficientBalance(
-                f"Balance {balance} is less than {item.amount}.",
-                balance=balance,
-                fields={"amount": item.amount, "balance": balance},
-            ),
+        return InsufficientBalance(
+            f"Balance {balance} is less than {amount}.",
+            balance=balance,
+            fields={"amount": amount, "balance": balance},
         )
     if after < 0:
-        return refusal(
-            item.index,
-            UsageBelowZero(
-                f"Usage is {current}; removing {-item.amount} would go below zero.",
-                fields={"amount": item.amount, "usage": current},
-            ),
+        return UsageBelowZero(
+            f"Usage is {current}; removing {-amount} would go below zero.",
+            fields={"amount": amount, "usage": current},
         )
     usage[row.id] = after
     from_grants, draws = drawn
-    event = UsageEvent(
+    return UsageEvent(
         customer_id=item.customer_id,
         feature_id=row.feature_id,
-        amount=item.amount,
+        amount=amount,
         idempotency_key=item.idempotency_key,
         request_fingerprint=item.fingerprint,
         properties=item.properties,
@@ -297,9 +400,9 @@ def _decide_one(
         usage_after=after,
         from_grants=from_grants,
         draws=draws,
+        used_feature_id=credit_use[0] if credit_use else None,
+        units=credit_use[1] if credit_use else None,
     )
-    accepted.append((item, event))
-    return BatchItemResult(index=item.index, ok=True, status=201)
 
 
 def _write_decisions(
@@ -318,17 +421,30 @@ def _write_decisions(
         record_overages(event for _, event in accepted)  # metering: overage outbox rows
 
 
-def _replayed(item: _Prepared, row: EntitlementRow, event: UsageEvent) -> BatchItemResult:
+def _replayed(
+    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent
+) -> BatchItemResult:
     if bytes(event.request_fingerprint) != item.fingerprint:
         return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )
     return BatchItemResult(
-        index=item.index,
-        ok=True,
-        result=_track_result(row.feature, row.unlimited, event, replayed=True),
-        status=201,
+        index=item.index, ok=True, result=_result(item, rows, event, replayed=True), status=201
     )
+
+
+def _result(
+    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent, *, replayed: bool
+) -> TrackResult:
+    """The track result of ``event``; a pool's ledger row is told in the feature's units."""
+    if event.used_feature_id is None or not event.units:
+        row_id = item.entitlement_ids[0]
+        return _track_result(item.feature, rows[row_id].unlimited, event, replayed=replayed)
+    unlimited = item.pool is not None and rows[item.pool.entitlement_id].unlimited
+    result = _track_result(item.feature, unlimited, event, replayed=replayed)
+    # The cost the row was drawn at (the feature's cost may have changed since).
+    cost = event.amount // event.units
+    return track_in_units(result, Pool(event.used_feature_id, "", cost), item.feature, event.units)
 
 
 def refusal(index: int, error: BillingError) -> BatchItemResult:
