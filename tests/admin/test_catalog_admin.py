@@ -226,6 +226,7 @@ def _plan_form(plan_key="pro", *, prices=(), features=(), initial_prices=0, init
         "description": "",
         "active": "on",
         "display_order": 1,
+        "trial_days": 0,
         "plan_prices-TOTAL_FORMS": len(prices),
         "plan_prices-INITIAL_FORMS": initial_prices,
         "plan_features-TOTAL_FORMS": len(features),

@@ -100,7 +100,7 @@ def test_commands_honour_django_verbosity(fake_stripe):
     assert "Loading" not in normal and "nothing changed" in normal
     verbose = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "-v", "2")
     assert "Loading" in verbose and "nothing changed" in verbose
-    assert "Fetched 4 prices." in run("kernia_sync_catalog", "-v", "1")
+    assert "Fetched 7 prices." in run("kernia_sync_catalog", "-v", "1")
 
 
 def test_init_writes_a_starter_catalog_that_loads(fake_stripe, tmp_path):
