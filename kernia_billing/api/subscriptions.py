@@ -132,6 +132,18 @@ def _change_args(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _change_responses(ok: Any) -> dict[int, Any]:
+    """What a preview and a change answer: the same refusals, another 200 body."""
+    return {
+        200: ok,
+        400: _error("Bad input, or a price that cannot be bought."),
+        404: _error("unknown_owner or unknown_customer."),
+        409: CONFLICTS,
+        502: STRIPE_ERROR,
+        **AUTH_ERRORS,
+    }
+
+
 class PreviewView(OwnerMixin, BillingAPIView):
     permission_classes = [IsBillingCaller]
 
@@ -140,14 +152,7 @@ class PreviewView(OwnerMixin, BillingAPIView):
         operation_id="billing_subscription_preview",
         summary="Preview a plan, seat or interval change.",
         request=ChangeSerializer,
-        responses={
-            200: PreviewSerializer,
-            400: _error("Bad input, or a price that cannot be bought."),
-            404: _error("unknown_owner or unknown_customer."),
-            409: CONFLICTS,
-            502: STRIPE_ERROR,
-            **AUTH_ERRORS,
-        },
+        responses=_change_responses(PreviewSerializer),
     )
     def post(self, request: Request) -> Response:
         serializer = ChangeSerializer(data=request.data)
@@ -168,14 +173,7 @@ class ChangeView(OwnerMixin, BillingAPIView):
         "proration; downgrades at the period end (a Stripe subscription schedule). A new "
         "change, or the current price, cancels a scheduled downgrade.",
         request=ChangeSerializer,
-        responses={
-            200: ChangeResultSerializer,
-            400: _error("Bad input, or a price that cannot be bought."),
-            404: _error("unknown_owner or unknown_customer."),
-            409: CONFLICTS,
-            502: STRIPE_ERROR,
-            **AUTH_ERRORS,
-        },
+        responses=_change_responses(ChangeResultSerializer),
     )
     def post(self, request: Request) -> Response:
         serializer = ChangeSerializer(data=request.data)

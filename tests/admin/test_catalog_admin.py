@@ -186,9 +186,9 @@ def test_sync_button_runs_the_sync_and_reports_counts(staff_client, fake_stripe)
     response = staff_client.post(SYNC, follow=True)
 
     (message,) = _messages(response)
-    assert "Products: 2 new" in message and "Prices: 4 new" in message
-    assert "4 awaiting review" in message
-    assert CatalogPrice.objects.count() == 4
+    assert "Products: 4 new" in message and "Prices: 7 new" in message
+    assert "7 awaiting review" in message
+    assert CatalogPrice.objects.count() == 7
     assert staff_client.get(SYNC).status_code == 405
 
 
@@ -226,6 +226,7 @@ def _plan_form(plan_key="pro", *, prices=(), features=(), initial_prices=0, init
         "description": "",
         "active": "on",
         "display_order": 1,
+        "trial_days": 0,
         "plan_prices-TOTAL_FORMS": len(prices),
         "plan_prices-INITIAL_FORMS": initial_prices,
         "plan_features-TOTAL_FORMS": len(features),

@@ -74,20 +74,20 @@ def test_staff_sync_returns_camel_case_counts(api, fake_stripe):
     assert first.status_code == 200
     assert set(first.json()) == COUNT_KEYS
     assert first.json() | {} == {
-        "productsCreated": 2,
+        "productsCreated": 4,
         "productsUpdated": 0,
         "productsUnchanged": 0,
-        "pricesCreated": 4,
+        "pricesCreated": 7,
         "pricesUpdated": 0,
         "pricesUnchanged": 0,
-        "created": 6,
+        "created": 11,
         "updated": 0,
         "unchanged": 0,
-        "pendingReview": 4,
+        "pendingReview": 7,
         "flagged": 0,
     }
-    assert second.json()["unchanged"] == 6 and second.json()["created"] == 0
-    assert CatalogProduct.objects.count() == 2
+    assert second.json()["unchanged"] == 11 and second.json()["created"] == 0
+    assert CatalogProduct.objects.count() == 4
 
 
 def test_sync_stripe_failure_is_a_502_in_the_error_shape(api, fake_stripe):
@@ -196,4 +196,4 @@ def test_sync_needs_the_manage_permission_not_just_staff(api, fake_stripe):
     staff = type(staff).objects.get(pk=staff.pk)  # a fresh permission cache
     api.force_authenticate(staff)
     assert api.post(SYNC).status_code == 200
-    assert CatalogPrice.objects.count() == 4
+    assert CatalogPrice.objects.count() == 7

@@ -25,11 +25,12 @@ def test_sync_prints_progress_and_a_summary(fake_stripe):
 
     output = run("kernia_sync_catalog")
 
-    assert "Fetched 2 products." in output and "Fetched 4 prices." in output
-    assert "Products: 2 created, 0 updated, 0 unchanged." in output
-    assert "Prices: 4 created, 0 updated, 0 unchanged." in output
-    assert "4 awaiting review in the admin." in output
-    assert "Prices: 0 created, 0 updated, 4 unchanged." in run("kernia_sync_catalog", "--quiet")
+    assert "Fetched 4 products." in output and "Fetched 7 prices." in output
+    assert "Fetched 1 meters." in output
+    assert "Products: 4 created, 0 updated, 0 unchanged." in output
+    assert "Prices: 7 created, 0 updated, 0 unchanged." in output
+    assert "7 awaiting review in the admin." in output
+    assert "Prices: 0 created, 0 updated, 7 unchanged." in run("kernia_sync_catalog", "--quiet")
 
 
 def test_sync_failure_is_a_command_error_and_changes_nothing(fake_stripe):
@@ -50,7 +51,7 @@ def test_command_line_only_from_empty_database_to_mapped_plans(fake_stripe):
 
     output = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "--approve")
 
-    assert "Plans: 3 created" in output and "Prices: 4 mapped, 0 unmapped, 4 approved." in output
+    assert "Plans: 3 created" in output and "Prices: 4 mapped, 0 unmapped, 7 approved." in output
     assert sorted(
         PlanPrice.objects.filter(plan__key="pro").values_list(
             "price__recurring_interval", flat=True
@@ -99,7 +100,7 @@ def test_commands_honour_django_verbosity(fake_stripe):
     assert "Loading" not in normal and "nothing changed" in normal
     verbose = run("kernia_load_catalog", str(EXAMPLE_CATALOG), "-v", "2")
     assert "Loading" in verbose and "nothing changed" in verbose
-    assert "Fetched 4 prices." in run("kernia_sync_catalog", "-v", "1")
+    assert "Fetched 7 prices." in run("kernia_sync_catalog", "-v", "1")
 
 
 def test_init_writes_a_starter_catalog_that_loads(fake_stripe, tmp_path):

@@ -47,14 +47,14 @@ def test_setup_twice_creates_no_second_price(demo):
     out = io.StringIO()
     call_command("demo_setup", base_url="http://testserver", no_webhook=True, stdout=out)
     assert "0 price(s) created" in out.getvalue()
-    assert CatalogPrice.objects.count() == prices_before == 6
+    assert CatalogPrice.objects.count() == prices_before == 7
 
 
 def test_setup_seeds_an_empty_stripe_account(stripe_settings, fake_stripe):
     """With real Stripe keys the seed's prices are created when their lookup keys are missing."""
     out = io.StringIO()
     call_command("demo_setup", no_webhook=True, stdout=out)
-    assert "6 price(s) created" in out.getvalue()
+    assert "7 price(s) created" in out.getvalue()
     assert {p["lookup_key"] for p in fake_stripe.store.list_objects("price")} == {
         "pro_monthly",
         "pro_annual",
@@ -62,7 +62,10 @@ def test_setup_seeds_an_empty_stripe_account(stripe_settings, fake_stripe):
         "team_annual",
         "messages_1000",  # the "Buy 1,000 messages" top-up
         "extra_seats_monthly",  # Team's "Extra seats" add-on
+        "messages_overage",  # Team's messages over 50,000, through the meter
     }
+    [meter] = fake_stripe.store.list_objects("billing.meter")
+    assert meter["event_name"] == "messages_overage"
 
 
 PAGES = [

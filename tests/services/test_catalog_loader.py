@@ -40,7 +40,9 @@ def test_example_catalog_loads_and_reloading_changes_nothing(synced, example):
     result = catalog.load_catalog(example, approve=True)
 
     assert (result.features_created, result.plans_created) == (4, 3)
-    assert result.prices_mapped == result.prices_approved == 4
+    # Four plan prices are mapped; Team's overage, the top-up's and the add-on's prices
+    # are approved too (the catalog references them).
+    assert (result.prices_mapped, result.prices_approved) == (4, 7)
     assert Plan.objects.get(is_default=True).key == "free"
     pro = Plan.objects.get(key="pro")
     assert sorted(pro.plan_prices.values_list("price__lookup_key", flat=True)) == [

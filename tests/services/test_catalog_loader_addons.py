@@ -48,6 +48,13 @@ def test_addons_and_topups_load_and_the_review_gate_holds():
     assert addon.addon_prices.get().price == seats_price
     pack = TopUpPack.objects.get(key="messages-1000")
     assert (pack.amount, pack.expires_after_days, pack.price) == (1000, 365, pack_price)
+    # Loading the same file again changes nothing and says so; a changed amount counts.
+    again = load_catalog(document, approve=True)
+    assert (again.addons_loaded, again.topups_loaded, again.changed) == (0, 0, False)
+    document["addons"][0]["features"][0]["amount"] = 10
+    assert load_catalog(document, approve=True).addons_loaded == 1
+    document["addons"][0]["features"][0]["amount"] = 5
+    load_catalog(document, approve=True)
     # A one-time price cannot sell an add-on: one error, nothing changed.
     document["addons"][0]["prices"] = ["lookup:messages_1000"]
     with pytest.raises(CatalogError):

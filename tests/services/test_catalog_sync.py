@@ -64,7 +64,7 @@ def test_sync_pages_through_more_than_a_hundred_prices_active_and_archived(fake_
 def test_resync_with_nothing_changed_writes_nothing(fake_stripe):
     seed_example_stripe(fake_stripe)
     first = catalog.sync_catalog()
-    assert (first.products_created, first.prices_created) == (2, 4)
+    assert (first.products_created, first.prices_created, first.meters_created) == (4, 7, 1)
     before = table_snapshot()
 
     with CaptureQueriesContext(connection) as queries:
@@ -72,8 +72,8 @@ def test_resync_with_nothing_changed_writes_nothing(fake_stripe):
 
     assert _writes(queries) == []
     assert table_snapshot() == before
-    assert (second.created, second.updated, second.unchanged) == (0, 0, 6)
-    assert second.pending_review == 4  # the 4 prices; their products follow them
+    assert (second.created, second.updated, second.unchanged) == (0, 0, 11)
+    assert second.pending_review == 7  # the 7 prices; their products follow them
 
 
 def test_a_change_in_stripe_puts_a_reviewed_price_back_to_pending(fake_stripe):

@@ -105,14 +105,16 @@ def _key(entry: dict[str, Any], i: int, section: str, errors: _Errors) -> bool:
 
 def save_sections(found: Sections, errors: _Errors, counts: dict[str, int]) -> None:
     """Pass 2, inside the loader's transaction: model validation errors are collected."""
+    # ``*_loaded`` counts what was created or changed, so reloading an unchanged file
+    # reports nothing (``LoadResult.changed`` is False).
     for fields, features, prices in found.addons:
         where = f"add-on {fields['key']!r}"
         addon = AddOn.objects.filter(key=fields["key"]).first() or AddOn()
+        before = _addon_state(addon, fields) if addon.pk else None
         for name, value in fields.items():
             setattr(addon, name, value)
         if not _clean_save(addon, where, errors):
             continue
-        counts["addons_loaded"] += 1
         AddOnFeature.objects.filter(addon=addon).exclude(
             feature__key__in=[k for k, _ in features]
         ).delete()
@@ -130,6 +132,8 @@ def save_sections(found: Sections, errors: _Errors, counts: dict[str, int]) -> N
             if not AddOnPrice.objects.filter(addon=addon, price=price).exists():
                 price.refresh_from_db()
                 _clean_save(AddOnPrice(addon=addon, price=price), f"{where} price", errors)
+        if _addon_state(addon, fields) != before:
+            counts["addons_loaded"] += 1
     for fields, feature_key, pack_price in found.topups:
         where = f"top-up {fields['key']!r}"
         feature = Feature.objects.filter(key=feature_key).first()
@@ -137,6 +141,7 @@ def save_sections(found: Sections, errors: _Errors, counts: dict[str, int]) -> N
             errors.add(f"{where} feature", f"unknown feature {feature_key!r}")
             continue
         pack = TopUpPack.objects.filter(key=fields["key"]).first() or TopUpPack()
+        before = _pack_state(pack, fields) if pack.pk else None
         for name, value in {**fields, "feature": feature}.items():
             setattr(pack, name, value)
         if pack_price is not None:
@@ -144,8 +149,24 @@ def save_sections(found: Sections, errors: _Errors, counts: dict[str, int]) -> N
             pack.price = pack_price
         else:
             pack.price_id = None
-        if _clean_save(pack, where, errors):
+        if _clean_save(pack, where, errors) and _pack_state(pack, fields) != before:
             counts["topups_loaded"] += 1
+
+
+def _addon_state(addon: AddOn, fields: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        tuple(getattr(addon, name) for name in sorted(fields)),
+        sorted(AddOnFeature.objects.filter(addon=addon).values_list("feature_id", "amount")),
+        sorted(AddOnPrice.objects.filter(addon=addon).values_list("price_id", flat=True)),
+    )
+
+
+def _pack_state(pack: TopUpPack, fields: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        tuple(getattr(pack, name) for name in sorted(fields)),
+        pack.feature_id,
+        pack.price_id,
+    )
 
 
 def _clean_save(obj: Any, where: str, errors: _Errors) -> bool:

@@ -4,15 +4,21 @@ Options::
 
     --host 127.0.0.1 --port 12111
     --webhook-url URL --webhook-secret whsec_...   deliver every event to URL
-    --seed PATH                                    create products/prices from JSON
+    --seed PATH                                    create meters/products/prices from JSON
     --api-key KEY (repeatable)                     accept only these keys
 
-The seed file looks like::
+The seed file looks like (a metered price names its meter by event name)::
 
-    {"products": [{"name": "Pro", "metadata": {"tier": "pro"},
+    {"meters": [{"display_name": "Messages", "event_name": "messages",
+                 "default_aggregation": {"formula": "sum"}}],
+     "products": [{"name": "Pro", "metadata": {"tier": "pro"},
                    "prices": [{"unit_amount": 2000, "currency": "usd",
                                "recurring": {"interval": "month"},
-                               "lookup_key": "pro_monthly"}]}]}
+                               "lookup_key": "pro_monthly"},
+                              {"unit_amount": 1, "currency": "usd",
+                               "recurring": {"interval": "month", "usage_type": "metered",
+                                             "meter": "event_name:messages"},
+                               "lookup_key": "messages_overage"}]}]}
 """
 
 from __future__ import annotations

@@ -338,14 +338,25 @@ class FakeStripe:
         return list(reversed(self.store.list_events({"type": type} if type else {})))
 
     def seed(self, data: JSON) -> list[JSON]:
-        """Create products and prices from ``{"products": [{..., "prices": [...]}]}``."""
+        """Create meters, products and prices from
+        ``{"meters": [...], "products": [{..., "prices": [...]}]}``.
+
+        A metered price may name its meter as ``"meter": "event_name:<event name>"``
+        (a seed file cannot know the id Stripe will give the meter).
+        """
         created = []
+        meters: dict[str, str] = {}
+        for meter_data in data.get("meters", []):
+            meter = self.create_meter(**meter_data)
+            meters[meter["event_name"]] = meter["id"]
+            created.append(meter)
         for product_data in data.get("products", []):
             product_params = {k: v for k, v in product_data.items() if k != "prices"}
             product = self.create_product(**product_params)
             created.append(product)
             for price_data in product_data.get("prices", []):
-                created.append(self.create_price(product=product["id"], **price_data))
+                price_params = with_meter_id(price_data, meters)
+                created.append(self.create_price(product=product["id"], **price_params))
         return created
 
     # ------------------------------------------------------------------ webhooks
@@ -403,3 +414,16 @@ class FakeStripe:
     def retry_failed_deliveries(self) -> int:
         """Queue failed deliveries again now (not waiting for their schedule); returns how many."""
         return self.dispatcher.retry_failed()
+
+
+def with_meter_id(price: JSON, meters: dict[str, str]) -> JSON:
+    """``price`` with a ``recurring.meter`` of ``event_name:<name>`` replaced by that
+    meter's id (from ``meters``, event name -> id); other prices unchanged."""
+    recurring = price.get("recurring") or {}
+    meter = str(recurring.get("meter", ""))
+    if not meter.startswith("event_name:"):
+        return price
+    event_name = meter.split(":", 1)[1]
+    if event_name not in meters:
+        raise ValueError(f"seed price {price.get('lookup_key')!r}: no meter {event_name!r}")
+    return {**price, "recurring": {**recurring, "meter": meters[event_name]}}

@@ -11,8 +11,10 @@ Examples::
 
 Steps:
 
-1. Make sure every price of the Stripe seed file exists (found by lookup key; created
-   through the Stripe SDK otherwise), so a real Stripe test account works too.
+1. Make sure every meter and price of the Stripe seed file exists (found by event name
+   and lookup key; created through the Stripe SDK otherwise), so a real Stripe test
+   account works too. Team bills messages over its 50,000 through the
+   ``messages_overage`` meter at $0.01 each.
 2. Register a webhook endpoint for ``{base-url}/stripe/webhook/<uuid>/`` in Stripe and
    in dj-stripe, sharing its signing secret (skipped with ``--no-webhook``: real Stripe
    cannot reach 127.0.0.1; use ``stripe listen --forward-to`` there).
@@ -39,6 +41,7 @@ from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.models import CatalogProduct, ReviewState
 from kernia_billing.services import catalog
 from kernia_billing.services.webhook_endpoints import register_webhook_endpoint
+from kernia_billing.testing.fake_stripe.server import with_meter_id
 from kernia_billing.webhooks import RECEIVED_EVENTS
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[3]
@@ -105,8 +108,23 @@ def _read_json(path: Path) -> Any:
         raise CommandError(f"Cannot read {path}: {exc}") from exc
 
 
+def ensure_meters(seed: dict[str, Any], *, api_key: str) -> dict[str, str]:
+    """Create the seed's billing meters that Stripe lacks (found by event name); returns
+    event name -> meter id."""
+    meters = {
+        meter.event_name: meter.id
+        for meter in stripe.billing.Meter.list(limit=100, api_key=api_key).auto_paging_iter()
+    }
+    for meter in seed.get("meters", []):
+        if meter["event_name"] not in meters:
+            meters[meter["event_name"]] = stripe.billing.Meter.create(api_key=api_key, **meter).id
+    return meters
+
+
 def ensure_stripe_catalog(seed: dict[str, Any], *, api_key: str) -> int:
-    """Create the seed's products and prices that Stripe lacks (by lookup key)."""
+    """Create the seed's meters, products and prices that Stripe lacks (by event name and
+    lookup key). A metered price names its meter as ``event_name:<name>`` in the seed."""
+    meters = ensure_meters(seed, api_key=api_key)
     created = 0
     for product_data in seed.get("products", []):
         prices = product_data.get("prices", [])
@@ -121,7 +139,7 @@ def ensure_stripe_catalog(seed: dict[str, Any], *, api_key: str) -> int:
             fields = {key: value for key, value in product_data.items() if key != "prices"}
             product_id = stripe.Product.create(api_key=api_key, **fields).id
         for price in missing:
-            stripe.Price.create(api_key=api_key, product=product_id, **price)
+            stripe.Price.create(api_key=api_key, product=product_id, **with_meter_id(price, meters))
             created += 1
     return created
 
