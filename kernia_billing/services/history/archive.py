@@ -29,23 +29,9 @@ from ...models import ArchivedUsageEvent, OverageReport, UsageEvent
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
 from ..entitlements.rows import EntitlementRow, _select_many
+from ..usage.ledger import EVENT_COLUMNS
 
-COLUMNS = (
-    "id",
-    "customer_id",
-    "feature_id",
-    "amount",
-    "idempotency_key",
-    "request_fingerprint",
-    "properties",
-    "created_at",
-    "balance_after",
-    "usage_after",
-    "from_grants",
-    "draws",
-    "used_feature_id",
-    "units",
-)
+COLUMNS = ("id", *EVENT_COLUMNS)  # the archive keeps the ledger row as it was
 
 
 @dataclass(frozen=True, slots=True)

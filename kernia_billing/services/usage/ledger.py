@@ -13,7 +13,8 @@ from ...types import TrackResult
 from ..metering.outbox import record_overage
 from .rollups import record_rollup, upsert_sql, utc_day
 
-_EVENT_COLUMNS = (
+# The ledger row's columns as written by every insert (the archive copies the same ones).
+EVENT_COLUMNS = (
     "customer_id",
     "feature_id",
     "amount",
@@ -33,8 +34,8 @@ _EVENT_COLUMNS = (
 @lru_cache(maxsize=4)
 def _insert_event_sql(vendor: str, *, with_rollup: bool = False) -> str:
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(c) for c in _EVENT_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(_EVENT_COLUMNS))
+    columns = ", ".join(quote(c) for c in EVENT_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS))
     insert = (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
         f"VALUES ({placeholders}) RETURNING {quote('id')}"
@@ -47,7 +48,7 @@ def _insert_event_sql(vendor: str, *, with_rollup: bool = False) -> str:
 
 @lru_cache(maxsize=1)
 def _event_fields() -> tuple[models.Field[Any, Any], ...]:
-    fields = (UsageEvent._meta.get_field(name) for name in _EVENT_COLUMNS)
+    fields = (UsageEvent._meta.get_field(name) for name in EVENT_COLUMNS)
     return tuple(field for field in fields if isinstance(field, models.Field))
 
 
