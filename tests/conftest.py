@@ -9,9 +9,12 @@ import pytest
 import time_machine
 from django.db import connection
 
+from tests import flush
 from tests.clock import CLOCK_DATES
 
 pytest_plugins = ["kernia_billing.testing.pytest_plugin"]
+
+flush.install()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
