@@ -101,9 +101,9 @@ class Command(BillingCommand):
         elif detach_before is not None:
             detached = ledger_partitions.detach_partitions(_month(detach_before), dry_run=dry_run)
             verb = "Would detach" if dry_run else "Detached"
-            for part in detached:
+            for month in detached:
                 self.say(
-                    f"{verb} {part.name}: {part.events} event(s), {part.archived} with grant "
+                    f"{verb} {month.name}: {month.events} event(s), {month.archived} with grant "
                     "draws copied to the archive table."
                 )
             tail = "" if dry_run or not detached else " Dump, then DROP TABLE, each as you need."

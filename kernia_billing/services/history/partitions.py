@@ -331,21 +331,17 @@ def detach_partitions(before: date, *, dry_run: bool = False) -> list[Detached]:
     audit reads it) or belongs to an entitlement that never resets, and no usage
     correction points at one. Rows with grant draws are copied to the archive table first
     (the grants audit reads every draw); links from overage reports and reservations are
-    cleared as ``on_delete=SET_NULL`` would; the keys of the month are forgotten. Each
-    month is one transaction. The detached table stays in the database under its name:
-    dump it, then ``DROP TABLE`` it, as your retention requires.
+    cleared as ``on_delete=SET_NULL`` would; the keys of the month are forgotten. One
+    transaction: a month that cannot go keeps every month attached. A detached table
+    stays in the database under its name: dump it, then ``DROP TABLE`` it, as your
+    retention requires.
     """
     _require_postgresql()
     if not is_partitioned():
         raise PartitioningError("The ledger is not partitioned.")
     bound = month_start(before)
-    done = []
-    for partition in partitions():
-        if partition.end > bound:
-            break
-        with transaction.atomic():
-            done.append(_detach(partition, dry_run=dry_run))
-    return done
+    with transaction.atomic():  # a month refused detaches none
+        return [_detach(p, dry_run=dry_run) for p in partitions() if p.end <= bound]
 
 
 def _detach(partition: Partition, *, dry_run: bool) -> Detached:
