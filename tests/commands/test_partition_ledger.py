@@ -25,6 +25,7 @@ import kernia_billing
 from kernia_billing import selectors
 from kernia_billing.models import (
     ArchivedUsageEvent,
+    BillingCustomer,
     Entitlement,
     FeatureKind,
     OverageReport,
@@ -122,7 +123,7 @@ def partitioned_database(django_db_setup, django_db_blocker):
             connection.settings_dict["NAME"] = base
             ContentType.objects.clear_cache()
             with connection.cursor() as cursor:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -379,6 +380,11 @@ def test_detaching_old_months_keeps_history_draws_and_the_audit(api, user, plan,
     out = StringIO()
     call_command("kernia_reconcile", stdout=out)
     assert "No drift." in out.getvalue()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM kernia_billing_usageevent_2030_01")
+        assert cursor.fetchone()[0] == 2  # the detached month, left to dump and drop
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # foreign keys checked now
+    BillingCustomer.objects.get().delete()  # its detached rows do not hold it
 
 
 @pytest.mark.postgres

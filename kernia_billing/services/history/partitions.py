@@ -5,7 +5,8 @@ Django does not create partitioned tables, so nothing in the app's migrations do
 transaction, and then keeps partitions ahead of the clock. What the conversion does:
 
 - The ledger becomes ``PARTITION BY RANGE (created_at)`` with one partition per UTC
-  month, from the oldest row's month to ``months_ahead`` months after the current one.
+  month, from the oldest row's month to ``months_ahead`` months after the current one
+  (or the newest row's month, if later).
   Columns, defaults, the identity sequence (same name, same next id), the outgoing
   foreign keys and the model's indexes keep their names, so the app's later migrations
   of the ledger (added columns, indexes) still apply. The primary key becomes
@@ -188,8 +189,8 @@ def conversion_sql(*, months_ahead: int = MONTHS_AHEAD, now: datetime | None = N
         incoming = cursor.fetchall()
         cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [q(ledger)])
         sequence = cursor.fetchone()[0]
-        cursor.execute(f"SELECT MIN(created_at) FROM {q(ledger)}")
-        oldest = cursor.fetchone()[0]
+        cursor.execute(f"SELECT MIN(created_at), MAX(created_at) FROM {q(ledger)}")
+        oldest, newest = cursor.fetchone()
     if sequence is None:
         raise PartitioningError(f"{ledger}.id has no sequence: is this the app's ledger?")
     # The sequence keeps its name (what Django's sequence resets look up); the old one
@@ -198,7 +199,7 @@ def conversion_sql(*, months_ahead: int = MONTHS_AHEAD, now: datetime | None = N
     old_sequence = f"{old}_id_seq"
     moment = now or timezone.now()
     first = month_start(oldest or moment)
-    last = add_months(month_start(moment), months_ahead)
+    last = max(add_months(month_start(moment), months_ahead), month_start(newest or moment))
 
     statements = [
         f"LOCK TABLE {q(ledger)} IN ACCESS EXCLUSIVE MODE",
@@ -219,6 +220,9 @@ def conversion_sql(*, months_ahead: int = MONTHS_AHEAD, now: datetime | None = N
         *_model_index_sql(),
         *(f"ALTER TABLE {q(ledger)} ADD CONSTRAINT {q(name)} {sql}" for name, sql in outgoing),
         *_keys_sql(ledger, keys),
+        # New tables have no statistics, and autovacuum never analyzes a partitioned parent.
+        f"ANALYZE {q(ledger)}",
+        f"ANALYZE {q(keys)}",
     ]
     return statements
 
@@ -340,7 +344,10 @@ def detach_partitions(before: date, *, dry_run: bool = False) -> list[Detached]:
     if not is_partitioned():
         raise PartitioningError("The ledger is not partitioned.")
     bound = month_start(before)
-    with transaction.atomic():  # a month refused detaches none
+    with transaction.atomic(), connection.cursor() as cursor:  # a month refused detaches none
+        # Dropping a detached month's foreign keys alters the tables they reference, which
+        # PostgreSQL refuses while deferred checks are pending: check them as we go.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         return [_detach(p, dry_run=dry_run) for p in partitions() if p.end <= bound]
 
 
@@ -390,4 +397,12 @@ def _detach(partition: Partition, *, dry_run: bool) -> Detached:
             "WHERE k.customer_id = u.customer_id AND k.idempotency_key = u.idempotency_key"
         )
         cursor.execute(f"ALTER TABLE {q(ledger_table())} DETACH PARTITION {table}")
+        # A detached month keeps the ledger's foreign keys, which would stop a customer's
+        # deletion until it is dropped: it is an export now, not a ledger.
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f'",
+            [table],
+        )
+        for (name,) in cursor.fetchall():
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {q(name)}")
     return Detached(partition.name, events, with_draws)
