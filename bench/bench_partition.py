@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--keep", action="store_true", help="Keep the database at the end.")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("The partition benchmark runs on PostgreSQL (DATABASE_URL).")
@@ -77,9 +78,10 @@ def main() -> None:
                 f"| {name} | plain {before:.2f}, partitioned {after:.2f}, x{after / before:.2f} |"
             )
     finally:
-        connection.creation.destroy_test_db(
-            connection.settings_dict["NAME"], verbosity=0, keepdb=False
-        )
+        if not args.keep:
+            connection.creation.destroy_test_db(
+                connection.settings_dict["NAME"], verbosity=0, keepdb=False
+            )
 
 
 if __name__ == "__main__":
