@@ -60,6 +60,7 @@ class Conversion:
     new_id: int
     replay: Any
     partitions: list[str]
+    printed: str
 
 
 CONVERSION: list[Conversion] = []
@@ -82,6 +83,10 @@ def _seed_and_partition() -> Conversion:
         before = _rows()
         clock.move_to(START)
         out = StringIO()
+        call_command("kernia_partition_ledger", "--print-sql", stdout=out)
+        printed = out.getvalue()
+        assert _rows() == before  # printing changes nothing
+        out = StringIO()
         call_command("kernia_partition_ledger", "--apply", stdout=out)
         assert "Partitioned the ledger into 5 monthly partition(s)" in out.getvalue()
         after = _rows()
@@ -94,6 +99,7 @@ def _seed_and_partition() -> Conversion:
         new_id=new_id,
         replay=replay,
         partitions=[p.name for p in ledger_partitions.partitions()],
+        printed=printed,
     )
 
 
@@ -154,6 +160,13 @@ def test_conversion_keeps_every_row_its_id_and_key_and_the_id_sequence():
     assert conversion.replay.replayed is True
     assert conversion.replay.event_id == conversion.before[0][0]
     assert conversion.new_id > conversion.max_id_before  # the sequence went on, not over
+    lines = conversion.printed.splitlines()
+    assert lines[:2] == [
+        "BEGIN;",
+        'LOCK TABLE "kernia_billing_usageevent" IN ACCESS EXCLUSIVE MODE;',
+    ]
+    assert lines[-1] == "COMMIT;"
+    assert sum("PARTITION OF" in line for line in lines) == len(MONTHS)
 
 
 @pytest.mark.postgres
