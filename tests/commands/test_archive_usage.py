@@ -11,8 +11,15 @@ from django.core.management import CommandError, call_command
 
 import kernia_billing
 from kernia_billing import selectors
-from kernia_billing.models import ArchivedUsageEvent, FeatureKind, ResetPeriod, UsageEvent
+from kernia_billing.models import (
+    ArchivedUsageEvent,
+    FeatureKind,
+    ResetPeriod,
+    UsageCorrection,
+    UsageEvent,
+)
 from kernia_billing.services.grants.issue import grant
+from kernia_billing.services.metering.corrections import adjust_usage
 from kernia_billing.services.reconcile import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
@@ -71,6 +78,22 @@ def test_archived_draws_still_count_for_their_grant(monthly):
         kernia_billing.track(user, "messages", 1)
         run("--keep-periods", "0")
         assert ArchivedUsageEvent.objects.filter(from_grants=5).exists()
+        assert audit_ledger() == []
+
+
+@pytest.mark.django_db
+def test_a_corrections_ledger_row_stays_with_its_correction(monthly):
+    user = UserFactory()
+    with time_machine.travel(START, tick=False) as clock:
+        kernia_billing.track(user, "messages", 10)
+        adjust_usage(user, "messages", -3, reason="double count")
+        clock.move_to(START + timedelta(days=70))
+        kernia_billing.track(user, "messages", 1)
+
+        assert "Archived 1 usage event(s)" in run("--keep-periods", "0")
+
+        correction = UsageCorrection.objects.get()
+        assert correction.usage_event.amount == -3  # still there, not a dangling link
         assert audit_ledger() == []
 
 

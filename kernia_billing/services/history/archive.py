@@ -13,7 +13,8 @@ touched; the grants audit reads draws from both tables. Events are immutable and
 writers only insert events inside the current period, so no lock is needed: each batch
 of entitlements is one transaction of four set-based statements (count, copy, unlink
 overage reports, delete), and an interrupted run simply resumes. An idempotency key older than
-the cutoff is forgotten (a replay that late is recorded as new).
+the cutoff is forgotten (a replay that late is recorded as new). The ledger row of a
+usage correction stays in the ledger (the correction points at it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from ...models import ArchivedUsageEvent, OverageReport, UsageEvent
+from ...models import ArchivedUsageEvent, OverageReport, UsageCorrection, UsageEvent
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
 from ..entitlements.rows import EntitlementRow, _select_many
@@ -73,6 +74,11 @@ def archive_usage(
     events = quote(UsageEvent._meta.db_table)
     archive = quote(ArchivedUsageEvent._meta.db_table)
     reports = quote(OverageReport._meta.db_table)
+    # A usage correction's own ledger row stays: the correction points at it (PROTECT).
+    uncorrected = (
+        f"AND NOT EXISTS (SELECT 1 FROM {quote(UsageCorrection._meta.db_table)} k "
+        "WHERE k.usage_event_id = u.id)"
+    )
     columns = ", ".join(quote(c) for c in COLUMNS)
     source = ", ".join(f"u.{quote(c)}" for c in COLUMNS)
     after, done, moved = 0, 0, 0
@@ -90,7 +96,7 @@ def archive_usage(
             cte = f"WITH c(customer_id, feature_id, cutoff) AS (VALUES {values}) "
             old = (
                 f"SELECT u.id FROM c JOIN {events} u ON u.customer_id = c.customer_id "
-                "AND u.feature_id = c.feature_id AND u.created_at < c.cutoff"
+                f"AND u.feature_id = c.feature_id AND u.created_at < c.cutoff {uncorrected}"
             )
             with transaction.atomic(), connection.cursor() as cursor:
                 # Counted first: drivers differ on the row count of a statement with a CTE.
@@ -100,7 +106,8 @@ def archive_usage(
                     cursor.execute(
                         f"{cte}INSERT INTO {archive} ({columns}) SELECT {source} FROM c "
                         f"JOIN {events} u ON u.customer_id = c.customer_id "
-                        "AND u.feature_id = c.feature_id AND u.created_at < c.cutoff",
+                        f"AND u.feature_id = c.feature_id AND u.created_at < c.cutoff "
+                        f"{uncorrected}",
                         params,
                     )
                     # Sent overage keeps its report; the link to the moved event goes.
