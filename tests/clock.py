@@ -31,3 +31,10 @@ CLOCK_DATES: dict[str, ClockDate] = {
         datetime(2027, 3, 14, 6, 59, 58, tzinfo=UTC), time_zone="America/New_York"
     ),
 }
+
+
+#: For tests that drive whole webhook sequences through the fake Stripe (about a second
+#: a case): the dates where a subscription's periods break - a month end, the leap day,
+#: the year end, the DST switch - and today. Period arithmetic itself runs on every
+#: date (tests/services/test_entitlements.py, tests/testing/test_fake_stripe_*.py).
+PERIOD_BREAKS = ("today", "jan31", "feb29-leap", "dec31-23:59:59", "dst-new-york")

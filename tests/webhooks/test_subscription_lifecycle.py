@@ -19,16 +19,11 @@ from kernia_billing.models import BillingCustomer
 from kernia_billing.services import usage as entitlements
 from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.testing import FakeStripe
+from tests.clock import PERIOD_BREAKS
 from tests.factories import MembershipFactory, UserFactory
 from tests.lifecycle import Catalog, Webhooks, fake_now
 
-# Each case drives whole webhook sequences through the fake (about a second each), so it
-# takes the dates where a subscription's periods break: a month end, the leap day, the
-# year end and the DST switch. The period arithmetic itself runs on every date in
-# tests/services/test_entitlements.py.
-pytestmark = pytest.mark.clock_matrix(
-    "today", "jan31", "feb29-leap", "dec31-23:59:59", "dst-new-york"
-)
+pytestmark = pytest.mark.clock_matrix(*PERIOD_BREAKS)
 
 
 def as_datetime(timestamp: int) -> datetime:

@@ -28,10 +28,11 @@ from kernia_billing.models import (
 from kernia_billing.services import catalog
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.testing import FakeStripe
+from tests.clock import PERIOD_BREAKS
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, Webhooks
 
-pytestmark = pytest.mark.clock_matrix
+pytestmark = pytest.mark.clock_matrix(*PERIOD_BREAKS)  # webhook flows: tests/clock.py
 
 CHECKOUT_URL = "/api/auth/billing/checkout"
 ADDONS_URL = "/api/auth/billing/addons"
