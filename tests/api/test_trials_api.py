@@ -12,12 +12,13 @@ from django.test import Client
 from kernia_billing import signals
 from kernia_billing.models import BillingCustomer
 from kernia_billing.testing import FakeStripe
+from tests.clock import PERIOD_BREAKS
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, plans, webhooks
 
 __all__ = ["plans", "webhooks"]
 
-pytestmark = pytest.mark.clock_matrix
+pytestmark = pytest.mark.clock_matrix(*PERIOD_BREAKS)  # webhook flows: tests/clock.py
 
 CHECKOUT_URL = "/api/auth/billing/checkout"
 RETURN_URL = "/api/auth/billing/checkout/return"

@@ -13,10 +13,11 @@ from kernia_billing.services import usage as entitlements
 from kernia_billing.services.checkout import ensure_stripe_customer
 from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 from kernia_billing.testing import FakeStripe
+from tests.clock import PERIOD_BREAKS
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, Webhooks, plans, webhooks
 
-pytestmark = pytest.mark.clock_matrix
+pytestmark = pytest.mark.clock_matrix(*PERIOD_BREAKS)  # webhook flows: tests/clock.py
 
 __all__ = ["plans", "webhooks"]
 
