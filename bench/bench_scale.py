@@ -119,7 +119,8 @@ def build(rows: int) -> int:
             "idempotency_key, request_fingerprint, properties, created_at, balance_after, "
             "usage_after, from_grants) "
             "SELECT CASE WHEN i %% 10 = 0 THEN %s ELSE %s + (i * 7919) %% %s END, "
-            "%s + (i %% 3), 1, md5(i::text)::uuid::text, sha256(i::text::bytea), '{}', "
+            "%s + (i %% 3), 1, md5(i::text)::uuid::text, "
+            "substring(sha256(i::text::bytea) from 1 for 16), '{}', "
             "now() - (((i * 104729) %% 31536000) || ' seconds')::interval, 1000, i, 0 "
             "FROM generate_series(1::bigint, %s) i",
             [busy, first, CUSTOMERS, feature0, rows],
@@ -218,9 +219,25 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
     def track() -> None:
         usage.track(customer, "messages", 1)
 
+    keys = iter(range(10**9))
+
+    def track_keyed() -> None:
+        usage.track(customer, "messages", 1, idempotency_key=f"bench-{next(keys)}")
+
+    def replay() -> None:
+        usage.track(customer, "messages", 1, idempotency_key="bench-0")
+
     c50, _ = timed(check, 200)
     t50, _ = timed(track, 200)
-    out.append(("check / track p50, busy customer", f"{c50:.2f} / {t50:.2f} ms"))
+    k50, _ = timed(track_keyed, 200)
+    r50, _ = timed(replay, 200)
+    out.append(
+        (
+            "check / track / keyed track / replay p50, busy customer",
+            f"{c50:.2f} / {t50:.2f} / {k50:.2f} / {r50:.2f} ms",
+        )
+    )
+    out.append(("replay lookup plan", replay_plan(busy)))
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_relation_size('kernia_billing_usageevent'), "
@@ -242,9 +259,26 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
             f"rollups {rollups / 2**20:.0f} MB in all",
         )
     )
+    out.append(
+        ("  heap", f"{heap / million / 2**20:.0f} MB per million rows ({heap / rows:.0f} B/row)")
+    )
     for name, size in per_index:
-        out.append((f"  index {name}", f"{size / million / 2**20:.0f} MB per million rows"))
+        out.append(
+            (
+                f"  index {name}",
+                f"{size / million / 2**20:.0f} MB per million rows ({size / rows:.0f} B/row)",
+            )
+        )
     return out
+
+
+def replay_plan(customer_id: int) -> str:
+    """The index the replay lookup of one (customer, key) reads: the unique digest one."""
+    from kernia_billing.services.usage.ledger import keyed_events
+
+    plan = keyed_events([(customer_id, "bench-0")]).explain()
+    used = [line.strip() for line in plan.splitlines() if "Index" in line or "Scan" in line]
+    return used[0] if used else plan.splitlines()[0]
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
-"""A smaller ledger: the idempotency index over a digest, 16-byte fingerprints.
+"""A smaller ledger: the idempotency index over a digest, 16-byte fingerprints, and no
+customer + time index (history reads customer + feature + time, one range per feature).
 
 Converts an existing ledger with set-based statements: one ``UPDATE`` of the ledger (and
 of the archive and reservations) shortens the fingerprints and empties those of rows
 without a key, and the new unique index computes the digests of every keyed row as it
-is built. The old key index is dropped first so the ``UPDATE`` does not write to it.
+is built. The old key index and the customer + time index are dropped first so the
+``UPDATE`` does not write to them.
 """
 
 from django.db import migrations, models
@@ -50,6 +52,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RemoveIndex(model_name="usageevent", name="kernia_usage_cust_time"),
         migrations.RemoveConstraint(
             model_name="usageevent",
             name="kernia_billing_usage_idempotency_key",

@@ -101,13 +101,13 @@ class UsageEvent(models.Model):
             )
         ]
         indexes = [
-            # Usage history of one feature, the audit's and renewals' sums since a period
-            # start, archival: customer + feature + time.
+            # Usage history (of all features: one range per feature, merged by
+            # selectors.history_page; a customer has few features), the audit's and
+            # renewals' sums since a period start, archival: customer + feature + time.
+            # No customer + time index: it cost every row 37 bytes for reads this serves.
             models.Index(
                 fields=["customer", "feature", "created_at"], name="kernia_usage_cust_feat_time"
             ),
-            # Usage history of all features, newest first (keyset pages): customer + time.
-            models.Index(fields=["customer", "created_at"], name="kernia_usage_cust_time"),
         ]
 
     def __str__(self) -> str:
