@@ -58,18 +58,24 @@ def test_the_database_itself_refuses_a_second_row_of_a_key(free_plan, user):
 
 
 @pytest.mark.django_db
-def test_only_a_keyed_event_keeps_its_16_byte_fingerprint(free_plan, user):
+def test_only_a_keyed_event_keeps_its_16_byte_fingerprint_and_no_properties_are_null(
+    free_plan, user
+):
     kernia_billing.track(user, "messages", 1, idempotency_key="order-1")
     kernia_billing.track(user, "messages", 1, properties={"page": "/"})
     kernia_billing.track_batch(user, [TrackRequest("messages", 1), TrackRequest("messages", 1)])
-    fingerprints = {
-        e.idempotency_key: len(bytes(e.request_fingerprint)) for e in UsageEvent.objects.all()
-    }
-    assert fingerprints == {"order-1": 16, None: 0}
+    rows = UsageEvent.objects.order_by("id")
+    assert [(e.idempotency_key, len(bytes(e.request_fingerprint))) for e in rows] == [
+        ("order-1", 16),
+        (None, 0),
+        (None, 0),
+        (None, 0),
+    ]
+    assert [e.properties for e in rows] == [None, {"page": "/"}, None, None]
 
 
 @pytest.mark.django_db
-def test_the_migration_shortens_fingerprints_of_an_existing_ledger(free_plan, user):
+def test_the_migration_shortens_the_rows_of_an_existing_ledger(free_plan, user):
     kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
     kernia_billing.track(user, "messages", 1)
     keyed = UsageEvent.objects.get(idempotency_key="order-1")
@@ -77,12 +83,14 @@ def test_the_migration_shortens_fingerprints_of_an_existing_ledger(free_plan, us
     # As 0006 left them: 32-byte fingerprints, on keyless rows too.
     UsageEvent.objects.filter(pk=keyed.pk).update(request_fingerprint=short + b"\x01" * 16)
     UsageEvent.objects.filter(idempotency_key=None).update(request_fingerprint=b"\x02" * 32)
+    UsageEvent.objects.update(properties={})
 
     migration = importlib.import_module("kernia_billing.migrations.0010_ledger_storage")
-    migration.shorten_fingerprints(apps, connection.schema_editor())
+    migration.shorten_rows(apps, connection.schema_editor())
 
     assert bytes(UsageEvent.objects.get(pk=keyed.pk).request_fingerprint) == short
     assert bytes(UsageEvent.objects.get(idempotency_key=None).request_fingerprint) == b""
+    assert list(UsageEvent.objects.values_list("properties", flat=True)) == [None, None]
     replay = kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
     assert (replay.event_id, replay.replayed) == (keyed.pk, True)
 

@@ -35,7 +35,7 @@ from ..entitlements.rows import EntitlementRow, _select_many
 from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
-from .ledger import _track_result, keyed_events, stored_fingerprint
+from .ledger import _track_result, keyed_events, stored_fingerprint, stored_properties
 from .pools import Pool, pool_of, track_in_units
 from .rollups import record_rollups
 from .track import _before_period
@@ -382,7 +382,7 @@ def _decide_one(
         amount=amount,
         idempotency_key=item.idempotency_key,
         request_fingerprint=stored_fingerprint(item.idempotency_key, item.fingerprint),
-        properties=item.properties,
+        properties=stored_properties(item.properties),
         created_at=moment,
         balance_after=grants.balance(row, after),
         usage_after=after,

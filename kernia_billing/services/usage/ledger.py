@@ -81,6 +81,11 @@ def keyed_events(pairs: Iterable[tuple[int, str]]) -> QuerySet[UsageEvent]:
     )
 
 
+def stored_properties(properties: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the ledger keeps of a request's properties: None (a free NULL) for none."""
+    return properties or None
+
+
 def stored_fingerprint(idempotency_key: str | None, fingerprint: bytes) -> bytes:
     """What the ledger keeps of a request's fingerprint: nothing when it has no key."""
     return fingerprint if idempotency_key is not None else b""
@@ -95,6 +100,7 @@ def _record_event(event: UsageEvent, *, with_rollup: bool = False) -> UsageEvent
     event.request_fingerprint = stored_fingerprint(
         event.idempotency_key, bytes(event.request_fingerprint)
     )
+    event.properties = stored_properties(event.properties)
     params = [
         field.get_db_prep_save(getattr(event, field.attname), connection)
         for field in _event_fields()
