@@ -32,7 +32,15 @@ class IdempotencyDigest(models.Func):
             F("idempotency_key") if key is None else key,
         )
 
-    def as_sql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+    def as_sql(
+        self,
+        compiler: Any,
+        connection: Any,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> Any:
         # The customer id has no ':', so the text is one pair's only.
         return super().as_sql(
             compiler,

@@ -66,7 +66,7 @@ def keyed_events(pairs: Iterable[tuple[int, str]]) -> QuerySet[UsageEvent]:
         by_customer.setdefault(customer_id, set()).add(key)
     if not by_customer:
         return UsageEvent.objects.none()
-    digests = [
+    digests: list[Any] = [
         IdempotencyDigest(Value(customer_id), Value(key))
         for customer_id, keys in by_customer.items()
         for key in sorted(keys)
