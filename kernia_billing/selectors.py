@@ -302,7 +302,8 @@ def daily_usage(
     Whole days come from the daily rollups (:class:`~kernia_billing.models.UsageRollup`,
     exact: written with the ledger rows), so the cost is the number of days, not of
     events; a bound inside a day sums that part of the day from the ledger (one day of
-    one customer, on the customer + time index). Archived days stay visible.
+    one customer, a range of the customer + feature + time index per feature). Archived
+    days stay visible.
     """
     if customer_id is None:
         return []

@@ -5,8 +5,8 @@ one range per feature).
 Converts an existing ledger with set-based statements: one ``UPDATE`` of the ledger (and
 of the archive and reservations) shortens the fingerprints, empties those of rows
 without a key and turns '{}' properties into NULL; the new unique index computes the
-digests of every keyed row as it is built. The old key index and the customer + time index are dropped first so the
-``UPDATE`` does not write to them.
+digests of every keyed row as it is built. The old key index and the customer + time
+index are dropped first so the ``UPDATE`` does not write to them.
 """
 
 from django.db import migrations, models
