@@ -119,7 +119,8 @@ def build(rows: int) -> int:
             "idempotency_key, request_fingerprint, properties, created_at, balance_after, "
             "usage_after, from_grants) "
             "SELECT CASE WHEN i %% 10 = 0 THEN %s ELSE %s + (i * 7919) %% %s END, "
-            "%s + (i %% 3), 1, md5(i::text)::uuid::text, sha256(i::text::bytea), '{}', "
+            "%s + (i %% 3), 1, md5(i::text)::uuid::text, "
+            "substring(sha256(i::text::bytea) from 1 for 16), NULL, "
             "now() - (((i * 104729) %% 31536000) || ' seconds')::interval, 1000, i, 0 "
             "FROM generate_series(1::bigint, %s) i",
             [busy, first, CUSTOMERS, feature0, rows],
@@ -165,11 +166,12 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
             f"{p50:.1f} ms p50, {p99:.1f} p99 (ledger scan: {b50:.0f} ms)",
         )
     )
-    all_events = selectors.usage_events(busy)
+    features = selectors.history_features(busy)
+    all_events = selectors.usage_events(busy, features=features)
 
     def first_page() -> None:
         selectors.capped_count(all_events)
-        list(all_events[:51])
+        selectors.history_page(all_events, features, 0, 51)
 
     def first_page_before() -> None:
         all_events.count()
@@ -177,7 +179,12 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
 
     p50, p99 = timed(first_page, 20)
     b50, _ = timed(first_page_before, 3)
-    out.append(("first page, busy customer", f"{p50:.1f} ms p50 (exact COUNT: {b50:.0f} ms)"))
+    out.append(
+        (
+            "first page, busy customer",
+            f"{p50:.1f} ms p50 (exact COUNT and one sorted read: {b50:.0f} ms)",
+        )
+    )
     start = time.perf_counter()
     drifts = audit_ledger()
     out.append(("ledger audit", f"{time.perf_counter() - start:.1f} s, {len(drifts)} drift(s)"))
@@ -218,9 +225,25 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
     def track() -> None:
         usage.track(customer, "messages", 1)
 
+    keys = iter(range(10**9))
+
+    def track_keyed() -> None:
+        usage.track(customer, "messages", 1, idempotency_key=f"bench-{next(keys)}")
+
+    def replay() -> None:
+        usage.track(customer, "messages", 1, idempotency_key="bench-0")
+
     c50, _ = timed(check, 200)
     t50, _ = timed(track, 200)
-    out.append(("check / track p50, busy customer", f"{c50:.2f} / {t50:.2f} ms"))
+    k50, _ = timed(track_keyed, 200)
+    r50, _ = timed(replay, 200)
+    out.append(
+        (
+            "check / track / keyed track / replay p50, busy customer",
+            f"{c50:.2f} / {t50:.2f} / {k50:.2f} / {r50:.2f} ms",
+        )
+    )
+    out.append(("replay lookup plan", replay_plan(busy)))
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_relation_size('kernia_billing_usageevent'), "
@@ -242,9 +265,26 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
             f"rollups {rollups / 2**20:.0f} MB in all",
         )
     )
+    out.append(
+        ("  heap", f"{heap / million / 2**20:.0f} MB per million rows ({heap / rows:.0f} B/row)")
+    )
     for name, size in per_index:
-        out.append((f"  index {name}", f"{size / million / 2**20:.0f} MB per million rows"))
+        out.append(
+            (
+                f"  index {name}",
+                f"{size / million / 2**20:.0f} MB per million rows ({size / rows:.0f} B/row)",
+            )
+        )
     return out
+
+
+def replay_plan(customer_id: int) -> str:
+    """The index the replay lookup of one (customer, key) reads: the unique digest one."""
+    from kernia_billing.services.usage.ledger import keyed_events
+
+    plan = keyed_events([(customer_id, "bench-0")]).explain()
+    used = [line.strip() for line in plan.splitlines() if "Index" in line or "Scan" in line]
+    return used[0] if used else plan.splitlines()[0]
 
 
 def main() -> None:
@@ -260,6 +300,7 @@ def main() -> None:
         busy = build(rows)
         for name, figure in measure(rows, busy):
             print(f"| {name} | {figure} |", flush=True)
+        print(f"  load average: {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
         if not args.keep or rows != args.rows[-1]:
             connection.creation.destroy_test_db(
                 connection.settings_dict["NAME"], verbosity=0, keepdb=False

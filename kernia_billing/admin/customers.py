@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from ..models import BillingCustomer, Entitlement, UsageEvent
-from ..selectors import daily_usage, owner_search
+from ..selectors import daily_usage, history_features, history_page, owner_search
 from .grants import GrantCreditsMixin
 
 #: Usage events shown on a customer's page; the rest are one click away.
@@ -151,10 +151,15 @@ class BillingCustomerAdmin(GrantCreditsMixin, ReadOnlyAdminMixin, admin.ModelAdm
 
     @admin.display(description=_("last usage events"))
     def recent_usage(self, obj: BillingCustomer) -> str:
-        events = (
-            UsageEvent.objects.filter(customer=obj)
-            .select_related("feature")
-            .order_by("-created_at", "-id")[:RECENT_USAGE_EVENTS]
+        # Read per feature (selectors.history_page): the ledger has no customer + time index.
+        features = history_features(obj.pk)
+        events = history_page(
+            UsageEvent.objects.filter(customer=obj, feature_id__in=features).select_related(
+                "feature"
+            ),
+            features,
+            0,
+            RECENT_USAGE_EVENTS,
         )
         rows = format_html_join(
             "",

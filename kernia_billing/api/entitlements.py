@@ -154,18 +154,20 @@ class UsageView(OwnerMixin, BillingAPIView):
         owner = self.get_owner(params)
         feature_id = selectors.feature_filter_id(params.get("feature"))
         customer = get_customer(owner)  # a read: no customer is created here
+        features = selectors.history_features(customer.pk if customer else None, feature_id)
         events = selectors.usage_events(
             customer.pk if customer else None,
             feature_id=feature_id,
             since=params.get("from"),
             until=params.get("to"),
+            features=features,
         )
         limit, offset = params["limit"], params["offset"]
         count, capped = selectors.capped_count(events)
         cursor = params.get("cursor")
         if cursor is None:
             # One row more than the page says whether there is a next page.
-            results = list(events[offset : offset + limit + 1])
+            results = selectors.history_page(events, features, offset, offset + limit + 1)
             more, results = len(results) > limit, results[:limit]
             following = self._cursor(request, limit, results[-1]) if more else None
             preceding = self._link(request, limit, max(offset - limit, 0)) if offset else None
@@ -174,12 +176,13 @@ class UsageView(OwnerMixin, BillingAPIView):
             offset = 0
             if newer:  # the previous page: the `limit` events just newer, oldest first
                 earlier = selectors.events_after(events, at, event_id)
-                results = list(earlier.order_by("created_at", "id")[: limit + 1])
+                results = selectors.history_page(earlier, features, 0, limit + 1, oldest_first=True)
                 more, results = len(results) > limit, results[:limit][::-1]
                 following = self._cursor(request, limit, results[-1]) if results else None
                 preceding = self._cursor(request, limit, results[0], newer=True) if more else None
             else:
-                results = list(selectors.events_before(events, at, event_id)[: limit + 1])
+                later = selectors.events_before(events, at, event_id)
+                results = selectors.history_page(later, features, 0, limit + 1)
                 more, results = len(results) > limit, results[:limit]
                 following = self._cursor(request, limit, results[-1]) if more else None
                 preceding = (

@@ -420,6 +420,12 @@ class UsageEventSerializer(serializers.Serializer):
     properties = serializers.DictField()
     createdAt = serializers.DateTimeField(source="created_at")
 
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if data["properties"] is None:  # the ledger keeps none as NULL
+            data["properties"] = {}
+        return dict(data)
+
 
 class DailyUsageSerializer(serializers.Serializer):
     date = serializers.DateField(help_text="UTC day.")

@@ -64,7 +64,7 @@ class ArchivedUsageEvent(models.Model):
     amount = models.BigIntegerField()
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.BinaryField(max_length=32, blank=True, default=b"")
-    properties = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(null=True, blank=True, default=None)
     created_at = models.DateTimeField()
     balance_after = models.BigIntegerField()
     usage_after = models.BigIntegerField()

@@ -443,6 +443,34 @@ def test_usage_lists_events_newest_first_with_limit_offset_pagination(api, plan)
     assert api.get(last["previous"]).json()["results"] == second["results"]
 
 
+def test_usage_pages_of_all_features_interleave_them_newest_first(api, plan):
+    # Two features, their events interleaved in time, two on one instant (the id decides).
+    times = [datetime(2025, 3, 1 + i // 2, 8 + i % 3, tzinfo=UTC) for i in range(9)]
+    times[5] = times[4]
+    ids = [
+        _track_at(api, when, feature="members" if i % 3 == 0 else "messages")
+        for i, when in enumerate(times)
+    ]
+    newest_first = [i for _, i in sorted(zip(times, ids, strict=True), reverse=True)]
+
+    pages, body = [], api.get(USAGE, {"limit": 2}).json()
+    while True:
+        pages.append([event["id"] for event in body["results"]])
+        if body["next"] is None:
+            break
+        body = api.get(body["next"]).json()
+    assert [i for page in pages for i in page] == newest_first
+    assert [len(page) for page in pages] == [2, 2, 2, 2, 1]
+    # Back again with the keyset cursor's previous links, and by offset.
+    backwards = []
+    while body["previous"] is not None:
+        body = api.get(body["previous"]).json()
+        backwards.append([event["id"] for event in body["results"]])
+    assert backwards == pages[-2::-1]
+    offset = api.get(USAGE, {"limit": 3, "offset": 4}).json()
+    assert [event["id"] for event in offset["results"]] == newest_first[4:7]
+
+
 def test_usage_filters_by_feature_and_time(api, plan):
     march = _track_at(api, datetime(2025, 3, 10, tzinfo=UTC))
     april = _track_at(api, datetime(2025, 4, 10, tzinfo=UTC))

@@ -232,14 +232,14 @@ def _model_index_sql() -> list[str]:
     with connection.schema_editor(collect_sql=True, atomic=False) as editor:
         indexes = UsageEvent._meta.indexes
         statements = [str(index.create_sql(UsageEvent, editor)) for index in indexes]
-    # The partial unique (customer, idempotency key) index serves track's replay lookup in
-    # each partition; uniqueness itself is the keys table's (a partitioned table refuses a
-    # unique index without created_at).
-    q = _quote
-    statements.append(
-        f"CREATE INDEX {q('kernia_billing_usage_idempotency_key')} ON {q(ledger_table())} "
-        "(customer_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
-    )
+        # The model's partial unique index over the key's digest serves track's replay
+        # lookup (``ledger.keyed_events``) in each partition; uniqueness itself is the
+        # keys table's (a partitioned table refuses a unique index without created_at).
+        (unique_key,) = UsageEvent._meta.constraints
+        unique_sql = str(unique_key.create_sql(UsageEvent, editor))
+    if not unique_sql.startswith("CREATE UNIQUE INDEX "):
+        raise PartitioningError(f"Unexpected idempotency index: {unique_sql}")
+    statements.append("CREATE INDEX " + unique_sql.removeprefix("CREATE UNIQUE INDEX "))
     return statements
 
 

@@ -87,6 +87,7 @@ from ..grants.expiry import current
 from ..grants.totals import lock_entitlement
 from ..locking import atomic_with_retry
 from ..usage.check import _load_or_explain, denial_error
+from ..usage.ledger import keyed_events, stored_fingerprint
 from ..usage.rollups import record_rollup
 from ..usage.track import track
 from ..usage.validation import _fingerprint, _validate_amount, validate_idempotency_key
@@ -245,7 +246,7 @@ def _give_back(
         feature_id=locked.feature_id,
         amount=-units,
         idempotency_key=key,
-        request_fingerprint=fingerprint,
+        request_fingerprint=stored_fingerprint(key, fingerprint),
         properties={"correction": {"reason": reason}},
         created_at=moment,
         balance_after=locked.balance + units,
@@ -411,7 +412,7 @@ def _credit(
 
 
 def _replay(customer_id: int, key: str, fingerprint: bytes) -> CorrectionResult | None:
-    event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
+    event = keyed_events([(customer_id, key)]).first()
     if event is None:
         return None
     correction = UsageCorrection.objects.filter(usage_event=event).first()

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from ...conf import billing_settings
@@ -36,7 +35,7 @@ from ..entitlements.rows import EntitlementRow, _select_many
 from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
-from .ledger import _track_result
+from .ledger import _track_result, keyed_events, stored_fingerprint, stored_properties
 from .pools import Pool, pool_of, track_in_units
 from .rollups import record_rollups
 from .track import _before_period
@@ -342,19 +341,8 @@ def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:
 
 def _existing_events(prepared: list[_Prepared]) -> dict[tuple[int, str], UsageEvent]:
     keyed = [(p.customer_id, p.idempotency_key) for p in prepared if p.idempotency_key]
-    if not keyed:
-        return {}
-    # One IN list per customer: an OR per key would nest 1,000 deep, which SQLite
-    # refuses ("Expression tree is too large") and PostgreSQL plans slowly.
-    keys_by_customer: dict[int, set[str]] = {}
-    for customer_id, key in keyed:
-        keys_by_customer.setdefault(customer_id, set()).add(key)
-    query = Q()
-    for customer_id, keys in keys_by_customer.items():
-        query |= Q(customer_id=customer_id, idempotency_key__in=sorted(keys))
     return {
-        (event.customer_id, event.idempotency_key or ""): event
-        for event in UsageEvent.objects.filter(query)
+        (event.customer_id, event.idempotency_key or ""): event for event in keyed_events(keyed)
     }
 
 
@@ -393,8 +381,8 @@ def _decide_one(
         feature_id=row.feature_id,
         amount=amount,
         idempotency_key=item.idempotency_key,
-        request_fingerprint=item.fingerprint,
-        properties=item.properties,
+        request_fingerprint=stored_fingerprint(item.idempotency_key, item.fingerprint),
+        properties=stored_properties(item.properties),
         created_at=moment,
         balance_after=grants.balance(row, after),
         usage_after=after,

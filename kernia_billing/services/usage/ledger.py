@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
 from django.db import connection, models, transaction
+from django.db.models import Q, QuerySet, Value
 
 from ... import signals
 from ...models import BillingCustomer, UsageEvent
+from ...models.usage import IdempotencyDigest
 from ...types import TrackResult
 from ..metering.outbox import record_overage
 from .rollups import record_rollup, upsert_sql, utc_day
@@ -52,12 +55,52 @@ def _event_fields() -> tuple[models.Field[Any, Any], ...]:
     return tuple(field for field in fields if isinstance(field, models.Field))
 
 
+def keyed_events(pairs: Iterable[tuple[int, str]]) -> QuerySet[UsageEvent]:
+    """The ledger rows of these ``(customer id, idempotency key)`` pairs.
+
+    Found on the unique index's digest (see :class:`~kernia_billing.models.usage.
+    IdempotencyDigest`; the only index that holds the key), rechecked on the real columns.
+    """
+    by_customer: dict[int, set[str]] = {}
+    for customer_id, key in pairs:
+        by_customer.setdefault(customer_id, set()).add(key)
+    if not by_customer:
+        return UsageEvent.objects.none()
+    digests: list[Any] = [
+        IdempotencyDigest(Value(customer_id), Value(key))
+        for customer_id, keys in by_customer.items()
+        for key in sorted(keys)
+    ]
+    # One IN list per customer: an OR per key would nest 1,000 deep, which SQLite
+    # refuses ("Expression tree is too large") and PostgreSQL plans slowly.
+    exact = Q()
+    for customer_id, keys in by_customer.items():
+        exact |= Q(customer_id=customer_id, idempotency_key__in=sorted(keys))
+    return UsageEvent.objects.alias(key_digest=IdempotencyDigest()).filter(
+        exact, key_digest__in=digests
+    )
+
+
+def stored_properties(properties: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the ledger keeps of a request's properties: None (a free NULL) for none."""
+    return properties or None
+
+
+def stored_fingerprint(idempotency_key: str | None, fingerprint: bytes) -> bytes:
+    """What the ledger keeps of a request's fingerprint: nothing when it has no key."""
+    return fingerprint if idempotency_key is not None else b""
+
+
 def _record_event(event: UsageEvent, *, with_rollup: bool = False) -> UsageEvent:
     """``INSERT ... RETURNING id`` of the ledger row; the ORM's save() costs more here.
 
     ``with_rollup`` (PostgreSQL only) adds the row's :func:`.rollups.record_rollup` upsert
     to the same statement.
     """
+    event.request_fingerprint = stored_fingerprint(
+        event.idempotency_key, bytes(event.request_fingerprint)
+    )
+    event.properties = stored_properties(event.properties)
     params = [
         field.get_db_prep_save(getattr(event, field.attname), connection)
         for field in _event_fields()

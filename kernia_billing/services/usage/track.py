@@ -36,7 +36,7 @@ from ..grants.draw import draw
 from ..grants.expiry import expire_due
 from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
-from .ledger import _record_tracked, _track_result
+from .ledger import _record_tracked, _track_result, keyed_events
 from .pools import pool_of, track_in_units
 from .validation import (
     _fingerprint,
@@ -341,7 +341,7 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
 def _replay(
     customer_id: int, key: str, fingerprint: bytes, entitlement: EntitlementRow
 ) -> TrackResult | None:
-    event = UsageEvent.objects.filter(customer_id=customer_id, idempotency_key=key).first()
+    event = keyed_events([(customer_id, key)]).first()
     if event is None:
         return None
     if bytes(event.request_fingerprint) != fingerprint:

@@ -1,0 +1,118 @@
+"""The compact ledger: the key index over a digest, short fingerprints, and what stays exact."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from django.apps import apps
+from django.db import IntegrityError, connection, transaction
+
+import kernia_billing
+from kernia_billing.exceptions import IdempotencyConflict
+from kernia_billing.models import Entitlement, UsageEvent
+from kernia_billing.types import TrackRequest
+from tests.factories import UserFactory
+from tests.threads import run_concurrently, skip_unless_shared_database
+
+
+@pytest.mark.django_db
+def test_a_key_is_one_customers_only_and_a_replay_or_conflict_stays_exact(free_plan, user):
+    other = UserFactory()
+    first = kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
+    # The same key of another customer is another event.
+    theirs = kernia_billing.track(other, "messages", 2, idempotency_key="order-1")
+    assert theirs.event_id != first.event_id and not theirs.replayed
+    again = kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
+    assert (again.event_id, again.replayed) == (first.event_id, True)
+    with pytest.raises(IdempotencyConflict):
+        kernia_billing.track(user, "messages", 3, idempotency_key="order-1")
+    batch = kernia_billing.track_batch(
+        user,
+        [
+            TrackRequest("messages", 2, idempotency_key="order-1"),
+            TrackRequest("messages", 5, idempotency_key="order-1"),
+            TrackRequest("messages", 1, idempotency_key="order-2"),
+        ],
+    )
+    assert [item.status for item in batch] == [201, 409, 201]
+    assert batch[0].result.event_id == first.event_id and batch[0].result.replayed
+    assert UsageEvent.objects.count() == 3
+    assert Entitlement.objects.get(customer__owner_id=str(user.pk)).usage == 3
+
+
+@pytest.mark.django_db
+def test_the_database_itself_refuses_a_second_row_of_a_key(free_plan, user):
+    kernia_billing.track(user, "messages", 1, idempotency_key="order-1")
+    event = UsageEvent.objects.get()
+    event.pk = None
+    with pytest.raises(IntegrityError), transaction.atomic():
+        event.save()
+    event.idempotency_key = "order-2"
+    event.save()  # another key is another row
+    event.pk, event.idempotency_key = None, None
+    event.save()
+    event.pk = None
+    event.save()  # rows without a key never collide
+    assert UsageEvent.objects.count() == 4
+
+
+@pytest.mark.django_db
+def test_only_a_keyed_event_keeps_its_16_byte_fingerprint_and_no_properties_are_null(
+    free_plan, user
+):
+    kernia_billing.track(user, "messages", 1, idempotency_key="order-1")
+    kernia_billing.track(user, "messages", 1, properties={"page": "/"})
+    kernia_billing.track_batch(user, [TrackRequest("messages", 1), TrackRequest("messages", 1)])
+    rows = UsageEvent.objects.order_by("id")
+    assert [(e.idempotency_key, len(bytes(e.request_fingerprint))) for e in rows] == [
+        ("order-1", 16),
+        (None, 0),
+        (None, 0),
+        (None, 0),
+    ]
+    assert [e.properties for e in rows] == [None, {"page": "/"}, None, None]
+
+
+@pytest.mark.django_db
+def test_the_migration_shortens_the_rows_of_an_existing_ledger(free_plan, user):
+    kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
+    kernia_billing.track(user, "messages", 1)
+    keyed = UsageEvent.objects.get(idempotency_key="order-1")
+    short = bytes(keyed.request_fingerprint)
+    # As 0006 left them: 32-byte fingerprints, on keyless rows too.
+    UsageEvent.objects.filter(pk=keyed.pk).update(request_fingerprint=short + b"\x01" * 16)
+    UsageEvent.objects.filter(idempotency_key=None).update(request_fingerprint=b"\x02" * 32)
+    UsageEvent.objects.update(properties={})
+
+    migration = importlib.import_module("kernia_billing.migrations.0010_ledger_storage")
+    migration.shorten_rows(apps, connection.schema_editor())
+
+    assert bytes(UsageEvent.objects.get(pk=keyed.pk).request_fingerprint) == short
+    assert bytes(UsageEvent.objects.get(idempotency_key=None).request_fingerprint) == b""
+    assert list(UsageEvent.objects.values_list("properties", flat=True)) == [None, None]
+    replay = kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
+    assert (replay.event_id, replay.replayed) == (keyed.pk, True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_uses_of_a_key_with_different_payloads_record_one(free_plan, user):
+    skip_unless_shared_database()
+    kernia_billing.check(user, "messages")  # the customer and its entitlement exist
+    results = run_concurrently(
+        16,
+        lambda i: kernia_billing.track(user, "messages", 1 + i % 2, idempotency_key="order-7"),
+    )
+    unexpected = [r for r in results if isinstance(r, Exception)]
+    unexpected = [r for r in unexpected if not isinstance(r, IdempotencyConflict)]
+    assert not unexpected, unexpected[:3]
+    event = UsageEvent.objects.get()
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    # Every answer is the one event (first or replay) or a conflict of the other payload.
+    assert {r.event_id for r in accepted} == {event.pk}
+    assert sum(1 for r in accepted if not r.replayed) == 1
+    assert all(r.amount == event.amount for r in accepted)
+    conflicts = [r for r in results if isinstance(r, IdempotencyConflict)]
+    assert len(accepted) + len(conflicts) == 16
+    assert len(conflicts) == sum(1 for i in range(16) if 1 + i % 2 != event.amount)
+    assert Entitlement.objects.get().usage == event.amount
