@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from ...models import Entitlement, Grant, Reservation, ReservationStatus
@@ -94,6 +94,20 @@ _CLOSE_FIELDS = (
     "period_start",
     "expires_at",
 )
+
+
+def held_by_plan(entitlement_id: int, period_start: datetime | None) -> int:
+    """What the open holds of the period hold of the plan's grant (in its ``usage``).
+
+    A reset wipes it with the period's usage and a later confirm deducts it in the new
+    period, so it was never usage of the period: rollovers do not count it as used.
+    Exact under the entitlement's lock, which every writer of holds takes.
+    """
+    holds = Reservation.objects.filter(
+        entitlement_id=entitlement_id, status=_OPEN, period_start=period_start
+    )
+    plan_part = holds.aggregate(total=Sum(F("held") - F("from_grants")))["total"]
+    return int(plan_part or 0)
 
 
 def _close(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bool:
