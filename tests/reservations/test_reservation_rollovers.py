@@ -15,7 +15,7 @@ from kernia_billing.models import Entitlement, Grant, GrantSource, PlanFeature, 
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
-from tests.lifecycle import Catalog, Webhooks, plans, webhooks  # noqa: F401 (fixtures)
+from tests.lifecycle import Catalog, Webhooks
 from tests.webhooks.test_topups_addons import balance, pay, track
 
 
@@ -62,7 +62,7 @@ def test_the_renewal_webhook_rolls_over_what_an_open_hold_held_of_the_plan(
     client: Any,
     fake_stripe: FakeStripe,
     plans: Catalog,
-    webhooks: Webhooks,  # noqa: F811
+    webhooks: Webhooks,
 ) -> None:
     PlanFeature.objects.filter(plan=plans.pro, feature__key="messages").update(
         rollover_max=800, rollover_expires_after=1

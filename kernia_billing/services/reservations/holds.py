@@ -21,8 +21,9 @@ see the lower balance with no extra query.
   drew from grants goes back to them and a confirm then deducts the actual amount in
   the new period, like a track.
 
-Lock order (``services/locking.py``): the entitlement, then the reservation row, then
-grants ascending id, then inserts.
+Lock order (``services/locking.py``): the entitlement (a confirm reads the reservation
+in the same statement), then grants ascending id, then inserts; the reservation row is
+closed with a conditional ``UPDATE`` (a confirm's last, with its ledger row's id).
 """
 
 from __future__ import annotations
@@ -693,6 +694,8 @@ def _settle(
         try:
             kept = _merge(kept + _deduct_as_track(row, need, moment))
         except _Refused:
+            if not Reservation.objects.filter(pk=reservation.pk, status=_OPEN).exists():
+                raise _Lost from None  # closed while this confirm waited for the lock
             balance = lock_entitlement(row.id).balance
             raise InsufficientBalance(
                 f"Balance {balance} does not cover the {need} beyond the hold.",
@@ -782,7 +785,7 @@ def _read_hold(
 def _hold_select() -> tuple[str, str]:
     """The reservation's columns (model order) and the used feature's key; their joins."""
     quote = connection.ops.quote_name
-    columns = [f"r.{quote(field.column)}" for field in Reservation._meta.concrete_fields]
+    columns = [f"r.{quote(str(field.column))}" for field in Reservation._meta.concrete_fields]
     join = (
         f"JOIN {quote(Reservation._meta.db_table)} r ON r.entitlement_id = e.id "
         f"LEFT JOIN {quote(Feature._meta.db_table)} uf ON uf.id = r.used_feature_id "
