@@ -541,9 +541,9 @@ class _ResetDue(Exception):
 def _confirm_locked(
     reservation_id: int, actual: int | None, key: str | None, moment: datetime
 ) -> ReservationResult:
-    # One statement: the entitlement locked, the reservation read beside it. On
-    # PostgreSQL a wait for the lock may leave the reservation's columns as they were
-    # before the writer waited on committed: the claim at the end re-checks them.
+    # One statement: the entitlement locked, then the reservation read (and locked)
+    # beside it. Locking it too makes PostgreSQL hand back the row as a closer that
+    # held the entitlement committed it, not as it was before this confirm waited.
     found = _read_hold(reservation_id, lock=True)
     if found is None:
         raise UnknownReservation(fields={"reservation": reservation_id})
@@ -694,8 +694,6 @@ def _settle(
         try:
             kept = _merge(kept + _deduct_as_track(row, need, moment))
         except _Refused:
-            if not Reservation.objects.filter(pk=reservation.pk, status=_OPEN).exists():
-                raise _Lost from None  # closed while this confirm waited for the lock
             balance = lock_entitlement(row.id).balance
             raise InsufficientBalance(
                 f"Balance {balance} does not cover the {need} beyond the hold.",
@@ -763,12 +761,13 @@ def _get(reservation_id: Any) -> tuple[ReservationRow, str]:
 def _read_hold(
     reservation_id: int, *, lock: bool
 ) -> tuple[ReservationRow, EntitlementRow, str] | None:
-    """One statement: the reservation, its entitlement's row (locked, if asked: step 2 of
-    the lock order) and the key of the feature reserved (a credit pool's used feature)."""
+    """One statement: the reservation, its entitlement's row and the key of the feature
+    reserved (a credit pool's used feature). ``lock``: the entitlement (step 2 of the lock
+    order), then the reservation (locked in the order the ``OF`` list names them)."""
     # Raw and converted here: a RawQuerySet cost more to build than the query (bench/).
     where = "r.id = %s"
     if lock and connection.features.has_select_for_update_of:
-        where += " FOR UPDATE OF e"
+        where += " FOR UPDATE OF e, r"
     also, join = _hold_select()
     found = _select_with(where, [reservation_id], also=also, join=join)
     if found is None:
