@@ -1,7 +1,17 @@
 """Django admin: the review queue of imported Stripe products/prices, plans and features,
-billing customers with their entitlements and usage, and webhook health.
+billing customers with their entitlements and usage, reservations, and webhook health.
 
 Importing the modules registers their ``ModelAdmin`` classes.
 """
 
-from . import addons, catalog, customers, grants, metering, plans, rollups, webhooks  # noqa: F401
+from . import (  # noqa: F401
+    addons,
+    catalog,
+    customers,
+    grants,
+    metering,
+    plans,
+    reservations,
+    rollups,
+    webhooks,
+)

@@ -27,8 +27,13 @@ each other:
    in a cycle with them.
    **A reservation row** (``services/reservations``) is closed (confirm, release,
    expiry) only by a writer holding its entitlement, with a conditional ``UPDATE ...
-   WHERE status = 'open'`` taken after the entitlement and before any grant; a reserve
-   inserts it after the deduction (step 4).
+   WHERE status = 'open'``: release and expiry take it after the entitlement and before
+   any grant. Confirm locks it in the statement that locks its entitlement
+   (``FOR UPDATE OF e, r``: rows are locked in that order, the entitlement first) and
+   closes it last, after its grants and its ledger insert (the claim and the ledger
+   row's ``event_id`` in one statement). Nobody touches a reservation row without
+   holding its entitlement, so neither waits on the other. A reserve inserts it after
+   the deduction (step 4).
 4. **Rows that are only inserted** (ledger events, new grants, reservations) come last,
    after every lock above.
 

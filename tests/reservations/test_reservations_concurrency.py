@@ -7,21 +7,23 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import time_machine
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 import kernia_billing
-from kernia_billing.exceptions import InsufficientBalance, ReservationExpired
+from kernia_billing.exceptions import InsufficientBalance, ReservationClosed, ReservationExpired
 from kernia_billing.models import Entitlement, Grant, Reservation, ResetPeriod, UsageEvent
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.services.reservations.giveback import expire_reservations
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+from tests.services.test_batch_period_race import wait_for_a_lock_waiter
 from tests.services.test_concurrency import assert_only_refusals
 from tests.threads import run_concurrently, skip_unless_shared_database
 
@@ -184,4 +186,36 @@ def test_a_worker_killed_after_reserving_is_released_at_its_ttl(owner):
     entitlement = Entitlement.objects.get()
     assert (entitlement.usage, entitlement.grant_usage, entitlement.grant_remaining) == (0, 0, 30)
     assert not UsageEvent.objects.exists()
+    assert audit_ledger() == []
+
+
+@pytest.mark.postgres
+def test_a_confirm_that_waited_for_a_release_rolls_back_and_answers_closed(owner):
+    # The confirm reads the reservation in the statement that waits for the entitlement's
+    # lock: PostgreSQL hands back the reservation as it was before the release committed.
+    # The claim at the end re-checks it, so the confirm rolls back whole (no ledger row,
+    # nothing given back twice).
+    hold = kernia_billing.reserve(owner, "tokens", 5)
+    answers: list[object] = []
+
+    def confirm() -> None:
+        try:
+            answers.append(kernia_billing.confirm(hold.id, actual=3))
+        except Exception as error:  # asserted on below
+            answers.append(error)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        Entitlement.objects.select_for_update().get()
+        worker = threading.Thread(target=confirm)
+        worker.start()
+        wait_for_a_lock_waiter()
+        assert kernia_billing.release(hold.id).status == "released"
+    worker.join(timeout=30)
+    [answer] = answers
+    assert isinstance(answer, ReservationClosed), answer
+    assert not UsageEvent.objects.exists()
+    assert Reservation.objects.get().status == "released"
+    assert balance(owner) == 50
     assert audit_ledger() == []

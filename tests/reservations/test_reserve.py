@@ -374,15 +374,20 @@ def _statements(call):
     return [q["sql"] for q in queries.captured_queries]
 
 
-def test_a_confirm_that_gives_back_takes_four_statements_more_than_a_track(owner):
-    # Pins the speed of issue 15's common confirm (bench/bench_reservations.py): read the
-    # reservation, lock the entitlement, claim, give back, insert the ledger row, set its
-    # event_id; no re-read of the entitlement when only the plan's grant was given back to.
+def test_reserve_and_confirm_take_no_more_statements_than_a_track(owner):
+    # Pins the speed of issue 15 (bench/bench_reservations.py). A reserve the plan covers
+    # is one conditional UPDATE and the reservation's INSERT, as a track. A confirm that
+    # gives back is the entitlement locked with the reservation read beside it, then (on
+    # PostgreSQL) one statement: give back, ledger row, rollup, claim. SQLite runs those
+    # four one by one, where a track's insert and rollup are two: two more.
     kernia_billing.track(owner, "tokens", 1)
     track = _statements(lambda: kernia_billing.track(owner, "tokens", 1))
-    hold = kernia_billing.reserve(owner, "tokens", 5)
+    reserve = _statements(lambda: kernia_billing.reserve(owner, "tokens", 5))
+    hold = Reservation.objects.get()
     confirm = _statements(lambda: kernia_billing.confirm(hold.id, actual=3))
-    assert len(confirm) == len(track) + 4, confirm  # 8 vs 4 on PostgreSQL, 9 vs 5 on SQLite
+    assert len(reserve) <= len(track), reserve
+    extra = 0 if connection.vendor == "postgresql" else 2
+    assert len(confirm) <= len(track) + extra, confirm
     done = Reservation.objects.get()
     event = UsageEvent.objects.get(pk=done.event_id)
     assert (done.status, done.actual, event.amount) == ("confirmed", 3, 3)

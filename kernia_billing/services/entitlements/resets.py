@@ -16,6 +16,7 @@ from ...models import (
 from ...models.catalog import ResetPeriod
 from ...periods import period_containing
 from ..grants.rollovers import reset_with_rollover, roll_over_at_boundary
+from ..reservations.giveback import held_by_plan
 from .rows import EntitlementRow, _reload
 
 # --- periods and resets ------------------------------------------------------------------
@@ -89,12 +90,14 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         .select_for_update()
     )
     columns = ("pk", "feature_id", "usage", "grant_usage", "included", "rollover_max")
-    rows = list(due.values_list(*columns))
+    rows = list(due.values_list(*columns, "period_start"))
     if not rows:
         return 0
-    for entitlement_id, feature_id, usage, grant_usage, included, cap in rows:
+    for entitlement_id, feature_id, usage, grant_usage, included, cap, started in rows:
         if cap <= 0:
             continue
+        # Open holds' plan part is in usage but is no usage of the period that ended.
+        usage -= held_by_plan(entitlement_id, started)
         # The plan's grant used in the period that ended: what was tracked before the new
         # period began (rollovers, as the lazy reset makes them, same key). Only features
         # with rollovers pay this query.

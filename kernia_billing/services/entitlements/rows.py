@@ -118,8 +118,9 @@ _DATETIME_COLUMNS = tuple(i for i, f in enumerate(_FIELDS) if str(f.type).starts
 _BOOLEAN_COLUMNS = tuple(i for i, f in enumerate(_FIELDS) if str(f.type) == "bool")
 
 
-@lru_cache(maxsize=4)
-def _select_sql(where: str) -> str:
+@lru_cache(maxsize=8)
+def _select_sql(where: str, also: str = "", join: str = "") -> str:
+    """The row's SELECT; ``also`` adds columns after the row's, ``join`` another table."""
     quote = connection.ops.quote_name
     entitlement = quote(Entitlement._meta.db_table)
     customer = quote(BillingCustomer._meta.db_table)
@@ -127,10 +128,10 @@ def _select_sql(where: str) -> str:
     plan = quote(Plan._meta.db_table)
     columns = ", ".join(f"{alias}.{quote(column)}" for _, alias, column in COLUMNS)
     return (
-        f"SELECT {columns} FROM {entitlement} e "
+        f"SELECT {columns}{', ' + also if also else ''} FROM {entitlement} e "
         f"JOIN {customer} c ON c.id = e.customer_id "
         f"JOIN {feature} f ON f.id = e.feature_id "
-        f"LEFT JOIN {plan} p ON p.id = c.plan_id WHERE {where}"
+        f"LEFT JOIN {plan} p ON p.id = c.plan_id {join}WHERE {where}"
     )
 
 
@@ -143,15 +144,28 @@ def _select_many(where: str, params: list[Any]) -> list[EntitlementRow]:
     with connection.cursor() as cursor:
         cursor.execute(_select_sql(where), params)
         rows = cursor.fetchall()
-    entitlements = []
-    for row in rows:
-        values = list(row)
-        for index in _DATETIME_COLUMNS:
-            values[index] = _aware(values[index])
-        for index in _BOOLEAN_COLUMNS:
-            values[index] = bool(values[index])
-        entitlements.append(EntitlementRow(*values))
-    return entitlements
+    return [_row(values) for values in rows]
+
+
+def _select_with(
+    where: str, params: list[Any], *, also: str, join: str
+) -> tuple[EntitlementRow, tuple[Any, ...]] | None:
+    """One row and the ``also`` columns read beside it (raw driver values), or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(_select_sql(where, also, join), params)
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    return _row(found[: len(COLUMNS)]), tuple(found[len(COLUMNS) :])
+
+
+def _row(row: Any) -> EntitlementRow:
+    values = list(row)
+    for index in _DATETIME_COLUMNS:
+        values[index] = _aware(values[index])
+    for index in _BOOLEAN_COLUMNS:
+        values[index] = bool(values[index])
+    return EntitlementRow(*values)
 
 
 def _aware(value: Any) -> datetime | None:

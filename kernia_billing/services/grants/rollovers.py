@@ -22,6 +22,7 @@ from django.utils import timezone
 from ...models import Entitlement, Grant, GrantSource
 from ...periods import period_containing
 from ..entitlements.rows import EntitlementRow, _reload
+from ..reservations.giveback import held_by_plan
 from .draw import lock_grants
 from .totals import lock_entitlement, refresh_totals
 
@@ -42,7 +43,9 @@ def reset_with_rollover(
             if g.id in _rollover_ids(fresh)
         ]
         boundary = fresh.next_reset_at
-        unused = max(0, fresh.plan_remaining)
+        # Open holds' plan part is in usage but was never used in this period (a confirm
+        # deducts it in the next): it rolls over as unused.
+        unused = max(0, fresh.plan_remaining + held_by_plan(fresh.id, fresh.period_start))
         created: list[tuple[int, datetime, datetime]] = []
         while boundary <= now:
             expires = boundary

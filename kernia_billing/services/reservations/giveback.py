@@ -8,11 +8,13 @@ given back to, ascending id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from ...models import Entitlement, Grant, Reservation, ReservationStatus
@@ -22,6 +24,44 @@ from ..locking import atomic_with_retry
 _OPEN = ReservationStatus.OPEN
 
 Draws = list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class ReservationRow:
+    """A reservation as confirm and release read it: one raw SELECT, no model instance
+    (building one cost more than the query, bench/). Fields follow the model's columns."""
+
+    id: int
+    customer_id: int
+    entitlement_id: int
+    feature_id: int
+    used_feature_id: int | None
+    units: int | None
+    amount: int
+    held: int
+    draws: Draws
+    from_grants: int
+    period_start: datetime | None
+    status: str
+    expires_at: datetime
+    created_at: datetime
+    closed_at: datetime | None
+    actual: int | None
+    event_id: int | None
+    idempotency_key: str | None
+    request_fingerprint: bytes
+    properties: dict[str, Any]
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+_ROW_FIELDS = [field.name for field in fields(ReservationRow)]
+assert [f.attname for f in Reservation._meta.concrete_fields] == _ROW_FIELDS, "follows the model"
+
+#: Either form of a reservation the closers take.
+AnyReservation = Reservation | ReservationRow
 
 
 def expire_reservations(*, now: datetime | None = None, limit: int | None = None) -> int:
@@ -56,7 +96,21 @@ _CLOSE_FIELDS = (
 )
 
 
-def _close(reservation: Reservation, moment: datetime, *, expire: bool) -> bool:
+def held_by_plan(entitlement_id: int, period_start: datetime | None) -> int:
+    """What the open holds of the period hold of the plan's grant (in its ``usage``).
+
+    A reset wipes it with the period's usage and a later confirm deducts it in the new
+    period, so it was never usage of the period: rollovers do not count it as used.
+    Exact under the entitlement's lock, which every writer of holds takes.
+    """
+    holds = Reservation.objects.filter(
+        entitlement_id=entitlement_id, status=_OPEN, period_start=period_start
+    )
+    plan_part = holds.aggregate(total=Sum(F("held") - F("from_grants")))["total"]
+    return int(plan_part or 0)
+
+
+def _close(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bool:
     """Claim and give back the whole hold: released (expired once past ``expires_at``).
 
     ``expire`` claims only a hold past its expiry. True if this call closed it.
@@ -79,11 +133,11 @@ def _close(reservation: Reservation, moment: datetime, *, expire: bool) -> bool:
     return atomic_with_retry(work)
 
 
-def _expire_one(reservation: Reservation, moment: datetime) -> bool:
+def _expire_one(reservation: AnyReservation, moment: datetime) -> bool:
     return _close(reservation, moment, expire=True)
 
 
-def _give_back(reservation: Reservation, n: int, moment: datetime, *, in_usage: bool) -> Draws:
+def _give_back(reservation: AnyReservation, n: int, moment: datetime, *, in_usage: bool) -> Draws:
     """Return the last ``n`` units of the hold (reverse consumption order); the rest is kept.
 
     ``in_usage``: the hold is still in this period's usage (no reset since). Units
@@ -91,15 +145,7 @@ def _give_back(reservation: Reservation, n: int, moment: datetime, *, in_usage: 
     with it. Runs under the
     entitlement's lock; locks the grants it returns to, ascending id.
     """
-    kept = [dict(part) for part in reservation.draws]
-    returned: dict[int | None, int] = {}
-    for part in reversed(kept):
-        if n == 0:
-            break
-        take = min(int(part["amount"]), n)
-        part["amount"] -= take
-        returned[part["grant"]] = returned.get(part["grant"], 0) + take
-        n -= take
+    kept, returned = split_hold(reservation.draws, n)
     to_grants = {g: k for g, k in returned.items() if g is not None and k}
     if to_grants:
         locked = (
@@ -120,16 +166,46 @@ def _give_back(reservation: Reservation, n: int, moment: datetime, *, in_usage: 
             )
     total = sum(returned.values())
     if in_usage and total:
-        # Raw: the ORM's UPDATE cost more to build than to run on this path (bench/).
-        quote = connection.ops.quote_name
-        at = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {quote(Entitlement._meta.db_table)} SET {quote('usage')} = "
-                f"{quote('usage')} - %s, grant_usage = grant_usage - %s, updated_at = %s "
-                "WHERE id = %s",
-                [total, sum(to_grants.values()), at, reservation.entitlement_id],
-            )
+        return_usage(reservation.entitlement_id, total, sum(to_grants.values()))
     if to_grants:
         refresh_totals(reservation.entitlement_id, reservation.customer_id, reservation.feature_id)
-    return [part for part in kept if part["amount"] > 0]
+    return kept
+
+
+def split_hold(draws: Draws, n: int) -> tuple[Draws, dict[int | None, int]]:
+    """``(kept, returned)``: the last ``n`` units of ``draws`` go back, per grant (None:
+    the plan's grant); what is kept stays in consumption order."""
+    kept = [dict(part) for part in draws]
+    returned: dict[int | None, int] = {}
+    for part in reversed(kept):
+        if n == 0:
+            break
+        take = min(int(part["amount"]), n)
+        part["amount"] -= take
+        returned[part["grant"]] = returned.get(part["grant"], 0) + take
+        n -= take
+    return [part for part in kept if part["amount"] > 0], returned
+
+
+def return_usage(entitlement_id: int, total: int, from_grants: int, at: Any = None) -> None:
+    """Take ``total`` (``from_grants`` of it drawn from grants) off the period's usage.
+
+    ``at``: ``updated_at``, adapted for the database (default: now).
+    """
+    # Raw: the ORM's UPDATE cost more to build than to run on this path (bench/).
+    params = [total, from_grants, _now_value() if at is None else at, entitlement_id]
+    with connection.cursor() as cursor:
+        cursor.execute(_return_usage_sql(), params)
+
+
+@lru_cache(maxsize=1)
+def _return_usage_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {quote(Entitlement._meta.db_table)} SET {quote('usage')} = "
+        f"{quote('usage')} - %s, grant_usage = grant_usage - %s, updated_at = %s WHERE id = %s"
+    )
+
+
+def _now_value() -> Any:
+    return connection.ops.adapt_datetimefield_value(timezone.now())

@@ -21,20 +21,22 @@ see the lower balance with no extra query.
   drew from grants goes back to them and a confirm then deducts the actual amount in
   the new period, like a track.
 
-Lock order (``services/locking.py``): the entitlement, then the reservation row, then
-grants ascending id, then inserts.
+Lock order (``services/locking.py``): the entitlement (a confirm reads the reservation
+in the same statement), then grants ascending id, then inserts; the reservation row is
+closed with a conditional ``UPDATE`` (a confirm's last, with its ledger row's id).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,28 +54,37 @@ from ...exceptions import (
 from ...hygiene import validate_properties, validate_text
 from ...models import (
     CONSUMABLE_KINDS,
+    BillingCustomer,
+    Entitlement,
     Feature,
     Reservation,
     ReservationStatus,
     UsageEvent,
 )
+from ...selectors import owner_ref
 from ...types import CheckResult
-from ..entitlements.rows import EntitlementRow, _reload
+from ..entitlements.rows import EntitlementRow, _aware, _reload, _select_with
 from ..grants.draw import draw
 from ..grants.expiry import current, expire_due
 from ..grants.totals import lock_entitlement
 from ..locking import atomic_with_retry
 from ..usage.check import _check_result, _load_or_explain, denial_error
-from ..usage.ledger import _record_tracked
+from ..usage.ledger import after_recorded, event_params, insert_event_sql
 from ..usage.pools import pool_of
+from ..usage.rollups import record_rollup, upsert_sql
 from ..usage.track import _deduct, _needs_retry, _Refused
 from ..usage.validation import _fingerprint, _validate_integer, validate_idempotency_key
-from .giveback import _close, _expire_one, _expire_open, _give_back
-
-_CLAIM = (
-    "UPDATE {table} SET status = 'confirmed', actual = %s, closed_at = %s "
-    "WHERE id = %s AND status = 'open' AND expires_at > %s"
+from .giveback import (
+    AnyReservation,
+    ReservationRow,
+    _close,
+    _expire_one,
+    _expire_open,
+    _give_back,
+    return_usage,
+    split_hold,
 )
+
 DEFAULT_TTL = timedelta(minutes=10)
 MAX_TTL = timedelta(days=7)
 _OPEN = ReservationStatus.OPEN
@@ -136,15 +147,24 @@ def reserve(
     return held
 
 
+_Request = tuple[str | None, bytes, dict[str, Any], timedelta, datetime | None]
+
+
 def _reserve(
     owner: Any,
     feature: str,
     amount: int,
-    request: tuple[str | None, bytes, dict[str, Any], timedelta, datetime | None],
+    request: _Request,
     *,
     credit_use: tuple[int, int, str] | None = None,
 ) -> ReservationResult:
-    key, fingerprint, properties, ttl, fixed_now = request
+    key, fingerprint, _, ttl, fixed_now = request
+    if fixed_now is None and not isinstance(owner, BillingCustomer):
+        held = _reserve_in_one_update(owner, feature, amount, request, credit_use)
+        if held is not None:
+            return held
+    # Everything the one-statement path does not decide: first use, refusals, grants
+    # to draw from, overage or unlimited, due resets or expiries, replays, a fixed clock.
     found = _load_or_explain(owner, feature)
     if isinstance(found, CheckResult):
         raise denial_error(found)
@@ -165,24 +185,18 @@ def _reserve(
         try:
             with transaction.atomic():
                 draws, from_grants, balance = _hold(row, amount, moment)
-                held = amount if draws else 0
-                reservation = Reservation.objects.create(
+                hold = _NewHold(
                     customer_id=row.customer_id,
                     entitlement_id=row.id,
                     feature_id=row.feature_id,
-                    used_feature_id=credit_use[0] if credit_use else None,
-                    units=credit_use[1] if credit_use else None,
                     amount=amount,
-                    held=held,
+                    held=amount if draws else 0,
                     draws=draws,
                     from_grants=from_grants,
                     period_start=row.period_start,
-                    expires_at=moment + ttl,
                     created_at=moment,
-                    idempotency_key=key,
-                    request_fingerprint=fingerprint,
-                    properties=properties,
                 )
+                reservation_id = _insert_hold(hold, request, credit_use)
         except IntegrityError:
             if key is None:
                 raise
@@ -206,8 +220,174 @@ def _reserve(
                 fields={"amount": amount, "balance": row.balance},
             ) from None
         shown = credit_use[2] if credit_use else row.feature
-        return _result(reservation, balance=balance, feature=shown)
+        return _opened(reservation_id, hold, ttl, balance, shown, credit_use)
     raise Contention()  # pragma: no cover - five period boundaries crossed in one call
+
+
+@dataclass(frozen=True, slots=True)
+class _NewHold:
+    """What a reserve took, before its row is inserted."""
+
+    customer_id: int
+    entitlement_id: int
+    feature_id: int
+    amount: int
+    held: int
+    draws: Draws
+    from_grants: int
+    period_start: datetime | None
+    created_at: datetime
+
+
+def _reserve_in_one_update(
+    owner: Any,
+    feature: str,
+    amount: int,
+    request: _Request,
+    credit_use: tuple[int, int, str] | None,
+) -> ReservationResult | None:
+    """The common reserve in two statements, as track's: find-and-hold, then the row.
+
+    Only the plan's grant covering the whole amount decides here (no overage, not
+    unlimited, no due reset or expiry). None when the conditional UPDATE matches nothing
+    or the key was used before: nothing was written, the full path says why.
+    """
+    key, ttl = request[0], request[3]
+    owner_type_id, owner_id = owner_ref(owner)
+    moment = timezone.now()
+    at = connection.ops.adapt_datetimefield_value(moment)
+    params = [amount, at, owner_type_id, owner_id, feature, at, at, at, amount]
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(_hold_by_owner_sql(), params)
+                found = cursor.fetchone()
+            if found is None:
+                return None
+            entitlement_id, customer_id, feature_id, usage, included, grant_usage = found[:6]
+            remaining, period_start = found[6:]
+            hold = _NewHold(
+                customer_id=customer_id,
+                entitlement_id=entitlement_id,
+                feature_id=feature_id,
+                amount=amount,
+                held=amount,
+                draws=[{"grant": None, "amount": amount}],
+                from_grants=0,
+                period_start=_aware(period_start),
+                created_at=moment,
+            )
+            reservation_id = _insert_hold(hold, request, credit_use)
+    except IntegrityError:
+        if key is None:
+            raise
+        return None  # a replay or a conflict: rolled back, answered by the full path
+    balance = int(included) - (int(usage) - int(grant_usage)) + int(remaining)
+    shown = credit_use[2] if credit_use else feature
+    return _opened(reservation_id, hold, ttl, balance, shown, credit_use)
+
+
+@lru_cache(maxsize=1)
+def _hold_by_owner_sql() -> str:
+    quote = connection.ops.quote_name
+    entitlement = quote(Entitlement._meta.db_table)
+    usage = quote("usage")
+    kinds = ", ".join(f"'{kind}'" for kind in sorted(CONSUMABLE_KINDS))
+    lookup = (
+        f"SELECT e.id FROM {entitlement} e "
+        f"JOIN {quote(BillingCustomer._meta.db_table)} c ON c.id = e.customer_id "
+        f"JOIN {quote(Feature._meta.db_table)} f ON f.id = e.feature_id "
+        f"WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s AND f.kind IN ({kinds})"
+    )
+    return (
+        f"UPDATE {entitlement} SET {usage} = {usage} + %s, updated_at = %s "
+        f"WHERE id = ({lookup}) AND granted AND NOT unlimited AND NOT allow_overage "
+        "AND (period_start IS NULL OR period_start <= %s) "
+        "AND (next_reset_at IS NULL OR next_reset_at > %s) "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
+        f"AND {usage} - grant_usage + %s <= included "
+        f"RETURNING id, customer_id, feature_id, {usage}, included, grant_usage, "
+        "grant_remaining, period_start"
+    )
+
+
+#: The columns a reserve writes (the others start NULL), in the order of its INSERT.
+_HOLD_COLUMNS = (
+    "customer_id",
+    "entitlement_id",
+    "feature_id",
+    "used_feature_id",
+    "units",
+    "amount",
+    "held",
+    "draws",
+    "from_grants",
+    "period_start",
+    "status",
+    "expires_at",
+    "created_at",
+    "idempotency_key",
+    "request_fingerprint",
+    "properties",
+)
+
+
+@lru_cache(maxsize=1)
+def _insert_hold_sql() -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in _HOLD_COLUMNS)
+    return (
+        f"INSERT INTO {quote(Reservation._meta.db_table)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(_HOLD_COLUMNS))}) RETURNING id"
+    )
+
+
+def _insert_hold(hold: _NewHold, request: _Request, credit_use: tuple[int, int, str] | None) -> int:
+    """``INSERT ... RETURNING id`` of the reservation (the ORM's create() costs more here)."""
+    key, fingerprint, properties, ttl, _ = request
+    ops = connection.ops
+    params = [
+        hold.customer_id,
+        hold.entitlement_id,
+        hold.feature_id,
+        credit_use[0] if credit_use else None,
+        credit_use[1] if credit_use else None,
+        hold.amount,
+        hold.held,
+        ops.adapt_json_value(hold.draws, None),
+        hold.from_grants,
+        ops.adapt_datetimefield_value(hold.period_start),
+        _OPEN.value,
+        ops.adapt_datetimefield_value(hold.created_at + ttl),
+        ops.adapt_datetimefield_value(hold.created_at),
+        key,
+        fingerprint,
+        ops.adapt_json_value(properties, None),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_hold_sql(), params)
+        return int(cursor.fetchone()[0])
+
+
+def _opened(
+    reservation_id: int,
+    hold: _NewHold,
+    ttl: timedelta,
+    balance: int | None,
+    feature: str,
+    credit_use: tuple[int, int, str] | None,
+) -> ReservationResult:
+    cost = hold.amount // credit_use[1] if credit_use else None
+    return ReservationResult(
+        id=reservation_id,
+        feature=feature,
+        amount=credit_use[1] if credit_use else hold.amount,
+        status=_OPEN.value,
+        expires_at=hold.created_at + ttl,
+        created_at=hold.created_at,
+        balance=balance // cost if balance is not None and cost else balance,
+        credit_cost=cost,
+    )
 
 
 def _hold(row: EntitlementRow, amount: int, moment: datetime) -> tuple[Draws, int, int | None]:
@@ -258,7 +438,7 @@ def confirm(
     :class:`ReservationClosed`. More than was held draws the difference as a track
     would; refused, :class:`InsufficientBalance` and nothing changes (the hold stays).
     """
-    reservation = _get(reservation_id)
+    _check_id(reservation_id)
     if actual is not None:
         actual = _validate_integer(actual, "actual")
         if actual < 0:
@@ -267,27 +447,26 @@ def confirm(
             )
     key = validate_idempotency_key(idempotency_key)
     moment = now or timezone.now()
-    if reservation.status == _OPEN and moment < reservation.expires_at:
-        for _attempt in range(3):
-            try:
-                return atomic_with_retry(lambda: _confirm_locked(reservation, actual, key, moment))
-            except _ResetDue:
-                _apply_due_reset(reservation.entitlement_id, moment)
-            except _Lost:
-                break
-            except IntegrityError:
-                if key is None:
-                    raise
-                raise IdempotencyConflict(
-                    "This idempotency key was already used by another ledger row.",
-                    fields={"idempotencyKey": key},
-                ) from None
-        else:  # pragma: no cover - three period boundaries crossed in one call
-            raise Contention()
-        reservation.refresh_from_db()
+    for _attempt in range(3):
+        try:
+            return atomic_with_retry(lambda: _confirm_locked(reservation_id, actual, key, moment))
+        except _ResetDue as due:
+            _apply_due_reset(due.entitlement_id, moment)
+        except _Lost:
+            break  # not open and live (read under the lock): answered below
+        except IntegrityError:
+            if key is None:
+                raise
+            raise IdempotencyConflict(
+                "This idempotency key was already used by another ledger row.",
+                fields={"idempotencyKey": key},
+            ) from None
+    else:  # pragma: no cover - three period boundaries crossed in one call
+        raise Contention()
+    reservation, feature = _get(reservation_id)
     if reservation.status == _OPEN:  # past expiresAt: give it back now (exactly once)
         _expire_one(reservation, moment)
-        reservation.refresh_from_db()
+        reservation, feature = _get(reservation_id)
     if reservation.status == ReservationStatus.EXPIRED:
         raise ReservationExpired(fields={"reservation": reservation.pk})
     if reservation.status == ReservationStatus.RELEASED:
@@ -299,22 +478,22 @@ def confirm(
             f"The reservation was already confirmed with {reservation.actual}.",
             fields={"reservation": reservation.pk, "actual": reservation.actual},
         )
-    return _result(reservation, replayed=True)
+    return _result(reservation, replayed=True, feature=feature)
 
 
 def release(reservation_id: Any, *, now: datetime | None = None) -> ReservationResult:
     """Give the whole hold back. Idempotent; a confirmed reservation is 409 closed."""
-    reservation = _get(reservation_id)
+    reservation, feature = _get(reservation_id)
     moment = now or timezone.now()
     replayed = True
     if reservation.status == _OPEN:
         replayed = not _close(reservation, moment, expire=False)
-        reservation.refresh_from_db()
+        reservation, feature = _get(reservation_id)
     if reservation.status == ReservationStatus.CONFIRMED:
         raise ReservationClosed(
             "The reservation was confirmed.", fields={"reservation": reservation.pk}
         )
-    return _result(reservation, replayed=replayed)
+    return _result(reservation, replayed=replayed, feature=feature)
 
 
 @dataclass
@@ -354,75 +533,156 @@ def reserved(owner: Any, feature: str, amount: int, **kwargs: Any) -> Iterator[H
 class _ResetDue(Exception):
     """The entitlement's period ended: apply the reset outside the lock, then retry."""
 
+    def __init__(self, entitlement_id: int) -> None:
+        super().__init__(entitlement_id)
+        self.entitlement_id = entitlement_id
+
 
 def _confirm_locked(
-    reservation: Reservation, actual: int | None, key: str | None, moment: datetime
+    reservation_id: int, actual: int | None, key: str | None, moment: datetime
 ) -> ReservationResult:
-    row = lock_entitlement(reservation.entitlement_id)
+    # One statement: the entitlement locked, then the reservation read (and locked)
+    # beside it. Locking it too makes PostgreSQL hand back the row as a closer that
+    # held the entitlement committed it, not as it was before this confirm waited.
+    found = _read_hold(reservation_id, lock=True)
+    if found is None:
+        raise UnknownReservation(fields={"reservation": reservation_id})
+    reservation, row, shown = found
+    if reservation.status != _OPEN or moment >= reservation.expires_at:
+        raise _Lost
     if not _in_period(row, moment):
-        raise _ResetDue
+        raise _ResetDue(row.id)
     cost = reservation.amount // reservation.units if reservation.units else 1
     units = actual if actual is not None else (reservation.units or reservation.amount)
     credits = units * cost
-    # The claim, first: every writer that closes a reservation holds its entitlement's
-    # lock, so exactly one of confirm, release and expiry wins it.
-    at = connection.ops.adapt_datetimefield_value(moment)
-    with connection.cursor() as cursor:
-        cursor.execute(_claim_sql(connection.vendor), [units, at, reservation.pk, at])
-        claimed = cursor.rowcount
-    if not claimed:
-        raise _Lost
-    kept, from_grants, after = _settle(reservation, row, credits, moment)
+    kept, from_grants, after, usage_back = _settle(reservation, row, credits, moment)
     event = None
     if credits:
-        after = after or lock_entitlement(row.id)
-        event = _record_tracked(
-            UsageEvent(
-                customer_id=reservation.customer_id,
-                feature_id=reservation.feature_id,
-                amount=credits,
-                idempotency_key=key,
-                request_fingerprint=bytes(reservation.request_fingerprint),
-                properties=reservation.properties,
-                created_at=moment,
-                balance_after=after.balance,
-                usage_after=after.usage,
-                from_grants=from_grants,
-                draws=kept if from_grants else None,
-                used_feature_id=reservation.used_feature_id,
-                units=units if reservation.units else None,
-            ),
-            feature=row.feature,
-            unlimited=row.unlimited,
+        if after is None:
+            fresh = lock_entitlement(row.id)
+            after = (fresh.usage, fresh.balance)
+        event = UsageEvent(
+            customer_id=reservation.customer_id,
+            feature_id=reservation.feature_id,
+            amount=credits,
+            idempotency_key=key,
+            request_fingerprint=bytes(reservation.request_fingerprint),
+            properties=reservation.properties,
+            created_at=moment,
+            balance_after=after[1],
+            usage_after=after[0],
+            from_grants=from_grants,
+            draws=kept if from_grants else None,
+            used_feature_id=reservation.used_feature_id,
+            units=units if reservation.units else None,
         )
-        table = connection.ops.quote_name(Reservation._meta.db_table)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET event_id = %s WHERE id = %s", [event.pk, reservation.pk]
-            )
+    # The claim comes last, in the statement that writes the ledger row where it can:
+    # every writer that closes a reservation holds its entitlement's lock, so exactly
+    # one of confirm, release and expiry wins it; a confirm that loses rolls back.
+    if not _claim(reservation, units, event, moment, usage_back=usage_back):
+        raise _Lost
+    if event is not None:
+        after_recorded(event, feature=row.feature, unlimited=row.unlimited)
     reservation.status, reservation.actual = ReservationStatus.CONFIRMED, units
-    reservation.closed_at, reservation.event = moment, event
+    reservation.closed_at, reservation.event_id = moment, event.pk if event else None
     balance = None if row.unlimited else (event.balance_after if event else None)
-    return _result(reservation, balance=balance, feature=None if reservation.units else row.feature)
+    return _result(reservation, balance=balance, feature=shown)
+
+
+def _claim(
+    reservation: ReservationRow,
+    units: int,
+    event: UsageEvent | None,
+    moment: datetime,
+    *,
+    usage_back: int,
+) -> bool:
+    """Close the reservation as confirmed (with its ledger row, if any); True if it won.
+
+    ``usage_back``: plan usage the confirm gives back, not yet written. On PostgreSQL
+    that, the ledger row, its rollup and the claim are one statement.
+    """
+    at = connection.ops.adapt_datetimefield_value(moment)
+    claim = [units, at, reservation.pk, at]
+    if event is not None and connection.vendor == "postgresql":
+        params = [usage_back, at, reservation.entitlement_id] if usage_back else []
+        params += event_params(event, with_rollup=True) + claim
+        with connection.cursor() as cursor:
+            cursor.execute(_confirm_sql(bool(usage_back)), params)
+            event.pk, claimed = cursor.fetchone()
+        return bool(claimed)
+    if usage_back:
+        return_usage(reservation.entitlement_id, usage_back, 0, at)
+    event_id = None
+    with connection.cursor() as cursor:
+        if event is not None:
+            cursor.execute(insert_event_sql(), event_params(event))
+            event.pk = event_id = cursor.fetchone()[0]
+            record_rollup(event.customer_id, event.feature_id, event.created_at, event.amount)
+        cursor.execute(_claim_sql(), [event_id, *claim])
+        return bool(cursor.rowcount)
+
+
+_CLAIM = (
+    "UPDATE {table} SET status = 'confirmed', event_id = {event}, actual = %s, closed_at = %s "
+    "WHERE id = %s AND status = 'open' AND expires_at > %s"
+)
+
+
+@lru_cache(maxsize=1)
+def _claim_sql() -> str:
+    table = connection.ops.quote_name(Reservation._meta.db_table)
+    return _CLAIM.format(table=table, event="%s")
+
+
+@lru_cache(maxsize=2)
+def _confirm_sql(give_back: bool) -> str:
+    """PostgreSQL: give back, the ledger row, its rollup and the claim in one statement.
+
+    Data-modifying CTEs all run, whatever the query reads; the claim's row count says
+    whether this confirm won (else the caller rolls the whole transaction back).
+    """
+    quote = connection.ops.quote_name
+    parts = []
+    if give_back:
+        usage = quote("usage")
+        parts.append(
+            f"g AS (UPDATE {quote(Entitlement._meta.db_table)} SET {usage} = {usage} - %s, "
+            "updated_at = %s WHERE id = %s)"
+        )
+    table = quote(Reservation._meta.db_table)
+    claim = _CLAIM.format(table=table, event="(SELECT id FROM ev)")
+    parts += [
+        f"ev AS ({insert_event_sql()})",
+        f"r AS ({upsert_sql(1)})",
+        f"c AS ({claim} RETURNING id)",
+    ]
+    return f"WITH {', '.join(parts)} SELECT ev.id, (SELECT count(*) FROM c) FROM ev"
 
 
 def _settle(
-    reservation: Reservation, row: EntitlementRow, credits: int, moment: datetime
-) -> tuple[Draws, int, EntitlementRow | None]:
-    """Turn the hold into ``credits`` of usage: ``(draws kept, from grants, row after)``.
+    reservation: ReservationRow, row: EntitlementRow, credits: int, moment: datetime
+) -> tuple[Draws, int, tuple[int, int] | None, int]:
+    """Turn the hold into ``credits`` of usage: ``(draws kept, from grants, (usage,
+    balance) after, plan usage to give back)``.
 
-    The row after is None when it must be re-read (grants were written).
+    The usage and balance after are None when the row must be re-read (grants were
+    written). The plan usage to give back is left to :func:`_claim`, which folds it into
+    its statement.
     """
     same_period = reservation.period_start == row.period_start
     held = reservation.held
     if held and same_period and credits <= held:
         back = held - credits
+        if not any(part["grant"] is not None for part in reservation.draws):
+            # Only the plan's grant is given back to: under the entitlement's lock the
+            # row after is the locked row less that usage (no re-read, no write yet).
+            kept, _ = split_hold(reservation.draws, back)
+            return kept, 0, (row.usage - back, row.balance + back), back
         kept = _give_back(reservation, back, moment, in_usage=True)
-        if back and any(part["grant"] is not None for part in reservation.draws):
-            return kept, _grant_total(kept), None  # grant totals were recomputed: re-read
-        # Only the plan's grant was given back to: under the entitlement's lock the row
-        # after is the locked row less the usage returned (no re-read).
-        return kept, _grant_total(kept), replace(row, usage=row.usage - back)
+        if back:
+            return kept, _grant_total(kept), None, 0  # grant totals were recomputed: re-read
+        return kept, _grant_total(kept), (row.usage, row.balance), 0
     kept = list(reservation.draws)
     need = credits
     if held and same_period:
@@ -440,7 +700,7 @@ def _settle(
                 balance=balance,
                 fields={"actual": credits, "reserved": reservation.amount, "balance": balance},
             ) from None
-    return kept, _grant_total(kept), None
+    return kept, _grant_total(kept), None, 0
 
 
 def _deduct_as_track(row: EntitlementRow, amount: int, moment: datetime) -> Draws:
@@ -473,29 +733,88 @@ def list_reservations(
 
 def customer_of(reservation_id: Any) -> int:
     """The customer a reservation belongs to (404 when there is none)."""
-    return _get(reservation_id).customer_id
-
-
-def _get(reservation_id: Any) -> Reservation:
-    if isinstance(reservation_id, bool) or not isinstance(reservation_id, int):
-        raise UnknownReservation(fields={"reservation": str(reservation_id)[:64]})
-    found = None
-    if 0 < reservation_id < 2**63:
-        # A raw SELECT: compiling the ORM query cost more than running it (bench/).
-        found = next(iter(Reservation.objects.raw(_get_sql(), [reservation_id])), None)
+    _check_id(reservation_id)
+    with connection.cursor() as cursor:
+        cursor.execute(_customer_of_sql(), [reservation_id])
+        found = cursor.fetchone()
     if found is None:
         raise UnknownReservation(fields={"reservation": reservation_id})
-    return found
+    return int(found[0])
+
+
+def _check_id(reservation_id: Any) -> None:
+    if isinstance(reservation_id, bool) or not isinstance(reservation_id, int):
+        raise UnknownReservation(fields={"reservation": str(reservation_id)[:64]})
+    if not 0 < reservation_id < 2**63:
+        raise UnknownReservation(fields={"reservation": reservation_id})
+
+
+def _get(reservation_id: Any) -> tuple[ReservationRow, str]:
+    """The reservation and the key of the feature it reserved (404 when there is none)."""
+    _check_id(reservation_id)
+    found = _read_hold(reservation_id, lock=False)
+    if found is None:
+        raise UnknownReservation(fields={"reservation": reservation_id})
+    return found[0], found[2]
+
+
+def _read_hold(
+    reservation_id: int, *, lock: bool
+) -> tuple[ReservationRow, EntitlementRow, str] | None:
+    """One statement: the reservation, its entitlement's row and the key of the feature
+    reserved (a credit pool's used feature). ``lock``: the entitlement (step 2 of the lock
+    order), then the reservation (locked in the order the ``OF`` list names them)."""
+    # Raw and converted here: a RawQuerySet cost more to build than the query (bench/).
+    where = "r.id = %s"
+    if lock and connection.features.has_select_for_update_of:
+        where += " FOR UPDATE OF e, r"
+    also, join = _hold_select()
+    found = _select_with(where, [reservation_id], also=also, join=join)
+    if found is None:
+        return None
+    row, values = found
+    columns = list(values[:-1])
+    for index, convert in _hold_converters():
+        if columns[index] is not None:
+            columns[index] = convert(columns[index])
+    return ReservationRow(*columns), row, values[-1] or row.feature
 
 
 @lru_cache(maxsize=1)
-def _get_sql() -> str:
+def _hold_select() -> tuple[str, str]:
+    """The reservation's columns (model order) and the used feature's key; their joins."""
     quote = connection.ops.quote_name
-    return f"SELECT * FROM {quote(Reservation._meta.db_table)} WHERE {quote('id')} = %s"
+    columns = [f"r.{quote(str(field.column))}" for field in Reservation._meta.concrete_fields]
+    join = (
+        f"JOIN {quote(Reservation._meta.db_table)} r ON r.entitlement_id = e.id "
+        f"LEFT JOIN {quote(Feature._meta.db_table)} uf ON uf.id = r.used_feature_id "
+    )
+    return ", ".join([*columns, "uf.key"]), join
 
 
-def _claim_sql(vendor: str) -> str:
-    return _CLAIM.format(table=connection.ops.quote_name(Reservation._meta.db_table))
+@lru_cache(maxsize=1)
+def _hold_converters() -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """``(column index, converter)``: what the ORM would apply to the columns read raw
+    (the drivers differ for datetimes; JSON comes as text from both)."""
+    converters: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, field in enumerate(Reservation._meta.concrete_fields):
+        if isinstance(field, models.DateTimeField):
+            converters.append((index, _aware))
+        elif isinstance(field, models.JSONField):
+            converters.append((index, _json))
+        elif isinstance(field, models.BinaryField):
+            converters.append((index, bytes))
+    return tuple(converters)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@lru_cache(maxsize=1)
+def _customer_of_sql() -> str:
+    table = connection.ops.quote_name(Reservation._meta.db_table)
+    return f"SELECT customer_id FROM {table} WHERE id = %s"
 
 
 def _apply_due_reset(entitlement_id: int, moment: datetime) -> None:
@@ -536,7 +855,7 @@ def _validate_ttl(ttl: Any) -> timedelta:
 
 
 def _result(
-    reservation: Reservation,
+    reservation: AnyReservation,
     *,
     balance: int | None = None,
     replayed: bool = False,

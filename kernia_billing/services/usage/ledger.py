@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Value
 
 from ... import signals
@@ -16,7 +16,8 @@ from ...types import TrackResult
 from ..metering.outbox import record_overage
 from .rollups import record_rollup, upsert_sql, utc_day
 
-# The ledger row's columns as written by every insert (the archive copies the same ones).
+# The ledger row's columns as written by every insert (the archive copies the same ones);
+# event_params adapts them in this order.
 EVENT_COLUMNS = (
     "customer_id",
     "feature_id",
@@ -34,25 +35,61 @@ EVENT_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=4)
-def _insert_event_sql(vendor: str, *, with_rollup: bool = False) -> str:
+@lru_cache(maxsize=2)
+def insert_event_sql() -> str:
+    """``INSERT`` of one ledger row (``EVENT_COLUMNS``, then ``RETURNING id``)."""
     quote = connection.ops.quote_name
     columns = ", ".join(quote(c) for c in EVENT_COLUMNS)
     placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS))
-    insert = (
+    return (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({columns}) "
         f"VALUES ({placeholders}) RETURNING {quote('id')}"
     )
+
+
+@lru_cache(maxsize=4)
+def _insert_event_sql(vendor: str, *, with_rollup: bool = False) -> str:
+    insert = insert_event_sql()
     if not with_rollup:
         return insert
     # PostgreSQL: the ledger row and its rollup upsert in one statement (one round trip).
+    quote = connection.ops.quote_name
     return f"WITH ev AS ({insert}), r AS ({upsert_sql(1)}) SELECT {quote('id')} FROM ev"
 
 
-@lru_cache(maxsize=1)
-def _event_fields() -> tuple[models.Field[Any, Any], ...]:
-    fields = (UsageEvent._meta.get_field(name) for name in EVENT_COLUMNS)
-    return tuple(field for field in fields if isinstance(field, models.Field))
+def event_params(event: UsageEvent, *, with_rollup: bool = False) -> list[Any]:
+    """The parameters of :func:`insert_event_sql` (then of the rollup upsert, if asked).
+
+    Adapted by hand, in ``EVENT_COLUMNS`` order, as the fields' ``get_db_prep_save``
+    would (``draws`` and ``properties`` None are SQL NULL): that costs more than the
+    insert on SQLite. The event takes what the ledger keeps (see :func:`stored_properties`,
+    :func:`stored_fingerprint`), so it answers as its row reads.
+    """
+    ops = connection.ops
+    event.request_fingerprint = stored_fingerprint(
+        event.idempotency_key, bytes(event.request_fingerprint)
+    )
+    event.properties = stored_properties(event.properties)
+    draws, properties = event.draws, event.properties
+    params = [
+        event.customer_id,
+        event.feature_id,
+        event.amount,
+        event.idempotency_key,
+        bytes(event.request_fingerprint),
+        None if properties is None else ops.adapt_json_value(properties, None),
+        ops.adapt_datetimefield_value(event.created_at),
+        event.balance_after,
+        event.usage_after,
+        event.from_grants,
+        None if draws is None else ops.adapt_json_value(draws, None),
+        event.used_feature_id,
+        event.units,
+    ]
+    if with_rollup:
+        day = ops.adapt_datefield_value(utc_day(event.created_at))
+        params += [event.customer_id, event.feature_id, day, event.amount, 1]
+    return params
 
 
 def keyed_events(pairs: Iterable[tuple[int, str]]) -> QuerySet[UsageEvent]:
@@ -97,17 +134,7 @@ def _record_event(event: UsageEvent, *, with_rollup: bool = False) -> UsageEvent
     ``with_rollup`` (PostgreSQL only) adds the row's :func:`.rollups.record_rollup` upsert
     to the same statement.
     """
-    event.request_fingerprint = stored_fingerprint(
-        event.idempotency_key, bytes(event.request_fingerprint)
-    )
-    event.properties = stored_properties(event.properties)
-    params = [
-        field.get_db_prep_save(getattr(event, field.attname), connection)
-        for field in _event_fields()
-    ]
-    if with_rollup:
-        day = connection.ops.adapt_datefield_value(utc_day(event.created_at))
-        params += [event.customer_id, event.feature_id, day, event.amount, 1]
+    params = event_params(event, with_rollup=with_rollup)
     with connection.cursor() as cursor:
         cursor.execute(_insert_event_sql(connection.vendor, with_rollup=with_rollup), params)
         event.pk = cursor.fetchone()[0]
@@ -137,6 +164,11 @@ def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> Usag
     else:
         _record_event(event)
         record_rollup(event.customer_id, event.feature_id, event.created_at, event.amount)
+    return after_recorded(event, feature=feature, unlimited=unlimited)
+
+
+def after_recorded(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
+    """What follows a ledger row's insert and rollup: its overage outbox row, its signals."""
     record_overage(event)  # metering: the outbox row of its overage, if any
     _notify_tracked(event.customer_id, feature, unlimited, event)
     return event

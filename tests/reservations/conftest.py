@@ -1,0 +1,3 @@
+from tests.lifecycle import plans, webhooks
+
+__all__ = ["plans", "webhooks"]
