@@ -11,9 +11,9 @@ see the lower balance with no extra query.
   reaches the ledger and the metering outbox). More than was held draws the difference
   as a track would; refused, nothing is done and the hold stays open.
 - ``release`` gives everything back. Confirm and release are idempotent.
-- Expiry gives the hold back exactly once: at the next access to the reservation, the
-  next reserve of the same entitlement, a check or track refused for balance, or in
-  bulk with ``kernia_expire_reservations``.
+- Expiry gives the hold back exactly once: at the next access to the reservation, a
+  reserve, check or track of the same entitlement refused for balance, or in bulk with
+  ``kernia_expire_reservations``.
 - Where nothing can be refused (overage allowed, unlimited) a reservation holds
   nothing (``held`` 0) and its confirm is a plain track: overage is billed exactly once,
   on confirmed usage.
