@@ -45,7 +45,7 @@ from kernia_billing.selectors import get_customer, status_entitles
 from kernia_billing.services.addons.manage import owner_addons, set_addon
 from kernia_billing.services.checkout import complete_checkout, start_checkout, start_portal
 from kernia_billing.services.customers import customer_state
-from kernia_billing.services.reservations import holds
+from kernia_billing.services.reservations import holds, reads, settle
 from kernia_billing.services.subscriptions import (
     cancel_subscription,
     change_subscription,
@@ -478,7 +478,7 @@ def _open_report(request: HttpRequest) -> dict[str, Any] | None:
     customer = get_customer(current_owner(request).owner)
     found = [
         r
-        for r in holds.list_reservations(customer.pk if customer else None)
+        for r in reads.list_reservations(customer.pk if customer else None)
         if r.id == report["id"]
     ]
     if not found:
@@ -526,11 +526,11 @@ def finish_report(request: HttpRequest) -> HttpResponse:
         return redirect("demo:console")
     try:
         if "cancel" in request.POST:
-            holds.release(report["id"])
+            settle.release(report["id"])
             done = "Report cancelled: the whole hold was given back."
         else:
             actual = _whole(request, "actual")
-            holds.confirm(report["id"], actual=actual)
+            settle.confirm(report["id"], actual=actual)
             back = report["estimate"] - actual
             done = f"Report done: {actual:,} messages charged" + (
                 f", {back:,} of the hold given back." if back > 0 else "."

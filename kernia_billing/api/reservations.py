@@ -24,7 +24,7 @@ from rest_framework.response import Response
 
 from ..exceptions import UnknownReservation
 from ..selectors import get_customer
-from ..services.reservations import holds
+from ..services.reservations import holds, reads, settle
 from ..services.usage.validation import MAX_IDEMPOTENCY_KEY_LENGTH
 from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, READ_AUTH_ERRORS
@@ -107,7 +107,7 @@ def _error(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=ErrorSerializer, description=description)
 
 
-def _render(result: holds.ReservationResult, **kwargs: Any) -> Response:
+def _render(result: reads.ReservationResult, **kwargs: Any) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return Response(ReservationSerializer(result).data, headers=headers, **kwargs)
 
@@ -132,7 +132,7 @@ class ReservationsView(OwnerMixin, BillingAPIView):
         query.is_valid(raise_exception=True)
         params = query.validated_data
         customer = get_customer(self.get_owner(params))
-        results = holds.list_reservations(
+        results = reads.list_reservations(
             customer.pk if customer else None, feature=params.get("feature")
         )
         return Response({"results": ReservationSerializer(results, many=True).data})
@@ -178,7 +178,7 @@ class _OwnReservation(OwnerMixin, BillingAPIView):
 
     def check_owner(self, data: dict[str, Any], reservation_id: int) -> None:
         customer = get_customer(self.get_owner(data))
-        if customer is None or holds.customer_of(reservation_id) != customer.pk:
+        if customer is None or reads.customer_of(reservation_id) != customer.pk:
             raise UnknownReservation(fields={"reservation": reservation_id})
 
 
@@ -202,7 +202,7 @@ class ConfirmView(_OwnReservation):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         self.check_owner(data, reservation_id)
-        result = holds.confirm(
+        result = settle.confirm(
             reservation_id,
             actual=data.get("actual"),
             idempotency_key=data.get("idempotencyKey") or None,
@@ -228,4 +228,4 @@ class ReleaseView(_OwnReservation):
         serializer = OwnerSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         self.check_owner(serializer.validated_data, reservation_id)
-        return _render(holds.release(reservation_id))
+        return _render(settle.release(reservation_id))

@@ -1,9 +1,8 @@
 """Giving holds back: release, expiry (lazy and in bulk). Imports nothing of usage, so
 check and track can give back expired holds when they refuse for balance.
 
-Lock order: the entitlement, then the reservation row (claimed with a conditional
-``UPDATE ... WHERE status = 'open'``, so exactly one writer closes it), then the grants
-given back to, ascending id.
+Lock order: the package's (:mod:`kernia_billing.services.reservations`); here the
+entitlement, then the reservation row claimed, then the grants given back to.
 """
 
 from __future__ import annotations
@@ -70,18 +69,18 @@ def expire_reservations(*, now: datetime | None = None, limit: int | None = None
     Each hold is closed under its entitlement's lock after re-reading its status, so
     any number of runners (and lazy expiry) give each hold back exactly once.
     """
-    return _expire_open(Q(), now or timezone.now(), limit=limit)
+    return expire_open_holds(Q(), now or timezone.now(), limit=limit)
 
 
 def expire_due_holds(entitlement_id: int, now: datetime) -> int:
     """Lazy expiry for one entitlement (a check or track refused for balance)."""
-    return _expire_open(Q(entitlement_id=entitlement_id), now)
+    return expire_open_holds(Q(entitlement_id=entitlement_id), now)
 
 
-def _expire_open(where: Q, now: datetime, *, limit: int | None = None) -> int:
+def expire_open_holds(where: Q, now: datetime, *, limit: int | None = None) -> int:
     due = Reservation.objects.filter(where, status=_OPEN, expires_at__lte=now).order_by("pk")
     rows = due.only(*_CLOSE_FIELDS)
-    return sum(_expire_one(r, now) for r in (rows[:limit] if limit else rows))
+    return sum(expire_hold(r, now) for r in (rows[:limit] if limit else rows))
 
 
 _CLOSE_FIELDS = (
@@ -110,7 +109,7 @@ def held_by_plan(entitlement_id: int, period_start: datetime | None) -> int:
     return int(plan_part or 0)
 
 
-def _close(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bool:
+def close_hold(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bool:
     """Claim and give back the whole hold: released (expired once past ``expires_at``).
 
     ``expire`` claims only a hold past its expiry. True if this call closed it.
@@ -127,17 +126,18 @@ def _close(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bo
             return False
         if reservation.held:
             same_period = reservation.period_start == row.period_start
-            _give_back(reservation, reservation.held, moment, in_usage=same_period)
+            give_back(reservation, reservation.held, moment, in_usage=same_period)
         return True
 
     return atomic_with_retry(work)
 
 
-def _expire_one(reservation: AnyReservation, moment: datetime) -> bool:
-    return _close(reservation, moment, expire=True)
+def expire_hold(reservation: AnyReservation, moment: datetime) -> bool:
+    """Give back one hold past its ``expires_at``; True if this call closed it."""
+    return close_hold(reservation, moment, expire=True)
 
 
-def _give_back(reservation: AnyReservation, n: int, moment: datetime, *, in_usage: bool) -> Draws:
+def give_back(reservation: AnyReservation, n: int, moment: datetime, *, in_usage: bool) -> Draws:
     """Return the last ``n`` units of the hold (reverse consumption order); the rest is kept.
 
     ``in_usage``: the hold is still in this period's usage (no reset since). Units
