@@ -76,6 +76,46 @@ def test_replaying_a_whole_batch_counts_once(user, free_plan):
     assert Entitlement.objects.get().usage == 20
 
 
+def test_every_answer_names_the_ledger_row_that_holds_its_event(user, free_plan):
+    """The set-based insert maps each new id to its own event: each answer's eventId is
+    the row with that event's amount, key, properties and balances, in request order."""
+    kernia_billing.grant(user, "messages", 7, reason="covers the overflow")
+    odd_keys = ["plain", "quote ' and \\ backslash", "{brace,comma}", 'dq "x"', "ünï", "NULL"]
+    batch = [
+        TrackRequest(
+            "messages",
+            index % 5 + 1,
+            idempotency_key=odd_keys[index] if index < len(odd_keys) else f"k{index}",
+            properties={"n": index, "tags": ["a", {"b": None}], "s": "x'\"y"} if index % 2 else {},
+        )
+        for index in range(40)
+    ]
+    results = kernia_billing.track_batch(user, batch)
+
+    accepted = [(request, r.result) for request, r in zip(batch, results, strict=True) if r.ok]
+    assert len(accepted) > 30 and not all(r.ok for r in results)  # ran out: the grant drew
+    rows = UsageEvent.objects.in_bulk([result.event_id for _, result in accepted])
+    assert len(rows) == len(accepted)
+    for request, result in accepted:
+        row = rows[result.event_id]
+        assert (row.amount, row.idempotency_key, row.properties) == (
+            request.amount,
+            request.idempotency_key,
+            request.properties,
+        )
+        assert (row.balance_after, row.usage_after) == (result.balance, result.usage)
+        assert row.created_at == result.created_at
+    ids = [result.event_id for _, result in accepted]
+    assert ids == sorted(ids)  # the ledger's order is the request's order
+    drew = [rows[i] for i in ids if rows[i].from_grants]
+    total = sum(request.amount for request, _ in accepted)
+    assert sum(row.from_grants for row in drew) == total - 100  # beyond the plan's 100
+    assert drew and all(row.draws for row in drew)
+    again = kernia_billing.track_batch(user, batch)
+    assert [r.result.event_id for r in again if r.ok] == ids
+    assert all(r.result.replayed for r in again if r.ok)
+
+
 def test_staff_batch_for_several_customers(free_plan):
     alice, bob = UserFactory(), UserFactory()
     results = kernia_billing.track_batch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any
 
 from ...conf import billing_settings
@@ -60,5 +61,13 @@ def validate_idempotency_key(key: Any, *, field: str = "idempotencyKey") -> str 
 
 def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> bytes:
     """SHA-256 of the payload, as 32 bytes (stored as bytes: half the hex digest's size)."""
+    if not properties:  # the common payload: the same few (feature, amount) pairs
+        return _bare_fingerprint(feature, amount)
     payload = json.dumps([feature, amount, properties], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).digest()
+
+
+@lru_cache(maxsize=1024, typed=True)  # typed: True and 1 are not the same payload
+def _bare_fingerprint(feature: str, amount: int) -> bytes:
+    payload = json.dumps([feature, amount, {}], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).digest()
