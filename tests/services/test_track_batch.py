@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 import kernia_billing
 from kernia_billing import TrackRequest
 from kernia_billing.exceptions import InvalidRequest
-from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
+from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent, UsageRollup
+from kernia_billing.services.usage.ledger import NewEvent, insert_events
 from tests.factories import FeatureFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -179,3 +181,40 @@ def test_events_before_the_current_period_are_refused_and_not_counted(user, free
     assert Entitlement.objects.get().usage == 5
     assert UsageEvent.objects.count() == 1
     assert audit_ledger() == []
+
+
+def test_rows_that_share_every_value_are_still_one_row_each(user, free_plan, messages):
+    """The set-based insert sends a value all rows share once; rows that share all of
+    them (no key, same balances) still become one ledger row and one rollup count each."""
+    kernia_billing.check(user, "messages")
+    entitlement = Entitlement.objects.get()
+    moment = timezone.now()
+    twins = [
+        NewEvent(
+            customer_id=entitlement.customer_id,
+            feature_id=messages.pk,
+            amount=2,
+            idempotency_key=None,
+            request_fingerprint=b"\x00\x01",
+            properties={"same": ["x", None]},
+            created_at=moment,
+            balance_after=98,
+            usage_after=2,
+            from_grants=0,
+            draws=None,
+            used_feature_id=None,
+            units=None,
+        )
+        for _ in range(3)
+    ]
+    with transaction.atomic():
+        insert_events(twins)
+
+    ids = [event.pk for event in twins]
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    rows = UsageEvent.objects.filter(pk__in=ids)
+    assert [(r.amount, r.properties, bytes(r.request_fingerprint)) for r in rows] == [
+        (2, {"same": ["x", None]}, b"\x00\x01")
+    ] * 3
+    rollup = UsageRollup.objects.get(customer_id=entitlement.customer_id)
+    assert (rollup.amount, rollup.events) == (6, 3)

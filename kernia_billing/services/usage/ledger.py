@@ -81,13 +81,18 @@ def _pg_columns(events: Sequence[NewEvent]) -> list[list[Any]]:
     return columns
 
 
+def _json_text(value: Any, *, encoder: type[json.JSONEncoder] | None) -> str:
+    # Most events carry no properties: their text needs no encoder.
+    return "{}" if type(value) is dict and not value else json.dumps(value, cls=encoder)
+
+
 @lru_cache(maxsize=1)
 def _pg_converters() -> tuple[Callable[[Any], Any] | None, ...]:
     """Per ``EVENT_COLUMNS`` entry: how its value goes to psycopg (None: as it is)."""
     converters: list[Callable[[Any], Any] | None] = []
     for field in _event_fields():
         if isinstance(field, models.JSONField):
-            converters.append(partial(json.dumps, cls=field.encoder))
+            converters.append(partial(_json_text, encoder=field.encoder))
         elif isinstance(field, models.BinaryField):
             converters.append(bytes)
         else:
@@ -145,7 +150,8 @@ def insert_events(events: Sequence[NewEvent]) -> None:
     """Insert many ledger rows, set their ids, and record their rollups (same transaction).
 
     PostgreSQL: one statement, whatever the count: the rows go in as one array per
-    column (``INSERT ... SELECT ... FROM unnest(...)``), their ids drawn from the
+    column (``INSERT ... SELECT ... FROM unnest(...)``; a value all rows share, once),
+    their ids drawn from the
     table's sequence in the events' order, and :func:`.rollups.record_rollups`'s upserts
     ride along in the same ``WITH``. (Django's ``bulk_create`` prepares each of the
     13,000 values of a 1,000-row batch through its field and builds a 13,000-placeholder
@@ -162,9 +168,16 @@ def insert_events(events: Sequence[NewEvent]) -> None:
         record_rollups(events)
         return
     upserts = rollup_upserts(events)
-    params: list[Any] = [UsageEvent._meta.db_table]
-    params += _pg_columns(events)
-    ctes, select = _insert_events_sql()
+    columns = _pg_columns(events)
+    # A column whose value every row shares (the batch's moment, its customer, often the
+    # fingerprint and properties) goes once, not 1,000 times in the statement's text.
+    shared = tuple(all(value == column[0] for value in column) for column in columns)
+    params: list[Any] = [column[0] for column, same in zip(columns, shared, strict=True) if same]
+    params.append(UsageEvent._meta.db_table)
+    params += [column for column, same in zip(columns, shared, strict=True) if not same]
+    if all(shared):
+        params.append(len(events))
+    ctes, select = _insert_events_sql(shared)
     for n, (upsert, upsert_params) in enumerate(upserts):
         ctes += f", r{n} AS ({upsert})"
         params += upsert_params
@@ -176,29 +189,37 @@ def insert_events(events: Sequence[NewEvent]) -> None:
         event.pk = event_id
 
 
-@lru_cache(maxsize=1)
-def _insert_events_sql() -> tuple[str, str]:
-    """PostgreSQL: the ``WITH`` that inserts the ledger rows from one array per column
-    (more CTEs may follow it), and the ``SELECT`` of their ids in the arrays' order."""
+@lru_cache(maxsize=64)
+def _insert_events_sql(shared: tuple[bool, ...]) -> tuple[str, str]:
+    """PostgreSQL: the ``WITH`` that inserts the ledger rows (more CTEs may follow it),
+    and the ``SELECT`` of their ids in the rows' order. Per ``EVENT_COLUMNS`` entry,
+    ``shared`` says whether it comes as one value for all rows, else as an array."""
     quote = connection.ops.quote_name
     fields = _event_fields()
-    arrays, columns = [], []
-    for name, field in zip(EVENT_COLUMNS, fields, strict=True):  # the attnames are columns
-        if isinstance(field, models.JSONField):  # JSON travels as text, cast per row
-            arrays.append("%s::text[]")
-            columns.append(f"{quote(name)}::jsonb")
+    values, arrays, varying, columns = [], [], [], []
+    for name, field, same in zip(EVENT_COLUMNS, fields, shared, strict=True):
+        # JSON travels as text, cast once into the table; the attnames are the columns.
+        kind = "text" if isinstance(field, models.JSONField) else field.db_type(connection)
+        if same:
+            values.append(f"%s::{kind} AS {quote(name)}")
         else:
-            arrays.append(f"%s::{field.db_type(connection)}[]")
-            columns.append(quote(name))
-    names = ", ".join(quote(name) for name in EVENT_COLUMNS)
+            values.append(f"t.{quote(name)}")
+            arrays.append(f"%s::{kind}[]")
+            varying.append(quote(name))
+        is_json = isinstance(field, models.JSONField)
+        columns.append(f"{quote(name)}::jsonb" if is_json else quote(name))
     ordinal = quote("ordinal")
-    # The ids come from the sequence in the source's order, so the answer maps each
-    # id to its event by position (never by the order RETURNING happens to give).
+    if arrays:
+        rows = f"unnest({', '.join(arrays)}) WITH ORDINALITY AS t({', '.join(varying)}, {ordinal})"
+    else:
+        rows = f"generate_series(1, %s) AS t({ordinal})"
+    # The ids come from the sequence in the rows' order, so the answer maps each id to
+    # its event by position (never by the order RETURNING happens to give).
     source = (
-        f"SELECT nextval(s.seq) AS {quote('id')}, t.* FROM "
-        "(SELECT pg_get_serial_sequence(%s, 'id')::regclass AS seq) s CROSS JOIN "
-        f"unnest({', '.join(arrays)}) WITH ORDINALITY AS t({names}, {ordinal})"
+        f"SELECT nextval(s.seq) AS {quote('id')}, {', '.join(values)}, t.{ordinal} FROM "
+        f"(SELECT pg_get_serial_sequence(%s, 'id')::regclass AS seq) s CROSS JOIN {rows}"
     )
+    names = ", ".join(quote(name) for name in EVENT_COLUMNS)
     insert = (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({quote('id')}, {names}) "
         f"SELECT {quote('id')}, {', '.join(columns)} FROM src ORDER BY {ordinal}"
