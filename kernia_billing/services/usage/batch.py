@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -78,9 +78,10 @@ def track_batch(
     results: list[BatchItemResult | None] = [None] * len(events)
     prepared: list[_Prepared] = []
     lookups = _Lookups()
+    shared: dict[tuple[int, str, int], _Prepared | BillingError] = {}
     for index, request in enumerate(events):
         try:
-            prepared.append(_prepare(index, request, owner, lookups))
+            prepared.append(_prepare_alike(index, request, owner, lookups, shared))
         except BillingError as error:
             results[index] = refusal(index, error)
     for _attempt in range(3):
@@ -160,6 +161,37 @@ class _Lookups:
         if feature not in self._pools:
             self._pools[feature] = pool_of(feature)
         return self._pools[feature]
+
+
+def _prepare_alike(
+    index: int,
+    request: TrackRequest,
+    default_owner: Any,
+    lookups: _Lookups,
+    shared: dict[tuple[int, str, int], _Prepared | BillingError],
+) -> _Prepared:
+    """:func:`_prepare`, done once for the events without properties that share owner,
+    feature and amount (most of a batch): each of those then validates only its key."""
+    properties = request.properties
+    if not (properties is None or (type(properties) is dict and not properties)):
+        return _prepare(index, request, default_owner, lookups)
+    if type(request.feature) is not str:
+        return _prepare(index, request, default_owner, lookups)
+    owner = request.owner if request.owner is not None else default_owner
+    # In _prepare's order: what it checks before the feature is checked per event.
+    amount = _validate_amount(request.amount)
+    key = validate_idempotency_key(request.idempotency_key)
+    alike = (id(owner), request.feature, amount)
+    found = shared.get(alike)
+    if found is None:
+        try:
+            found = _prepare(index, request, default_owner, lookups)
+        except BillingError as error:
+            found = error  # the feature's or the owner's refusal: the same for each
+        shared[alike] = found
+    if isinstance(found, BillingError):
+        raise found
+    return replace(found, index=index, idempotency_key=key)
 
 
 def _prepare(
@@ -281,8 +313,7 @@ def _decide_locked(
         if isinstance(outcome, BillingError):
             decided[item.index] = refusal(item.index, outcome)
         else:
-            accepted.append((item, outcome))
-            decided[item.index] = BatchItemResult(index=item.index, ok=True, status=201)
+            accepted.append((item, outcome))  # answered once its ledger row has its id
         if key is not None:
             accepted_event = None if isinstance(outcome, BillingError) else outcome
             seen_keys[key] = (item.fingerprint, accepted_event)
