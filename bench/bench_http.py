@@ -8,8 +8,11 @@ time, in one run, so the ratios are comparable. A figure, not a test::
     .venv/bin/python bench/bench_http.py                  # concurrency 1 8 64, 6 s each
     .venv/bin/python bench/bench_http.py --seconds 8 --concurrency 8 64 --batch-size 1000
 
-Each client thread bills its own customer (64 customers), as many users would.
-Batch track is reported as exact deductions per second (events accepted/s).
+Each client thread bills its own customer (64 customers), as many users would; the
+"hot" cells send every client's calls to one customer (one entitlement row), and
+compare with the spread cell ("vs floor" is then vs spread customers). Batch track is
+reported as exact deductions per second (events newly accepted/s; each key is new).
+``--database`` names the throwaway database (on a shared server: a name of your own).
 """
 
 from __future__ import annotations
@@ -26,16 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import http_harness as harness
 
-DATABASE = os.environ.get("PG_URL_BASE", harness.DEFAULT_PG) + "/kernia_bench_http"
+PG_URL_BASE = os.environ.get("PG_URL_BASE", harness.DEFAULT_PG)
 CUSTOMERS = 64
 ENDPOINTS = {
     "floor check": "/floor/check",
     "check": "/api/auth/billing/check",
     "floor track": "/floor/track",
     "track": "/api/auth/billing/track",
+    "floor batch track": "/floor/track/batch",
     "batch track": "/api/auth/billing/track/batch",
+    # Every client bills the same customer (one entitlement row), against the spread cells.
+    "hot track": "/api/auth/billing/track",
+    "hot batch track": "/api/auth/billing/track/batch",
 }
-FLOOR_OF = {"check": "floor check", "track": "floor track"}
+#: The cell each one is compared with ("vs floor"; for the hot cells: vs spread customers).
+FLOOR_OF = {
+    "check": "floor check",
+    "track": "floor track",
+    "batch track": "floor batch track",
+    "hot track": "track",
+    "hot batch track": "batch track",
+}
 
 # Set in the parent before the client processes fork.
 CONFIG: dict[str, Any] = {}
@@ -45,22 +59,27 @@ def bench_worker(client: harness.Client, worker_id: str, deadline: float) -> lis
     """Call one endpoint in a loop; records (latency ms, status, deductions)."""
     tokens: list[str] = CONFIG["tokens"]
     process, thread = (int(part) for part in worker_id[1:].split("t"))
-    token = tokens[(thread * CONFIG["processes"] + process) % len(tokens)]
+    token = tokens[0 if CONFIG["hot"] else (thread * CONFIG["processes"] + process) % len(tokens)]
     path = CONFIG["path"]
     records = []
     sequence = 0
     while time.time() < deadline:
-        if path.endswith("/batch"):
+        if path.endswith("batch"):
             sequence += 1
             size = CONFIG["batch_size"]
             body: dict[str, Any] = {
                 "events": [
-                    {"feature": "messages", "idempotencyKey": f"{worker_id}-{sequence}-{i}"}
+                    {
+                        "feature": "messages",
+                        "idempotencyKey": f"{CONFIG['run']}-{worker_id}-{sequence}-{i}",
+                    }
                     for i in range(size)
                 ]
             }
             status, payload, ms = client.post(path, body, token)
-            accepted = sum(1 for r in payload["results"] if r["ok"]) if status == 200 else 0
+            results = payload["results"] if status == 200 else []
+            # Deductions: events newly accepted (every key is new: a replay would be cheaper).
+            accepted = sum(1 for r in results if r["ok"] and not r["replayed"])
         else:
             status, _, ms = client.post(path, {"feature": "messages", "amount": 1}, token)
             accepted = 1 if status == 201 else 0
@@ -77,10 +96,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--only", nargs="*", choices=list(ENDPOINTS), default=list(ENDPOINTS))
+    parser.add_argument(
+        "--database", default="kernia_bench_http", help="a throwaway name (dropped, recreated)"
+    )
     args = parser.parse_args()
+    database = f"{PG_URL_BASE}/{args.database}"
 
     spec = {"groups": {"bench": {"users": CUSTOMERS, "included": 10**15, "overage": False}}}
-    CONFIG["tokens"] = harness.prepare(DATABASE, spec)["bench"]
+    CONFIG["tokens"] = harness.prepare(database, spec)["bench"]
     CONFIG["batch_size"] = args.batch_size
     load = os.getloadavg()[0]
     print(
@@ -92,15 +115,18 @@ def main() -> None:
     # neighbour's burst of load on this shared machine skews both sides alike.
     rounds: dict[tuple[str, int], list[tuple[list[tuple], float]]] = {}
     server = harness.Gunicorn(
-        DATABASE, settings_module="bench.floor_settings", workers=args.workers, threads=args.threads
+        database, settings_module="bench.floor_settings", workers=args.workers, threads=args.threads
     )
     with harness.serving(server):
         for concurrency in args.concurrency:
             for _round in range(args.rounds):
                 for name in args.only:
                     CONFIG["path"] = ENDPOINTS[name]
+                    CONFIG["hot"] = name.startswith("hot ")
                     CONFIG["processes"] = max(1, min(4, concurrency))
+                    CONFIG["run"] = CONFIG.get("run", 0) + 1  # idempotency keys new per drive
                     harness.drive(bench_worker, server.port, concurrency=concurrency, seconds=0.3)
+                    CONFIG["run"] += 1
                     rounds.setdefault((name, concurrency), []).append(
                         harness.drive(
                             bench_worker,

@@ -1,6 +1,7 @@
 """Hand-written "floor" endpoints: the least a DRF view can do for check and track.
 
-They share the real endpoints' authentication and owner lookup cost model (one
+Batch too: one ``UPDATE`` of the summed amount and one set-based ``INSERT`` of the
+rows. They share the real endpoints' authentication and owner lookup cost model (one
 query, no ORM model instances), so the ratio real/floor measures what
 kernia_billing adds on top of the database round trips it cannot avoid.
 """
@@ -80,8 +81,56 @@ class FloorTrackView(APIView):
         return Response({"balance": included - usage, "usage": usage}, status=201)
 
 
+class FloorBatchTrackView(APIView):
+    """Batch: one conditional UPDATE of the summed amount, then one set-based INSERT of
+    the events (one ledger row each, idempotency keys under the unique index)."""
+
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request):
+        owner_type, owner_id = _owner(request)
+        events = request.data["events"]
+        amounts = [int(event.get("amount", 1)) for event in events]
+        keys = [event.get("idempotencyKey") for event in events]
+        total = sum(amounts)
+        moment = timezone.now()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {ENTITLEMENT} SET usage = usage + %s "
+                f"WHERE id = (SELECT e.id FROM {ENTITLEMENT} e "
+                f"JOIN {CUSTOMER} c ON c.id = e.customer_id "
+                f"JOIN {FEATURE} f ON f.id = e.feature_id "
+                "WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = 'messages') "
+                "AND usage + %s <= included RETURNING customer_id, feature_id, usage, included",
+                [total, owner_type, owner_id, total],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return Response({"error": {"code": "insufficient_balance"}}, status=402)
+            customer_id, feature_id, usage, included = row
+            usage_after, running = [], usage - total
+            for amount in amounts:
+                running += amount
+                usage_after.append(running)
+            cursor.execute(
+                f"INSERT INTO {EVENT} (customer_id, feature_id, amount, idempotency_key, "
+                "request_fingerprint, properties, created_at, balance_after, usage_after) "
+                "SELECT %s, %s, a, k, '', '{}', %s, %s - u, u "
+                "FROM unnest(%s::bigint[], %s::varchar[], %s::bigint[]) AS t(a, k, u) "
+                "RETURNING id",
+                [customer_id, feature_id, moment, included, amounts, keys, usage_after],
+            )
+            ids = [event_id for (event_id,) in cursor.fetchall()]
+        results = [
+            {"index": i, "ok": True, "status": 201, "eventId": event_id, "replayed": False}
+            for i, event_id in enumerate(ids)
+        ]
+        return Response({"results": results})
+
+
 urlpatterns = [
     path("floor/check", FloorCheckView.as_view(), name="floor-check"),
     path("floor/track", FloorTrackView.as_view(), name="floor-track"),
+    path("floor/track/batch", FloorBatchTrackView.as_view(), name="floor-track-batch"),
     path("", include("example_project.urls")),
 ]

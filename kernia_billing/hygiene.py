@@ -49,6 +49,8 @@ def validate_properties(properties: Any, field: str = "properties") -> dict[str,
         return {}
     if not isinstance(properties, dict):
         raise InvalidRequest(f"{field} must be an object.", fields={field: "Must be an object."})
+    if not properties:
+        return properties  # nothing to walk or measure
     _walk(properties, field)
     try:
         size = len(json.dumps(properties, sort_keys=True, allow_nan=False))

@@ -37,6 +37,7 @@ from .serializers import (
     ErrorDetailSerializer,
     OwnerSerializer,
     TrackSerializer,
+    plain_track_data,
     render_track,
 )
 
@@ -46,10 +47,19 @@ class BatchEventSerializer(TrackSerializer):
     are for staff callers only."""
 
 
+class EventListField(serializers.ListField):
+    """A list of JSON objects; each is validated on its own, by the view."""
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if type(data) is list and all(type(event) is dict for event in data):
+            return [dict(event) for event in data]  # what the child DictField gives back
+        return super().to_internal_value(data)  # and its errors, by index
+
+
 class BatchTrackSerializer(OwnerSerializer):
     """``{"events": [...], organizationId?}``; each event is validated on its own."""
 
-    events = serializers.ListField(
+    events = EventListField(
         child=serializers.DictField(),
         allow_empty=True,
         help_text="At most MAX_BATCH_SIZE (default 1,000) events, answered in order.",
@@ -164,7 +174,8 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
         answered = usage.track_batch(default_owner, requests) if requests else []
         for item in answered:
             refused[positions[item.index]] = _reindexed(item, positions[item.index])
-        results = [_render(refused[index]) for index in range(len(data["events"]))]
+        datetimes: dict[Any, Any] = {}  # the batch's events share their moment
+        results = [_render(refused[index], datetimes) for index in range(len(data["events"]))]
         return Response({"results": results})
 
     @staticmethod
@@ -172,9 +183,14 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
         """Each event's shape, as single track validates it; any bad shape is a 400 for the
         whole request, naming the events by index (``fields.events["3"].amount``)."""
         validator = BatchEventSerializer()  # one instance: 1,000 constructions cost ~0.2 s
+        limit = billing_settings.MAX_TRACK_AMOUNT
         events: list[dict[str, Any]] = []
         errors: dict[str, Any] = {}
         for index, raw in enumerate(raw_events):
+            plain = plain_track_data(raw, limit)
+            if plain is not None:
+                events.append(plain)
+                continue
             try:
                 events.append(validator.run_validation(raw))
             except serializers.ValidationError as error:
@@ -222,7 +238,7 @@ def _reindexed(item: BatchItemResult, index: int) -> BatchItemResult:
     return item if item.index == index else replace(item, index=index)
 
 
-def _render(item: BatchItemResult) -> dict[str, Any]:
+def _render(item: BatchItemResult, datetimes: dict[Any, Any]) -> dict[str, Any]:
     """Hand-rendered (1,000 items through a serializer cost more than the database work)."""
     if not item.ok or item.result is None:
         return {
@@ -235,4 +251,5 @@ def _render(item: BatchItemResult) -> dict[str, Any]:
                 "fields": item.error_fields or {},
             },
         }
-    return {"index": item.index, "ok": True, "status": item.status, **render_track(item.result)}
+    rendered = render_track(item.result, datetimes=datetimes)
+    return {"index": item.index, "ok": True, "status": item.status, **rendered}

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from .. import selectors
+from ..conf import billing_settings
 from ..selectors import get_customer
 from ..services import usage
 from .base import BillingAPIView
@@ -34,6 +35,8 @@ from .serializers import (
     UsagePageSerializer,
     UsageQuerySerializer,
     encode_cursor,
+    plain_check_data,
+    plain_track_data,
     render_check,
     render_track,
 )
@@ -74,9 +77,11 @@ class CheckView(OwnerMixin, BillingAPIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = CheckSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = plain_check_data(request.data, billing_settings.MAX_TRACK_AMOUNT)
+        if data is None:
+            serializer = CheckSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
         owner = self.get_owner(data)
         result = usage.check(
             owner, data["feature"], required=data["required"], breakdown=data["breakdown"]
@@ -112,9 +117,11 @@ class TrackView(OwnerMixin, BillingAPIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = TrackSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = plain_track_data(request.data, billing_settings.MAX_TRACK_AMOUNT)
+        if data is None:
+            serializer = TrackSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
         owner = self.get_owner(data)
         result = usage.track(
             owner,

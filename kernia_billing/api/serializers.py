@@ -311,8 +311,15 @@ def render_grant_parts(parts: Any) -> list[dict[str, Any]]:
     ]
 
 
-def render_track(result: TrackResult) -> dict[str, Any]:
-    """The ``TrackResultSerializer`` shape of a track result."""
+def render_track(result: TrackResult, *, datetimes: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """The ``TrackResultSerializer`` shape of a track result; ``datetimes`` memoizes the
+    rendering of times over one response's many results."""
+    if datetimes is None:
+        created_at = _datetime(result.created_at)
+    elif result.created_at in datetimes:
+        created_at = datetimes[result.created_at]
+    else:
+        created_at = datetimes[result.created_at] = _datetime(result.created_at)
     return {
         "eventId": result.event_id,
         "feature": result.feature,
@@ -322,9 +329,73 @@ def render_track(result: TrackResult) -> dict[str, Any]:
         "included": result.included,
         "unlimited": result.unlimited,
         "replayed": result.replayed,
-        "createdAt": _datetime(result.created_at),
+        "createdAt": created_at,
         **_credits(result),
     }
+
+
+# --- the common bodies of the hot endpoints, without a serializer -------------------------
+# tests/api/test_plain_bodies.py checks each against its serializer.
+
+_PLAIN_TRACK_KEYS = frozenset({"feature", "amount", "idempotencyKey", "properties"})
+_PLAIN_CHECK_KEYS = frozenset({"feature", "required", "breakdown"})
+
+
+def plain_track_data(raw: Any, amount_limit: int) -> dict[str, Any] | None:
+    """What ``TrackSerializer`` would return for ``raw``, when ``raw`` is the common,
+    plainly valid body; else None and the serializer decides (and words any error).
+
+    Plain: no per-event owner, an ASCII feature key and idempotency key without NUL or
+    surrounding blanks within their lengths, an integer amount within the limit, an
+    object (or null) of properties. The serializer's walk over its fields costs ~0.1 ms
+    per call: as much as the rest of a batch's work, or a tenth of a single track's.
+    """
+    if not isinstance(raw, dict) or not _PLAIN_TRACK_KEYS.issuperset(raw):
+        return None
+    feature = raw.get("feature")
+    if not _plain_text(feature, MAX_FEATURE_KEY_LENGTH):
+        return None
+    event: dict[str, Any] = {"feature": feature, "amount": raw.get("amount", 1)}
+    amount = event["amount"]
+    if type(amount) is not int or abs(amount) > amount_limit:
+        return None
+    if "idempotencyKey" in raw:
+        key = raw["idempotencyKey"]
+        if key is not None and key != "" and not _plain_text(key, MAX_IDEMPOTENCY_KEY_LENGTH):
+            return None
+        event["idempotencyKey"] = key
+    if "properties" in raw:
+        properties = raw["properties"]
+        if properties is not None and type(properties) is not dict:
+            return None
+        event["properties"] = None if properties is None else dict(properties)
+    return event
+
+
+def _plain_text(value: Any, max_length: int) -> bool:
+    """A string CharField keeps as it is: non-blank, trimmed, ASCII without NUL, short."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and "\x00" not in value
+        and value.strip() == value
+    )
+
+
+def plain_check_data(raw: Any, amount_limit: int) -> dict[str, Any] | None:
+    """What ``CheckSerializer`` would return for the common body (as
+    :func:`plain_track_data`: else None, and the serializer decides)."""
+    if not isinstance(raw, dict) or not _PLAIN_CHECK_KEYS.issuperset(raw):
+        return None
+    feature = raw.get("feature")
+    required = raw.get("required", 1)
+    breakdown = raw.get("breakdown", False)
+    if not _plain_text(feature, MAX_FEATURE_KEY_LENGTH) or type(breakdown) is not bool:
+        return None
+    if type(required) is not int or not 0 <= required <= amount_limit:
+        return None
+    return {"feature": feature, "required": required, "breakdown": breakdown}
 
 
 class NoBlankTypedParamsMixin:

@@ -46,7 +46,7 @@ from kernia_billing.services.entitlements.sync import sync_entitlements
 from kernia_billing.services.locking import lock_customer
 from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.services.reservations.giveback import expire_reservations
-from kernia_billing.types import SubscriptionItemSnapshot, SubscriptionSnapshot
+from kernia_billing.types import SubscriptionItemSnapshot, SubscriptionSnapshot, TrackRequest
 from tests.factories import (
     CatalogPriceFactory,
     FeatureFactory,
@@ -140,6 +140,37 @@ class LedgerMachine(RuleBasedStateMachine):
             assert result.balance >= 0  # no overage: never accepted below zero
         if key is not None:
             self.keys.setdefault(key, amount)
+
+    @rule(
+        events=st.lists(
+            st.tuples(st.integers(1, 15), st.one_of(st.none(), st.sampled_from("abcdef"))),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    def track_batch(self, events):
+        """Batch track (its set-based ledger write on PostgreSQL) with single track's keys:
+        replays across the two doors, within the batch, and conflicts."""
+        requests = [TrackRequest(self.feature, n, idempotency_key=key) for n, key in events]
+        before = UsageEvent.objects.filter(customer=self.customer).count()
+        results = kernia_billing.track_batch(self.user, requests)
+        new = 0
+        first_in_batch: dict[str, int] = {}  # a key's first payload here, even if refused
+        for (amount, key), result in zip(events, results, strict=True):
+            if key is not None:
+                first = self.keys.get(key, first_in_batch.setdefault(key, amount))
+                if first != amount:
+                    assert not result.ok and result.error_code == "idempotency_conflict"
+                    continue
+            if not result.ok:
+                assert result.error_code == "insufficient_balance"
+                continue
+            assert result.result.replayed == (key is not None and key in self.keys)
+            new += 0 if result.result.replayed else 1
+            assert result.result.replayed or result.result.balance >= 0
+            if key is not None:
+                self.keys.setdefault(key, amount)
+        assert UsageEvent.objects.filter(customer=self.customer).count() == before + new
 
     @rule(
         amount=st.integers(-25, 15).filter(bool),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 from django.apps import apps
@@ -11,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 import kernia_billing
 from kernia_billing.exceptions import IdempotencyConflict
 from kernia_billing.models import Entitlement, UsageEvent
+from kernia_billing.services.usage.ledger import _keyed_events_sql, _pair_arrays, keyed_events
 from kernia_billing.types import TrackRequest
 from tests.factories import UserFactory
 from tests.threads import run_concurrently, skip_unless_shared_database
@@ -116,3 +118,21 @@ def test_concurrent_first_uses_of_a_key_with_different_payloads_record_one(free_
     assert len(accepted) + len(conflicts) == 16
     assert len(conflicts) == sum(1 for i in range(16) if 1 + i % 2 != event.amount)
     assert Entitlement.objects.get().usage == event.amount
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_replay_lookups_of_one_key_and_of_a_batch_read_the_digest_index(free_plan, user):
+    """Neither lookup may scan the customer's history: the digest index is the only one
+    that holds the key (a plan that falls back reads every row of a busy customer)."""
+    customer_id = kernia_billing.track(user, "messages", 1, idempotency_key="a").event_id
+    customer_id = UsageEvent.objects.get(pk=customer_id).customer_id
+    pairs = {(customer_id, "a"), (customer_id, "b")}
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table: ask for the index
+        one = keyed_events([(customer_id, "a")]).explain()
+        cursor.execute("EXPLAIN " + _keyed_events_sql(), _pair_arrays(pairs))
+        many = "\n".join(row[0] for row in cursor.fetchall())
+    for plan in (one, many):
+        assert "kernia_billing_usage_idempotency_key" in plan, plan
+        assert re.search(r"Index Cond: \(+md5\(", plan), plan  # searched by digest, not walked

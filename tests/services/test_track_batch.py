@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 import kernia_billing
 from kernia_billing import TrackRequest
 from kernia_billing.exceptions import InvalidRequest
-from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
+from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent, UsageRollup
+from kernia_billing.services.usage.ledger import NewEvent, insert_events
 from tests.factories import FeatureFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +76,47 @@ def test_replaying_a_whole_batch_counts_once(user, free_plan):
     assert all(r.ok and not r.result.replayed for r in first)
     assert all(r.ok and r.result.replayed for r in again)
     assert Entitlement.objects.get().usage == 20
+
+
+def test_every_answer_names_the_ledger_row_that_holds_its_event(user, free_plan):
+    """The set-based insert maps each new id to its own event: each answer's eventId is
+    the row with that event's amount, key, properties and balances, in request order."""
+    kernia_billing.grant(user, "messages", 7, reason="covers the overflow")
+    odd_keys = ["plain", "quote ' and \\ backslash", "{brace,comma}", 'dq "x"', "ünï", "NULL"]
+    batch = [
+        TrackRequest(
+            "messages",
+            index % 5 + 1,
+            idempotency_key=odd_keys[index] if index < len(odd_keys) else f"k{index}",
+            properties={"n": index, "tags": ["a", {"b": None}], "s": "x'\"y"} if index % 2 else {},
+        )
+        for index in range(40)
+    ]
+    results = kernia_billing.track_batch(user, batch)
+
+    accepted = [(request, r.result) for request, r in zip(batch, results, strict=True) if r.ok]
+    assert len(accepted) > 30 and not all(r.ok for r in results)  # ran out: the grant drew
+    rows = UsageEvent.objects.in_bulk([result.event_id for _, result in accepted])
+    assert len(rows) == len(accepted)
+    for request, result in accepted:
+        row = rows[result.event_id]
+        # No properties are stored as NULL (the API answers {}).
+        assert (row.amount, row.idempotency_key, row.properties or {}) == (
+            request.amount,
+            request.idempotency_key,
+            request.properties,
+        )
+        assert (row.balance_after, row.usage_after) == (result.balance, result.usage)
+        assert row.created_at == result.created_at
+    ids = [result.event_id for _, result in accepted]
+    assert ids == sorted(ids)  # the ledger's order is the request's order
+    drew = [rows[i] for i in ids if rows[i].from_grants]
+    total = sum(request.amount for request, _ in accepted)
+    assert sum(row.from_grants for row in drew) == total - 100  # beyond the plan's 100
+    assert drew and all(row.draws for row in drew)
+    again = kernia_billing.track_batch(user, batch)
+    assert [r.result.event_id for r in again if r.ok] == ids
+    assert all(r.result.replayed for r in again if r.ok)
 
 
 def test_staff_batch_for_several_customers(free_plan):
@@ -139,3 +182,40 @@ def test_events_before_the_current_period_are_refused_and_not_counted(user, free
     assert Entitlement.objects.get().usage == 5
     assert UsageEvent.objects.count() == 1
     assert audit_ledger() == []
+
+
+def test_rows_that_share_every_value_are_still_one_row_each(user, free_plan, messages):
+    """The set-based insert sends a value all rows share once; rows that share all of
+    them (no key, same balances) still become one ledger row and one rollup count each."""
+    kernia_billing.check(user, "messages")
+    entitlement = Entitlement.objects.get()
+    moment = timezone.now()
+    twins = [
+        NewEvent(
+            customer_id=entitlement.customer_id,
+            feature_id=messages.pk,
+            amount=2,
+            idempotency_key=None,
+            request_fingerprint=b"\x00\x01",
+            properties={"same": ["x", None]},
+            created_at=moment,
+            balance_after=98,
+            usage_after=2,
+            from_grants=0,
+            draws=None,
+            used_feature_id=None,
+            units=None,
+        )
+        for _ in range(3)
+    ]
+    with transaction.atomic():
+        insert_events(twins)
+
+    ids = [event.pk for event in twins]
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    rows = UsageEvent.objects.filter(pk__in=ids)
+    assert [(r.amount, r.properties, bytes(r.request_fingerprint)) for r in rows] == [
+        (2, {"same": ["x", None]}, b"\x00\x01")
+    ] * 3
+    rollup = UsageRollup.objects.get(customer_id=entitlement.customer_id)
+    assert (rollup.amount, rollup.events) == (6, 3)

@@ -213,6 +213,9 @@ class GrantLedger:
         """Decide ``amount`` at ``usage``: ``(from_grants, draws)``, or None if refused."""
         grant_usage = self._grant_usage.get(row.id, row.grant_usage)
         live = self._live.get(row.id, [])
+        if not live:  # plan_draws without grants: the plan's grant alone, or nothing
+            covered = row.included - (usage - grant_usage) >= amount
+            return (0, None) if row.unlimited or row.allow_overage or covered else None
         planned = plan_draws(
             row.included - (usage - grant_usage),
             live,

@@ -10,12 +10,16 @@ after every lock the track took (``services/locking.py``: step 3, inserts only).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 
 from ...conf import billing_settings
 from ...models import OverageReport, ReportKind, UsageEvent
 from .sender import send_pending
+
+if TYPE_CHECKING:
+    from ..usage.ledger import NewEvent
 
 __all__ = ["identifier_for_event", "overage_units", "record_overage", "record_overages"]
 
@@ -30,7 +34,7 @@ def identifier_for_event(event_id: int) -> str:
     return f"{billing_settings.METER_IDENTIFIER_PREFIX}-usage-{event_id}"
 
 
-def _report(event: UsageEvent, value: int) -> OverageReport:
+def _report(event: UsageEvent | NewEvent, value: int) -> OverageReport:
     return OverageReport(
         customer_id=event.customer_id,
         feature_id=event.feature_id,
@@ -54,7 +58,7 @@ def record_overage(event: UsageEvent) -> OverageReport | None:
     return report
 
 
-def record_overages(events: Iterable[UsageEvent]) -> list[OverageReport]:
+def record_overages(events: Iterable[UsageEvent | NewEvent]) -> list[OverageReport]:
     """:func:`record_overage` for the accepted events of a batch, in one INSERT."""
     reports = []
     for event in events:

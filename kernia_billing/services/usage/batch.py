@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +35,15 @@ from ..entitlements.rows import EntitlementRow, _select_many
 from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
 from .check import _check_result, _load_or_explain, denial_error
-from .ledger import _track_result, keyed_events, stored_fingerprint, stored_properties
+from .ledger import (
+    NewEvent,
+    _track_result,
+    insert_events,
+    keyed_events_by_pair,
+    stored_fingerprint,
+    stored_properties,
+)
 from .pools import Pool, pool_of, track_in_units
-from .rollups import record_rollups
 from .track import _before_period
 from .validation import (
     _fingerprint,
@@ -76,9 +82,10 @@ def track_batch(
     results: list[BatchItemResult | None] = [None] * len(events)
     prepared: list[_Prepared] = []
     lookups = _Lookups()
+    shared: dict[tuple[int, str, int], _Prepared | BillingError] = {}
     for index, request in enumerate(events):
         try:
-            prepared.append(_prepare(index, request, owner, lookups))
+            prepared.append(_prepare_alike(index, request, owner, lookups, shared))
         except BillingError as error:
             results[index] = refusal(index, error)
     for _attempt in range(3):
@@ -138,9 +145,17 @@ class _Lookups:
     def __init__(self) -> None:
         self._rows: dict[tuple[Any, str], EntitlementRow | CheckResult] = {}
         self._pools: dict[str, Pool | None] = {}
+        # owner_ref of each owner object, by identity: most events share one owner.
+        self._refs: dict[int, tuple[Any, tuple[int, str]]] = {}
+
+    def _owner_ref(self, owner: Any) -> tuple[int, str]:
+        known = self._refs.get(id(owner))
+        if known is None or known[0] is not owner:
+            known = self._refs[id(owner)] = (owner, owner_ref(owner))
+        return known[1]
 
     def row(self, owner: Any, feature: str) -> EntitlementRow | BillingError:
-        key = (owner_ref(owner), feature)
+        key = (self._owner_ref(owner), feature)
         found = self._rows.get(key)
         if found is None:
             found = self._rows[key] = _load_or_explain(owner, feature)
@@ -150,6 +165,37 @@ class _Lookups:
         if feature not in self._pools:
             self._pools[feature] = pool_of(feature)
         return self._pools[feature]
+
+
+def _prepare_alike(
+    index: int,
+    request: TrackRequest,
+    default_owner: Any,
+    lookups: _Lookups,
+    shared: dict[tuple[int, str, int], _Prepared | BillingError],
+) -> _Prepared:
+    """:func:`_prepare`, done once for the events without properties that share owner,
+    feature and amount (most of a batch): each of those then validates only its key."""
+    properties = request.properties
+    if not (properties is None or (type(properties) is dict and not properties)):
+        return _prepare(index, request, default_owner, lookups)
+    if type(request.feature) is not str:
+        return _prepare(index, request, default_owner, lookups)
+    owner = request.owner if request.owner is not None else default_owner
+    # In _prepare's order: what it checks before the feature is checked per event.
+    amount = _validate_amount(request.amount)
+    key = validate_idempotency_key(request.idempotency_key)
+    alike = (id(owner), request.feature, amount)
+    found = shared.get(alike)
+    if found is None:
+        try:
+            found = _prepare(index, request, default_owner, lookups)
+        except BillingError as error:
+            found = error  # the feature's or the owner's refusal: the same for each
+        shared[alike] = found
+    if isinstance(found, BillingError):
+        raise found
+    return replace(found, index=index, idempotency_key=key)
 
 
 def _prepare(
@@ -244,10 +290,10 @@ def _decide_locked(
     existing = _existing_events(prepared)
     known_keys.update(existing)
     decided: dict[int, BatchItemResult] = {}
-    accepted: list[tuple[_Prepared, UsageEvent]] = []
-    in_batch_replays: list[tuple[_Prepared, UsageEvent]] = []
+    accepted: list[tuple[_Prepared, NewEvent]] = []
+    in_batch_replays: list[tuple[_Prepared, NewEvent]] = []
     # Keys used earlier in this batch: (fingerprint, accepted event or None if refused).
-    seen_keys: dict[tuple[int, str], tuple[bytes, UsageEvent | None]] = {}
+    seen_keys: dict[tuple[int, str], tuple[bytes, NewEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         if item.entitlement_ids[0] in before_period:
@@ -271,8 +317,7 @@ def _decide_locked(
         if isinstance(outcome, BillingError):
             decided[item.index] = refusal(item.index, outcome)
         else:
-            accepted.append((item, outcome))
-            decided[item.index] = BatchItemResult(index=item.index, ok=True, status=201)
+            accepted.append((item, outcome))  # answered once its ledger row has its id
         if key is not None:
             accepted_event = None if isinstance(outcome, BillingError) else outcome
             seen_keys[key] = (item.fingerprint, accepted_event)
@@ -298,7 +343,7 @@ def _decide_item(
     grants: GrantLedger,
     moment: datetime,
     now: datetime | None,
-) -> UsageEvent | BillingError:
+) -> NewEvent | BillingError:
     """The event's own entitlement first, then its credit pool, as single track does."""
     if item.entitlement_id is not None:  # not before its period: refused earlier
         outcome = _decide_one(item, rows[item.entitlement_id], item.amount, usage, grants, moment)
@@ -341,9 +386,7 @@ def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:
 
 def _existing_events(prepared: list[_Prepared]) -> dict[tuple[int, str], UsageEvent]:
     keyed = [(p.customer_id, p.idempotency_key) for p in prepared if p.idempotency_key]
-    return {
-        (event.customer_id, event.idempotency_key or ""): event for event in keyed_events(keyed)
-    }
+    return keyed_events_by_pair(keyed)
 
 
 def _decide_one(
@@ -355,7 +398,7 @@ def _decide_one(
     moment: datetime,
     *,
     credit_use: tuple[int, int] | None = None,
-) -> UsageEvent | BillingError:
+) -> NewEvent | BillingError:
     """``amount`` against the locked ``row``: the ledger row to insert, or the refusal."""
     current = usage[row.id]
     after = current + amount
@@ -376,7 +419,7 @@ def _decide_one(
         )
     usage[row.id] = after
     from_grants, draws = drawn
-    return UsageEvent(
+    return NewEvent(
         customer_id=item.customer_id,
         feature_id=row.feature_id,
         amount=amount,
@@ -396,7 +439,7 @@ def _decide_one(
 def _write_decisions(
     rows: dict[int, EntitlementRow],
     usage: dict[int, int],
-    accepted: list[tuple[_Prepared, UsageEvent]],
+    accepted: list[tuple[_Prepared, NewEvent]],
     moment: datetime,
 ) -> None:
     changed = {row_id for row_id, value in usage.items() if value != rows[row_id].usage}
@@ -404,13 +447,13 @@ def _write_decisions(
         # Absolute values are safe: this transaction holds the row locked.
         Entitlement.objects.filter(pk=row_id).update(usage=usage[row_id], updated_at=moment)
     if accepted:
-        UsageEvent.objects.bulk_create([event for _, event in accepted], batch_size=500)
-        record_rollups(event for _, event in accepted)  # same transaction as the rows
-        record_overages(event for _, event in accepted)  # metering: overage outbox rows
+        events = [event for _, event in accepted]
+        insert_events(events)  # with their rollups, in the same transaction
+        record_overages(events)  # metering: overage outbox rows
 
 
 def _replayed(
-    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent
+    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent | NewEvent
 ) -> BatchItemResult:
     if bytes(event.request_fingerprint) != item.fingerprint:
         return refusal(
@@ -422,7 +465,11 @@ def _replayed(
 
 
 def _result(
-    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent, *, replayed: bool
+    item: _Prepared,
+    rows: dict[int, EntitlementRow],
+    event: UsageEvent | NewEvent,
+    *,
+    replayed: bool,
 ) -> TrackResult:
     """The track result of ``event``; a pool's ledger row is told in the feature's units."""
     if event.used_feature_id is None or not event.units:

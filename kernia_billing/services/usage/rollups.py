@@ -18,11 +18,24 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import connection
 
 from ...models import ArchivedUsageEvent, Entitlement, UsageEvent, UsageRollup
+
+
+class LedgerFacts(Protocol):
+    """What a rollup needs of a ledger row (a ``UsageEvent`` or a batch's new row)."""
+
+    @property
+    def customer_id(self) -> int: ...
+    @property
+    def feature_id(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def amount(self) -> int: ...
 
 
 def utc_day(moment: datetime) -> date:
@@ -54,23 +67,38 @@ def record_rollup(
         cursor.execute(upsert_sql(1), [customer_id, feature_id, day, amount, events])
 
 
-def record_rollups(events: Iterable[UsageEvent]) -> None:
+def record_rollups(events: Iterable[LedgerFacts]) -> None:
     """:func:`record_rollup` for many ledger rows: one upsert per 500 (customer, feature, day)."""
+    for sql, params in rollup_upserts(events):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+def rollup_upserts(
+    events: Iterable[LedgerFacts], *, chunk: int = 500
+) -> list[tuple[str, list[Any]]]:
+    """The statements of :func:`record_rollups`, for a writer that folds them into its own.
+
+    A ledger writer may run them as part of the statement that inserts the events
+    (PostgreSQL: a ``WITH ... AS (upsert)``), which is the same as calling
+    :func:`record_rollups` right after its insert: same transaction, same rows.
+    """
     totals: dict[tuple[int, int, date], list[int]] = defaultdict(lambda: [0, 0])
     for event in events:
         total = totals[(event.customer_id, event.feature_id, utc_day(event.created_at))]
         total[0] += event.amount
         total[1] += 1
     keys = sorted(totals)
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+    statements = []
+    for start in range(0, len(keys), chunk):
+        part = keys[start : start + chunk]
         params: list[Any] = []
-        for customer_id, feature_id, day in chunk:
+        for customer_id, feature_id, day in part:
             amount, count = totals[(customer_id, feature_id, day)]
             params += [customer_id, feature_id, connection.ops.adapt_datefield_value(day)]
             params += [amount, count]
-        with connection.cursor() as cursor:
-            cursor.execute(upsert_sql(len(chunk)), params)
+        statements.append((upsert_sql(len(part)), params))
+    return statements
 
 
 # --- the audit: rollups equal the ledger -------------------------------------------------
