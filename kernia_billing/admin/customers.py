@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy as _
 from ..models import BillingCustomer, Entitlement, UsageEvent
 from ..selectors import daily_usage, history_features, history_page, owner_search
 from .grants import GrantCreditsMixin
+from .readonly import ReadOnlyAdminMixin
 
 #: Usage events shown on a customer's page; the rest are one click away.
 RECENT_USAGE_EVENTS = 50
@@ -36,19 +37,6 @@ def _with_owner_search(
     if term.strip():
         results = results | queryset.filter(owner_search(term.strip(), prefix=prefix))
     return results, duplicates
-
-
-class ReadOnlyAdminMixin:
-    """Viewable by staff with the view permission; nobody adds, changes or deletes."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class EntitlementInline(ReadOnlyAdminMixin, admin.TabularInline):

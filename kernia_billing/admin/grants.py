@@ -23,6 +23,7 @@ from ..api.owners import can_manage_billing
 from ..exceptions import BillingError
 from ..models import CONSUMABLE_KINDS, BillingCustomer, Feature, Grant, GrantSource
 from ..services.grants import issue
+from .readonly import ReadOnlyAdminMixin
 
 
 class GrantCreditsForm(forms.Form):
@@ -119,7 +120,7 @@ class GrantCreditsMixin:
 
 
 @admin.register(Grant)
-class GrantAdmin(admin.ModelAdmin):
+class GrantAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Grants are written by the services only: listed and viewed here, never edited."""
 
     list_display = [
@@ -137,12 +138,3 @@ class GrantAdmin(admin.ModelAdmin):
     list_filter = ["source", "feature"]
     list_select_related = ["customer__owner_type", "feature"]
     search_fields = ["=customer__owner_id", "=customer__stripe_customer_id", "reason"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -12,10 +10,11 @@ from django.utils.translation import gettext_lazy as _
 from ..exceptions import BillingError
 from ..models import Reservation, ReservationStatus
 from ..services.reservations import release
+from .readonly import ReadOnlyAdminMixin
 
 
 @admin.register(Reservation)
-class ReservationAdmin(admin.ModelAdmin):
+class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Holds are written by the services only: listed and viewed here, released by action."""
 
     list_display = [
@@ -33,15 +32,6 @@ class ReservationAdmin(admin.ModelAdmin):
     search_fields = ["=customer__owner_id", "=customer__stripe_customer_id", "idempotency_key"]
     date_hierarchy = "created_at"
     actions = ["release_selected"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_release_permission(self, request: HttpRequest) -> bool:
         # Releasing changes balances: the model's change permission, though the row itself

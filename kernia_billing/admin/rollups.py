@@ -9,7 +9,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from ..models import UsageRollup
-from .customers import ReadOnlyAdminMixin, _with_owner_search
+from .customers import _with_owner_search
+from .readonly import ReadOnlyAdminMixin
 
 
 @admin.register(UsageRollup)
