@@ -81,7 +81,11 @@ def bench_worker(client: harness.Client, worker_id: str, deadline: float) -> lis
             # Deductions: events newly accepted (every key is new: a replay would be cheaper).
             accepted = sum(1 for r in results if r["ok"] and not r["replayed"])
         else:
-            status, _, ms = client.post(path, {"feature": "messages", "amount": 1}, token)
+            # Each endpoint's own body: check takes no amount.
+            body = {"feature": "messages"}
+            if not path.endswith("check"):
+                body["amount"] = 1
+            status, _, ms = client.post(path, body, token)
             accepted = 1 if status == 201 else 0
         records.append((ms, status, accepted))
     return records
