@@ -14,13 +14,14 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import BadRequest as DjangoBadRequest
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from ..exceptions import BillingError
+from ..services.history.partitions import is_missing_partition
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -90,6 +91,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             error_body("service_unavailable", "The billing database is unavailable; retry."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
+        )
+    elif isinstance(exc, IntegrityError) and is_missing_partition(exc):
+        set_rollback()
+        message = (
+            "The usage ledger has no partition for this moment: run "
+            "`manage.py kernia_partition_ledger --create-partitions`."
+        )
+        return Response(
+            error_body("service_unavailable", message),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "60"},
         )
     if not isinstance(exc, exceptions.APIException):
         return None

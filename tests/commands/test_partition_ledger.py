@@ -211,6 +211,22 @@ def test_a_key_from_an_earlier_month_is_a_replay_or_a_conflict_never_a_new_event
 
 @pytest.mark.postgres
 @pytest.mark.django_db
+def test_a_track_past_the_last_partition_is_a_clear_503_and_changes_nothing(api, plan, clock):
+    assert api.post(TRACK, {"feature": "messages", "amount": 2}, format="json").status_code == 201
+    clock.move_to(datetime(2030, 5, 2, tzinfo=UTC))  # the last partition is April's
+    response = api.post(TRACK, {"feature": "messages", "amount": 1}, format="json")
+
+    assert response.status_code == 503, response.content
+    error = response.json()["error"]
+    assert error["code"] == "service_unavailable" and "--create-partitions" in error["message"]
+    assert UsageEvent.objects.count() == 1
+    run("--create-partitions")  # the job catches up: the next track is recorded
+    assert api.post(TRACK, {"feature": "messages", "amount": 1}, format="json").status_code == 201
+    assert audit_ledger() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
 def test_batch_answers_keys_of_an_earlier_month_as_replays(api, plan, clock):
     events = [
         {"feature": "messages", "amount": 1, "idempotencyKey": "b1"},

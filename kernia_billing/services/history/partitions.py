@@ -135,6 +135,13 @@ def is_partitioned() -> bool:
         return cursor.fetchone() is not None
 
 
+def is_missing_partition(error: BaseException) -> bool:
+    """A write dated where the partitioned ledger has no partition (the job that creates
+    them ahead, ``--create-partitions``, has not run): PostgreSQL's check violation."""
+    cause = error.__cause__
+    return getattr(cause, "sqlstate", None) == "23514" and "no partition of relation" in str(cause)
+
+
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
 
