@@ -181,22 +181,32 @@ class LedgerMachine(RuleBasedStateMachine):
             amount = self.correction_keys[key]  # a replay: the same payload
         entitlement = Entitlement.objects.get(customer=self.customer)
         balance = kernia_billing.check(self.user, self.feature).balance
+        expired = self._expired_held()
         try:
             result = kernia_billing.adjust_usage(
                 self.user, self.feature, amount, reason="machine", idempotency_key=key
             )
         except (InsufficientBalance, UsageBelowZero):
-            assert Entitlement.objects.get(customer=self.customer).usage == entitlement.usage
+            given_back = expired - self._expired_held()
+            usage = Entitlement.objects.get(customer=self.customer).usage
+            assert usage == entitlement.usage - given_back
             return
         if key is not None:
             self.correction_keys.setdefault(key, amount)
         if not result.replayed:
             # Giving back returns exactly that much of the plan's grant; adding draws it.
-            # (A downgrade may have left the balance below zero: no floor here.)
-            assert result.balance == balance - amount
+            # (A downgrade may have left the balance below zero: no floor here.) Refused
+            # at first, it gives back holds past their expiry and tries again.
+            given_back = expired - self._expired_held()
+            assert result.balance == balance + given_back - amount
 
     def _open_holds(self):
         return Reservation.objects.filter(customer=self.customer, status="open")
+
+    def _expired_held(self) -> int:
+        """What open holds past their expiry hold: a refusal gives it back first."""
+        expired = self._open_holds().filter(expires_at__lte=timezone.now())
+        return sum(hold.held for hold in expired)
 
     @rule(amount=st.integers(1, 15), ttl_hours=st.integers(1, 72))
     def reserve(self, amount, ttl_hours):
@@ -209,9 +219,11 @@ class LedgerMachine(RuleBasedStateMachine):
         except InsufficientBalance:
             assert kernia_billing.check(self.user, self.feature).balance < amount
             return
-        # Refused at first, a reserve gives back holds past their expiry and tries again.
+        # Refused at first, a reserve gives back holds past their expiry and tries again;
+        # so does the check below when the balance is spent.
+        expired = self._expired_held()
         after = kernia_billing.check(self.user, self.feature).balance
-        assert hold.balance == after >= 0
+        assert hold.balance == after - (expired - self._expired_held()) >= 0
         assert after >= before - amount
         assert UsageEvent.objects.filter(customer=self.customer).count() == events  # not usage
 

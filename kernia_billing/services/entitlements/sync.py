@@ -22,6 +22,7 @@ from ..addons.sync import addon_limits
 from ..grants.expiry import current
 from ..grants.totals import breakdown
 from ..locking import lock_customer
+from ..reservations.giveback import follow_period
 from .resets import current_period
 from .rows import _select_many
 
@@ -83,8 +84,11 @@ def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None)
             anchor, start, end = current_period(plan_feature.reset_period, customer, now)
             updates.update(reset_anchor=anchor, period_start=start, next_reset_at=end)
         if updates:
-            # update(), never save(): usage is not ours to overwrite here.
-            Entitlement.objects.filter(pk=current.pk).update(**updates, updated_at=now)
+            with transaction.atomic():
+                # update(), never save(): usage is not ours to overwrite here.
+                Entitlement.objects.filter(pk=current.pk).update(**updates, updated_at=now)
+                if "period_start" in updates:
+                    follow_period(current.pk, current.period_start, start)
             changed.append(plan_feature.feature.key)
     granted_ids = {pf.feature_id for pf in plan_features}
     revoked = [e for fid, e in existing.items() if fid not in granted_ids and e.granted]

@@ -109,6 +109,22 @@ def held_by_plan(entitlement_id: int, period_start: datetime | None) -> int:
     return int(plan_part or 0)
 
 
+def follow_period(
+    entitlement_id: int, old_start: datetime | None, new_start: datetime | None
+) -> int:
+    """A plan edit moved the entitlement's period and kept its usage (a new reset period):
+    its open holds are still in that usage, so they move to the new period with it
+    (closers compare periods: a hold left behind would never be given back).
+
+    Call in the transaction that moves the entitlement, after its ``UPDATE`` (which holds
+    the entitlement's lock): the lock order of every other writer of holds.
+    """
+    holds = Reservation.objects.filter(
+        entitlement_id=entitlement_id, status=_OPEN, period_start=old_start
+    )
+    return holds.update(period_start=new_start)
+
+
 def close_hold(reservation: AnyReservation, moment: datetime, *, expire: bool) -> bool:
     """Claim and give back the whole hold: released (expired once past ``expires_at``).
 

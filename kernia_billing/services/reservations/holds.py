@@ -127,6 +127,10 @@ def _reserve(
         try:
             with transaction.atomic():
                 draws, from_grants, balance = _hold(row, amount, moment)
+                # A renewal may have reset the period between current() and the
+                # deduction; the deduction locked the row, so its period now is the one
+                # the hold is in (the closers compare it).
+                period_start = _locked_period(row.id) if draws else row.period_start
                 hold = _NewHold(
                     customer_id=row.customer_id,
                     entitlement_id=row.id,
@@ -135,7 +139,7 @@ def _reserve(
                     held=amount if draws else 0,
                     draws=draws,
                     from_grants=from_grants,
-                    period_start=row.period_start,
+                    period_start=period_start,
                     created_at=moment,
                 )
                 reservation_id = _insert_hold(hold, request, credit_use)
@@ -329,6 +333,12 @@ def _opened(
         created_at=hold.created_at,
         balance=balance // cost if balance is not None and cost else balance,
         credit_cost=cost,
+    )
+
+
+def _locked_period(entitlement_id: int) -> datetime | None:
+    return (
+        Entitlement.objects.filter(pk=entitlement_id).values_list("period_start", flat=True).get()
     )
 
 
