@@ -17,8 +17,10 @@ class IdempotencyDigest(models.Func):
 
     PostgreSQL: the MD5 of ``customer:key`` as a 16-byte ``uuid``, so the index costs
     24 bytes a row instead of the customer and the whole key (a 36-character key: 56).
-    Two different pairs share a digest with odds of about 2^-128 per pair of keys; the
-    lookups below recheck the real columns. Elsewhere (SQLite): the pair itself as text.
+    Two different pairs share a digest with odds of about 2^-128 per pair of keys (keys
+    nobody crafted: a customer who builds an MD5 collision of two of its own keys gets
+    its second one refused, nothing counted twice); the lookups recheck the real
+    columns. Elsewhere (SQLite): the pair itself as text.
     ``IdempotencyDigest()`` is the row's; ``IdempotencyDigest(Value(c), Value(k))`` a
     pair's, for ``filter(digest__in=...)`` on the index.
     """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import re
 
 import pytest
@@ -12,7 +14,12 @@ from django.db import IntegrityError, connection, transaction
 import kernia_billing
 from kernia_billing.exceptions import IdempotencyConflict
 from kernia_billing.models import Entitlement, UsageEvent
-from kernia_billing.services.usage.ledger import _keyed_events_sql, _pair_arrays, keyed_events
+from kernia_billing.services.usage.ledger import (
+    _keyed_events_sql,
+    _pair_arrays,
+    keyed_events,
+    keyed_events_by_pair,
+)
 from kernia_billing.types import TrackRequest
 from tests.factories import UserFactory
 from tests.threads import run_concurrently, skip_unless_shared_database
@@ -136,3 +143,35 @@ def test_replay_lookups_of_one_key_and_of_a_batch_read_the_digest_index(free_pla
     for plan in (one, many):
         assert "kernia_billing_usage_idempotency_key" in plan, plan
         assert re.search(r"Index Cond: \(+md5\(", plan), plan  # searched by digest, not walked
+
+
+@pytest.mark.django_db
+def test_a_row_a_server_of_the_former_release_wrote_is_still_a_replay(free_plan, user):
+    """During a rolling deploy a server still on the former release writes the whole
+    32-byte SHA-256 after 0010 shortened the rows: its retries stay replays everywhere."""
+    kernia_billing.track(user, "messages", 2, idempotency_key="order-1")
+    payload = json.dumps(["messages", 2, {}], sort_keys=True, separators=(",", ":"))
+    UsageEvent.objects.update(request_fingerprint=hashlib.sha256(payload.encode()).digest())
+
+    assert kernia_billing.track(user, "messages", 2, idempotency_key="order-1").replayed
+    batch = kernia_billing.track_batch(
+        user, [TrackRequest("messages", 2, idempotency_key="order-1")]
+    )
+    assert batch[0].ok and batch[0].result.replayed
+    with pytest.raises(IdempotencyConflict):
+        kernia_billing.track(user, "messages", 3, idempotency_key="order-1")
+    assert UsageEvent.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_replay_lookup_of_keys_of_a_thousand_customers_is_one_flat_query(free_plan, user):
+    """A staff batch may name many owners: one OR per customer nested past SQLite's limit
+    ("Expression tree is too large"), a 500."""
+    first = kernia_billing.track(user, "messages", 1, idempotency_key="k7")
+    customer_id = UsageEvent.objects.get(pk=first.event_id).customer_id
+    pairs = [(customer_id + n, f"k{n}") for n in range(1, 1000)] + [(customer_id, "k7")]
+
+    found = keyed_events_by_pair(pairs)
+
+    assert list(found) == [(customer_id, "k7")]
+    assert found[(customer_id, "k7")].pk == first.event_id

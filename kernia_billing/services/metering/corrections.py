@@ -90,7 +90,12 @@ from ..usage.check import _load_or_explain, denial_error
 from ..usage.ledger import keyed_events, stored_fingerprint
 from ..usage.rollups import record_rollup
 from ..usage.track import track
-from ..usage.validation import _fingerprint, _validate_amount, validate_idempotency_key
+from ..usage.validation import (
+    _fingerprint,
+    _validate_amount,
+    same_payload,
+    validate_idempotency_key,
+)
 from .outbox import _maybe_send_on_commit
 
 __all__ = ["CANCEL_WINDOW", "adjust_usage", "audit_corrections"]
@@ -416,7 +421,7 @@ def _replay(customer_id: int, key: str, fingerprint: bytes) -> CorrectionResult 
     if event is None:
         return None
     correction = UsageCorrection.objects.filter(usage_event=event).first()
-    if correction is None or bytes(event.request_fingerprint) != fingerprint:
+    if correction is None or not same_payload(event.request_fingerprint, fingerprint):
         raise IdempotencyConflict(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},

@@ -46,7 +46,12 @@ from ..grants.expiry import current, expire_due
 from ..usage.check import _check_result, _load_or_explain, denial_error
 from ..usage.pools import pool_of
 from ..usage.track import _deduct, _needs_retry, _Refused
-from ..usage.validation import _fingerprint, _validate_integer, validate_idempotency_key
+from ..usage.validation import (
+    _fingerprint,
+    _validate_integer,
+    same_payload,
+    validate_idempotency_key,
+)
 from .giveback import Draws, expire_open_holds
 from .reads import ReservationResult, reservation_result
 
@@ -360,7 +365,7 @@ def _replay(customer_id: int, key: str, fingerprint: bytes) -> ReservationResult
     found = Reservation.objects.filter(customer_id=customer_id, idempotency_key=key).first()
     if found is None:
         return None
-    if bytes(found.request_fingerprint) != fingerprint:
+    if not same_payload(found.request_fingerprint, fingerprint):
         raise IdempotencyConflict(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},

@@ -48,6 +48,7 @@ from .track import _before_period
 from .validation import (
     _fingerprint,
     _validate_amount,
+    same_payload,
     validate_idempotency_key,
 )
 
@@ -455,7 +456,7 @@ def _write_decisions(
 def _replayed(
     item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent | NewEvent
 ) -> BatchItemResult:
-    if bytes(event.request_fingerprint) != item.fingerprint:
+    if not same_payload(event.request_fingerprint, item.fingerprint):
         return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )

@@ -41,6 +41,7 @@ from .pools import pool_of, track_in_units
 from .validation import (
     _fingerprint,
     _validate_amount,
+    same_payload,
     validate_idempotency_key,
 )
 
@@ -344,7 +345,7 @@ def _replay(
     event = keyed_events([(customer_id, key)]).first()
     if event is None:
         return None
-    if bytes(event.request_fingerprint) != fingerprint:
+    if not same_payload(event.request_fingerprint, fingerprint):
         raise IdempotencyConflict(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},

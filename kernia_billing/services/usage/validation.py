@@ -73,6 +73,15 @@ def _fingerprint(feature: str, amount: int, properties: dict[str, Any]) -> bytes
     return hashlib.sha256(payload.encode()).digest()[:FINGERPRINT_BYTES]
 
 
+def same_payload(stored: Any, fingerprint: bytes) -> bool:
+    """Whether a stored fingerprint is this request's: a replay, not a conflict.
+
+    Compares the first 16 bytes: a row written by a server still on the release before
+    ``0010_ledger_storage`` (during a rolling deploy) holds the whole 32-byte SHA-256.
+    """
+    return bytes(stored)[:FINGERPRINT_BYTES] == fingerprint
+
+
 @lru_cache(maxsize=1024, typed=True)  # typed: True and 1 are not the same payload
 def _bare_fingerprint(feature: str, amount: int) -> bytes:
     payload = json.dumps([feature, amount, {}], sort_keys=True, separators=(",", ":"))
