@@ -10,6 +10,7 @@ import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import FeatureKind, ResetPeriod, UsageEvent
 from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.types import TrackRequest
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -95,3 +96,22 @@ def test_pool_check_is_three_queries_at_most(owner):
     with CaptureQueriesContext(connection) as queries:
         kernia_billing.check(owner, "images")
     assert len(queries) <= 3
+
+
+@pytest.mark.django_db
+def test_a_replay_of_a_track_the_pool_paid_answers_in_units_as_the_first():
+    credits = FeatureFactory(key="credits", kind=FeatureKind.CREDITS)
+    images = FeatureFactory(key="images", credit_pool=credits, credit_cost=20)
+    plan = PlanFactory(key="ai", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=credits, included=100, reset_period=ResetPeriod.MONTH)
+    PlanFeatureFactory(plan=plan, feature=images, included=1, reset_period=ResetPeriod.MONTH)
+    user = UserFactory()
+    first = kernia_billing.track(user, "images", 2, idempotency_key="k")  # own has 1: pool
+
+    again = kernia_billing.track(user, "images", 2, idempotency_key="k")
+    batch = kernia_billing.track_batch(user, [TrackRequest("images", 2, idempotency_key="k")])
+
+    assert (first.amount, first.balance) == (2, 3)
+    assert (again.amount, again.balance, again.replayed) == (2, 3, True)
+    assert (batch[0].result.amount, batch[0].result.balance) == (2, 3)
+    assert UsageEvent.objects.count() == 1

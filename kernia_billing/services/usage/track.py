@@ -37,7 +37,7 @@ from ..grants.expiry import expire_due
 from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import _record_tracked, _track_result, keyed_events
-from .pools import pool_of, track_in_units
+from .pools import Pool, pool_of, track_in_units
 from .validation import (
     _fingerprint,
     _validate_amount,
@@ -350,4 +350,10 @@ def _replay(
             "This idempotency key was already used with a different payload.",
             fields={"idempotencyKey": key},
         )
-    return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
+    result = _track_result(entitlement.feature, entitlement.unlimited, event, replayed=True)
+    if event.feature_id != entitlement.feature_id and event.units and result.balance is not None:
+        # The first track drew from the credit pool (its own balance was spent): answer
+        # in the feature's units, as the first answer was.
+        pool = Pool(entitlement.feature_id, "", event.amount // event.units)
+        return track_in_units(result, pool, entitlement.feature, event.units)
+    return result
