@@ -12,6 +12,7 @@ import time_machine
 from django.utils import timezone
 
 import kernia_billing
+from kernia_billing.exceptions import InvalidRequest
 from kernia_billing.models import BillingCustomer, Entitlement, PlanFeature, ResetPeriod
 from kernia_billing.services.entitlements.resets import reset_for_new_period
 from kernia_billing.services.entitlements.sync import sync_plan_customers
@@ -74,4 +75,18 @@ def test_a_renewal_committed_between_the_read_and_the_deduction_stamps_the_new_p
     kernia_billing.release(hold.id, now=moment + timedelta(seconds=5))
     entitlement.refresh_from_db()
     assert entitlement.usage == 0
+    assert audit_ledger() == []
+
+
+def test_a_confirm_dated_before_the_period_is_refused_and_changes_nothing():
+    owner = _owner(ResetPeriod.MONTH)
+    hold = kernia_billing.reserve(owner, "tokens", 40)
+    start = Entitlement.objects.get().period_start
+
+    with pytest.raises(InvalidRequest):
+        kernia_billing.confirm(hold.id, now=start - timedelta(seconds=1))
+
+    assert Entitlement.objects.get().usage == 40  # the hold is still open
+    assert kernia_billing.confirm(hold.id, actual=30).status == "confirmed"
+    assert Entitlement.objects.get().usage == 30
     assert audit_ledger() == []

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from django.db import IntegrityError, connection
@@ -39,7 +39,7 @@ from ..locking import atomic_with_retry
 from ..usage.ledger import after_recorded, event_params, insert_event_sql
 from ..usage.rollups import record_rollup, upsert_sql
 from ..usage.track import _deduct, _Refused
-from ..usage.validation import _validate_integer, validate_idempotency_key
+from ..usage.validation import _validate_integer, before_period_error, validate_idempotency_key
 from .giveback import (
     Draws,
     ReservationRow,
@@ -91,9 +91,14 @@ def confirm(
     moment = now or timezone.now()
     for _attempt in range(3):
         try:
-            return atomic_with_retry(lambda: _confirm_locked(reservation_id, actual, key, moment))
+            work = partial(_confirm_locked, reservation_id, actual, key, moment)
+            return atomic_with_retry(work)
         except _ResetDue as due:
             _apply_due_reset(due.entitlement_id, moment)
+        except _BeforePeriod:
+            if now is not None:
+                raise before_period_error(now, moment) from None
+            moment = timezone.now()  # a reset this confirm waited behind: the clock moved
         except _Lost:
             break  # not open and live (read under the lock): answered below
         except IntegrityError:
@@ -103,7 +108,7 @@ def confirm(
                 "This idempotency key was already used by another ledger row.",
                 fields={"idempotencyKey": key},
             ) from None
-    else:  # pragma: no cover - three period boundaries crossed in one call
+    else:  # three boundaries crossed in one call, or a period that starts after our clock
         raise Contention()
     reservation, feature = get_reservation(reservation_id)
     if reservation.status == _OPEN:  # past expiresAt: give it back now (exactly once)
@@ -172,6 +177,10 @@ def reserved(owner: Any, feature: str, amount: int, **kwargs: Any) -> Iterator[H
         hold.release()
 
 
+class _BeforePeriod(Exception):
+    """The moment is before the entitlement's period (a reset committed meanwhile)."""
+
+
 class _ResetDue(Exception):
     """The entitlement's period ended: apply the reset outside the lock, then retry."""
 
@@ -194,6 +203,8 @@ def _confirm_locked(
         raise _Lost
     if not _in_period(row, moment):
         raise _ResetDue(row.id)
+    if row.period_start is not None and moment < row.period_start:
+        raise _BeforePeriod  # usage cannot be dated before the period it counts in
     cost = reservation.amount // reservation.units if reservation.units else 1
     units = actual if actual is not None else (reservation.units or reservation.amount)
     credits = units * cost

@@ -48,6 +48,7 @@ from .track import _before_period
 from .validation import (
     _fingerprint,
     _validate_amount,
+    before_period_error,
     same_payload,
     validate_idempotency_key,
 )
@@ -298,7 +299,7 @@ def _decide_locked(
     usage = {row_id: row.usage for row_id, row in rows.items()}
     for item in prepared:
         if item.entitlement_ids[0] in before_period:
-            decided[item.index] = refusal(item.index, _before_period_error(now, moment))
+            decided[item.index] = refusal(item.index, before_period_error(now, moment))
             continue
         key = (item.customer_id, item.idempotency_key) if item.idempotency_key else None
         if key is not None:
@@ -355,7 +356,7 @@ def _decide_item(
     assert item.pool is not None  # no own entitlement: _prepare found the pool's
     pool = item.pool
     if pool.entitlement_id in before_period:
-        return _before_period_error(now, moment)
+        return before_period_error(now, moment)
     return _decide_one(
         item,
         rows[pool.entitlement_id],
@@ -365,17 +366,6 @@ def _decide_item(
         moment,
         credit_use=(pool.feature_id, item.amount),
     )
-
-
-def _before_period_error(now: datetime | None, moment: datetime) -> BillingError:
-    """What single track answers for a moment before the current period."""
-    if now is not None:
-        return InvalidRequest(
-            "Usage cannot be recorded before the current period started.",
-            fields={"now": moment.isoformat()},
-        )
-    # The period starts after the server's clock (Stripe's clock is ahead): retry later.
-    return Contention("The current period has not started yet; retry the event.")
 
 
 def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from ...conf import billing_settings
-from ...exceptions import InvalidRequest
+from ...exceptions import BillingError, Contention, InvalidRequest
 from ...hygiene import validate_text
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -86,3 +87,14 @@ def same_payload(stored: Any, fingerprint: bytes) -> bool:
 def _bare_fingerprint(feature: str, amount: int) -> bytes:
     payload = json.dumps([feature, amount, {}], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).digest()[:FINGERPRINT_BYTES]
+
+
+def before_period_error(now: datetime | None, moment: datetime) -> BillingError:
+    """What track, batch and confirm answer for a moment before the current period."""
+    if now is not None:
+        return InvalidRequest(
+            "Usage cannot be recorded before the current period started.",
+            fields={"now": moment.isoformat()},
+        )
+    # The period starts after the server's clock (Stripe's clock is ahead): retry later.
+    return Contention("The current period has not started yet; retry the event.")
