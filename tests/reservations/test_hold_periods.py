@@ -90,3 +90,18 @@ def test_a_confirm_dated_before_the_period_is_refused_and_changes_nothing():
     assert kernia_billing.confirm(hold.id, actual=30).status == "confirmed"
     assert Entitlement.objects.get().usage == 30
     assert audit_ledger() == []
+
+
+def test_confirming_after_a_drawn_grant_expired_keeps_the_audit_clean():
+    """The hold drew from the top-up while it was live; the confirm's row carries that
+    draw, dated at the confirm: the audit dates it at the hold."""
+    owner = _owner(ResetPeriod.MONTH)
+    kernia_billing.grant(
+        owner, "tokens", 30, source="topup", expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    hold = kernia_billing.reserve(owner, "tokens", 120, ttl=timedelta(hours=1))
+    with time_machine.travel(timezone.now() + timedelta(minutes=6), tick=False):
+        kernia_billing.confirm(hold.id)
+
+        assert Entitlement.objects.get().usage == 120
+        assert audit_ledger() == []

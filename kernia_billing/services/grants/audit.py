@@ -49,6 +49,13 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
     drawn_at: dict[int, list[datetime]] = defaultdict(list)
     in_period: dict[tuple[int, int], list[tuple[datetime, int]]] = defaultdict(list)
     held_in_period = _open_holds(customer_ids, drawn)
+    # A confirm's row draws what its hold drew when it was taken: dated at the hold.
+    confirmed = Reservation.objects.filter(
+        status=ReservationStatus.CONFIRMED, from_grants__gt=0, event_id__isnull=False
+    )
+    if customer_ids is not None:
+        confirmed = confirmed.filter(customer_id__in=customer_ids)
+    held_at = dict(confirmed.values_list("event_id", "created_at"))
     drawing: Iterable[UsageEvent | ArchivedUsageEvent] = chain(
         archived.order_by("pk").iterator(), events.order_by("pk").iterator()
     )
@@ -57,7 +64,7 @@ def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
         for part in event.draws or []:
             if part.get("grant") is not None:
                 drawn[part["grant"]] += int(part["amount"])
-                drawn_at[part["grant"]].append(event.created_at)
+                drawn_at[part["grant"]].append(held_at.get(event.pk, event.created_at))
                 total += int(part["amount"])
         in_period[(event.customer_id, event.feature_id)].append((event.created_at, total))
         if total != event.from_grants:
