@@ -18,7 +18,6 @@ from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from ...exceptions import (
@@ -40,19 +39,19 @@ from ...models import (
 )
 from ...selectors import owner_ref
 from ...types import CheckResult
-from ..entitlements.rows import EntitlementRow, _aware, _reload
+from ..entitlements.rows import EntitlementRow, _aware
 from ..grants.draw import draw
-from ..grants.expiry import current, expire_due
+from ..grants.expiry import current
 from ..usage.check import _check_result, _load_or_explain, denial_error
 from ..usage.pools import pool_of
-from ..usage.track import _deduct, _needs_retry, _Refused
+from ..usage.track import _deduct, _Refused, after_refusal, insufficient_balance
 from ..usage.validation import (
     _fingerprint,
     _validate_integer,
     same_payload,
     validate_idempotency_key,
 )
-from .giveback import Draws, expire_open_holds
+from .giveback import Draws
 from .reads import ReservationResult, reservation_result
 
 DEFAULT_TTL = timedelta(minutes=10)
@@ -156,20 +155,10 @@ def _reserve(
                 raise
             return replay
         except _Refused:
-            row = _reload(row.id)
-            if row.expiry_due(moment):
-                row = expire_due(row.id, moment)
-            if not row.granted:
-                raise denial_error(_check_result(row, 1)) from None
-            if _needs_retry(row, moment):
+            row, retry = after_refusal(row.id, amount, moment)
+            if retry:
                 continue
-            if expire_open_holds(Q(entitlement_id=row.id), moment):
-                continue  # expired holds were given back: try again
-            raise InsufficientBalance(
-                f"Balance {row.balance} is less than {amount}.",
-                balance=row.balance,
-                fields={"amount": amount, "balance": row.balance},
-            ) from None
+            raise insufficient_balance(row, amount) from None
         shown = credit_use[2] if credit_use else row.feature
         return _opened(reservation_id, hold, ttl, balance, shown, credit_use)
     raise Contention()  # pragma: no cover - five period boundaries crossed in one call

@@ -41,6 +41,7 @@ from .pools import Pool, pool_of, track_in_units
 from .validation import (
     _fingerprint,
     _validate_amount,
+    before_period_error,
     same_payload,
     validate_idempotency_key,
 )
@@ -174,26 +175,13 @@ def _track(
                 raise
             return replay
         except _Refused:
-            entitlement = _reload(entitlement.id)
-            if entitlement.expiry_due(moment):
-                entitlement = expire_due(entitlement.id, moment)
-            if not entitlement.granted:
-                raise denial_error(_check_result(entitlement, 1)) from None
-            if _needs_retry(entitlement, moment):
+            entitlement, retry = after_refusal(entitlement.id, amount, moment)
+            if retry:
                 if fixed_now is not None and _before_period(entitlement, moment):
-                    raise InvalidRequest(
-                        "Usage cannot be recorded before the current period started.",
-                        fields={"now": moment.isoformat()},
-                    ) from None
+                    raise before_period_error(fixed_now, moment) from None
                 continue
-            if amount > 0 and expire_due_holds(entitlement.id, moment):
-                continue  # holds past their expiry were still in the balance: retry
             if amount > 0:
-                raise InsufficientBalance(
-                    f"Balance {entitlement.balance} is less than {amount}.",
-                    balance=entitlement.balance,
-                    fields={"amount": amount, "balance": entitlement.balance},
-                ) from None
+                raise insufficient_balance(entitlement, amount) from None
             raise UsageBelowZero(
                 f"Usage is {entitlement.usage}; removing {-amount} would go below zero.",
                 fields={"amount": amount, "usage": entitlement.usage},
@@ -296,6 +284,31 @@ def _deduct_by_owner(
 
 class _Refused(Exception):
     """The conditional UPDATE matched no row."""
+
+
+def after_refusal(
+    entitlement_id: int, amount: int, moment: datetime
+) -> tuple[EntitlementRow, bool]:
+    """The entitlement after its conditional ``UPDATE`` refused ``amount`` (grant expiries
+    that fell due applied), and whether to try again: a period boundary moved under us,
+    or holds past their expiry were still in the balance and were given back. Raises the
+    denial when the feature is no longer granted. Track and reserve share it."""
+    row = _reload(entitlement_id)
+    if row.expiry_due(moment):
+        row = expire_due(row.id, moment)
+    if not row.granted:
+        raise denial_error(_check_result(row, 1)) from None
+    if _needs_retry(row, moment):
+        return row, True
+    return row, amount > 0 and expire_due_holds(row.id, moment) > 0
+
+
+def insufficient_balance(row: EntitlementRow, amount: int) -> InsufficientBalance:
+    return InsufficientBalance(
+        f"Balance {row.balance} is less than {amount}.",
+        balance=row.balance,
+        fields={"amount": amount, "balance": row.balance},
+    )
 
 
 def _needs_retry(entitlement: EntitlementRow, moment: datetime) -> bool:
