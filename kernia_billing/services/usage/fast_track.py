@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import CharField
 from django.utils import timezone
 
 from ...models import BillingCustomer, Entitlement, Feature, FeatureKind, UsageEvent
@@ -148,9 +149,11 @@ def _deduct_and_record_sql() -> str:
         if name in _FROM_DEDUCTION:
             values.append(_FROM_DEDUCTION[name])
         else:
-            # Typed: a NULL or a string in a SELECT list is otherwise text.
-            field = UsageEvent._meta.get_field(name)
-            values.append(f"%s::{field.db_type(connection)}")  # type: ignore[union-attr]
+            # Typed: a NULL or a string in a SELECT list is otherwise text. Strings as
+            # text: a cast to varchar(n) would cut what the insert must refuse.
+            field: Any = UsageEvent._meta.get_field(name)
+            kind = "text" if isinstance(field, CharField) else field.db_type(connection)
+            values.append(f"%s::{kind}")
     insert = (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} "
         f"({', '.join(quote(name) for name in EVENT_COLUMNS)}) "
