@@ -38,7 +38,8 @@ each other:
    after every lock above.
 
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
-track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert.
+track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert (on
+PostgreSQL both, and the rollup, in one statement: ``usage/fast_track.py``).
 
 Why ``NO KEY UPDATE`` and not ``FOR UPDATE`` for the customer: on PostgreSQL, Django's
 foreign keys are ``DEFERRABLE INITIALLY DEFERRED``, so the ledger row that a track

@@ -186,7 +186,8 @@ def _reserve_in_one_update(
     request: _Request,
     credit_use: tuple[int, int, str] | None,
 ) -> ReservationResult | None:
-    """The common reserve in two statements, as track's: find-and-hold, then the row.
+    """The common reserve in two statements: find-and-hold (as track's fast path), then
+    the row.
 
     Only the plan's grant covering the whole amount decides here (no overage, not
     unlimited, no due reset or expiry). None when the conditional UPDATE matches nothing

@@ -44,12 +44,17 @@ def utc_day(moment: datetime) -> date:
 
 def upsert_sql(rows: int) -> str:
     """The rollup upsert of ``rows`` (customer, feature, day, amount, events) tuples."""
+    return upsert_from_sql("VALUES " + ", ".join(["(%s, %s, %s, %s, %s)"] * rows))
+
+
+def upsert_from_sql(source: str) -> str:
+    """The rollup upsert of the (customer, feature, day, amount, events) rows of ``source``
+    (a ``VALUES`` list, or a ``SELECT`` from a ledger insert's ``RETURNING``)."""
     quote = connection.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * rows)
     return (
         f"INSERT INTO {table} (customer_id, feature_id, {quote('day')}, amount, events) "
-        f"VALUES {values} ON CONFLICT (customer_id, feature_id, {quote('day')}) "
+        f"{source} ON CONFLICT (customer_id, feature_id, {quote('day')}) "
         f"DO UPDATE SET amount = {table}.amount + excluded.amount, "
         f"events = {table}.events + excluded.events"
     )

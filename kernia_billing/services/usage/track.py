@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -24,11 +23,9 @@ from ...models import (
     CONSUMABLE_KINDS,
     BillingCustomer,
     Entitlement,
-    Feature,
     FeatureKind,
     UsageEvent,
 )
-from ...selectors import owner_ref
 from ...types import CheckResult, TrackResult
 from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _reload
@@ -36,6 +33,7 @@ from ..grants.draw import draw
 from ..grants.expiry import expire_due
 from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
+from .fast_track import PLAN_COVERS, track_in_one_update
 from .ledger import _record_tracked, _track_result, keyed_events
 from .pools import Pool, pool_of, track_in_units
 from .validation import (
@@ -103,7 +101,7 @@ def _track(
     credit_use: tuple[int, int] | None = None,
 ) -> TrackResult:
     if now is None and not isinstance(owner, BillingCustomer) and credit_use is None:
-        tracked = _track_in_one_update(
+        tracked = track_in_one_update(
             owner, feature, amount, idempotency_key, properties, fingerprint
         )
         if tracked is not None:
@@ -190,98 +188,6 @@ def _track(
     raise Contention()  # pragma: no cover - five period boundaries crossed in one call
 
 
-def _track_in_one_update(
-    owner: Any,
-    feature: str,
-    amount: int,
-    idempotency_key: str | None,
-    properties: dict[str, Any],
-    fingerprint: bytes,
-) -> TrackResult | None:
-    """The common case in two statements: find-and-deduct, then the ledger row.
-
-    Returns None whenever the conditional UPDATE matches nothing or the key was
-    used before, leaving the full path to say why (nothing was written then).
-    """
-    owner_type_id, owner_id = owner_ref(owner)
-    moment = timezone.now()
-    try:
-        with transaction.atomic():
-            row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
-            if row is None:
-                return None
-            customer_id, feature_id, usage_after, balance_after, unlimited = row
-            event = _record_tracked(
-                UsageEvent(
-                    customer_id=customer_id,
-                    feature_id=feature_id,
-                    amount=amount,
-                    idempotency_key=idempotency_key,
-                    request_fingerprint=fingerprint,
-                    properties=properties,
-                    created_at=moment,
-                    balance_after=balance_after,
-                    usage_after=usage_after,
-                ),
-                feature=feature,
-                unlimited=unlimited,
-            )
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        return None  # a replay or a conflict: rolled back, answered by the full path
-    return _track_result(feature, unlimited, event, replayed=False)
-
-
-#: The plan's grant alone decides: unlimited, covered by what is left of it, or overage
-#: with no other grant to draw from first. Anything else takes the multi-grant draw.
-_PLAN_COVERS = (
-    "unlimited OR {usage} - grant_usage + %s <= included OR (allow_overage AND grant_remaining = 0)"
-)
-
-
-@lru_cache(maxsize=2)
-def _deduct_by_owner_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    entitlement = quote(Entitlement._meta.db_table)
-    usage = quote("usage")
-    lookup = (
-        f"SELECT e.id FROM {entitlement} e "
-        f"JOIN {quote(BillingCustomer._meta.db_table)} c ON c.id = e.customer_id "
-        f"JOIN {quote(Feature._meta.db_table)} f ON f.id = e.feature_id "
-        "WHERE c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s "
-        f"AND f.kind <> '{FeatureKind.BOOLEAN}' "
-        f"AND (%s > 0 OR f.kind NOT IN ('{FeatureKind.METERED}', '{FeatureKind.CREDITS}'))"
-    )
-    return (
-        f"UPDATE {entitlement} SET {usage} = {usage} + %s, updated_at = %s "
-        f"WHERE id = ({lookup}) AND granted "
-        "AND (period_start IS NULL OR period_start <= %s) "
-        "AND (next_reset_at IS NULL OR next_reset_at > %s) "
-        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s) "
-        f"AND (CASE WHEN %s > 0 THEN ({_PLAN_COVERS.format(usage=usage)}) "
-        f"ELSE {usage} + %s >= 0 END) "
-        f"RETURNING customer_id, feature_id, {usage}, included, unlimited, grant_usage, "
-        "grant_remaining"
-    )
-
-
-def _deduct_by_owner(
-    owner_type_id: int, owner_id: str, feature: str, amount: int, moment: datetime
-) -> tuple[int, int, int, int, bool] | None:
-    at = connection.ops.adapt_datetimefield_value(moment)
-    params = [amount, at, owner_type_id, owner_id, feature, amount, at, at, at]
-    params += [amount, amount, amount]
-    with connection.cursor() as cursor:
-        cursor.execute(_deduct_by_owner_sql(connection.vendor), params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    customer_id, feature_id, usage_after, included, unlimited, grant_usage, remaining = row
-    balance_after = int(included) - (int(usage_after) - int(grant_usage)) + int(remaining)
-    return int(customer_id), int(feature_id), int(usage_after), balance_after, bool(unlimited)
-
-
 class _Refused(Exception):
     """The conditional UPDATE matched no row."""
 
@@ -331,7 +237,7 @@ def _deduct(entitlement: EntitlementRow, amount: int, moment: datetime) -> tuple
     quote = connection.ops.quote_name
     at = connection.ops.adapt_datetimefield_value(moment)
     usage = quote("usage")
-    limit = f"({_PLAN_COVERS.format(usage=usage)})" if amount > 0 else f"{usage} + %s >= 0"
+    limit = f"({PLAN_COVERS.format(usage=usage)})" if amount > 0 else f"{usage} + %s >= 0"
     sql = (
         f"UPDATE {quote(Entitlement._meta.db_table)} "
         f"SET {usage} = {usage} + %s, {quote('updated_at')} = %s "

@@ -1,0 +1,128 @@
+"""track's fast path (services/usage/fast_track.py): what it writes is what the full path
+writes, and on PostgreSQL it is one statement in one transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import connection
+from django.forms.models import model_to_dict
+from django.test.utils import CaptureQueriesContext
+
+import kernia_billing
+from kernia_billing.models import Entitlement, OverageReport, UsageEvent, UsageRollup
+from kernia_billing.services.reconcile import audit_ledger
+from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+
+BASE = datetime(2030, 5, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(BASE, tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def plan(db):
+    messages = FeatureFactory(key="messages")
+    plan = PlanFactory(key="pro", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages, included=5, allow_overage=True)
+    return plan
+
+
+def _owner() -> Any:
+    user = UserFactory()
+    kernia_billing.check(user, "messages")  # first use (customer, entitlement) is not fast
+    return user
+
+
+def _statements(work) -> list[str]:
+    """The statements ``work`` sent, without the savepoints of the test's transaction."""
+    with CaptureQueriesContext(connection) as captured:
+        work()
+    return [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
+
+
+def _written(event_id: int) -> dict[str, Any]:
+    """What a track wrote, without the ids that tell two customers' rows apart."""
+    event = UsageEvent.objects.get(pk=event_id)
+    entitlement = Entitlement.objects.get(customer=event.customer, feature=event.feature)
+    rollup = UsageRollup.objects.get(customer=event.customer, feature=event.feature)
+    report = OverageReport.objects.filter(usage_event=event).first()
+    return {
+        "event": model_to_dict(event, exclude=["id", "customer"]),
+        "entitlement": model_to_dict(entitlement, fields=["usage", "updated_at"]),
+        "rollup": model_to_dict(rollup, fields=["day", "amount", "events"]),
+        "outbox": model_to_dict(report, fields=["kind", "value", "occurred_at", "status"])
+        if report
+        else None,
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("amount", "key", "properties"),
+    [
+        (2, None, None),  # no key: no fingerprint kept, properties a NULL
+        (3, "k-1", {"channel": "sms", "n": [1, 2]}),
+        (7, "k-2", {}),  # past the 5 included: overage, its outbox row
+    ],
+)
+def test_the_fast_path_writes_what_the_full_path_writes(plan, clock, amount, key, properties):
+    fast_owner, full_owner = _owner(), _owner()
+
+    sent = _statements(
+        lambda: kernia_billing.track(
+            fast_owner, "messages", amount, idempotency_key=key, properties=properties
+        )
+    )
+    fast = UsageEvent.objects.filter(customer__owner_id=str(fast_owner.pk)).get()
+    # An explicit clock takes the full path (load, reset check, deduct, insert).
+    full_result = kernia_billing.track(
+        full_owner, "messages", amount, idempotency_key=key, properties=properties, now=BASE
+    )
+
+    overage = 1 if amount > 5 else 0  # the outbox row of the overage
+    assert len(sent) == (1 if connection.vendor == "postgresql" else 3) + overage
+    assert _written(fast.pk) == _written(full_result.event_id)
+    if key is not None:  # a replay of the fast path's row answers from it
+        replayed = kernia_billing.track(
+            fast_owner, "messages", amount, idempotency_key=key, properties=properties
+        )
+        assert (replayed.event_id, replayed.replayed, replayed.balance) == (
+            fast.pk,
+            True,
+            5 - amount,
+        )
+    fast_result = kernia_billing.track(full_owner, "messages", 1)  # answers alike too
+    assert fast_result.balance == full_result.balance - 1
+    assert audit_ledger() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgresql_fast_track_is_one_statement_in_one_transaction(plan):
+    owner = _owner()
+    with CaptureQueriesContext(connection) as captured:
+        result = kernia_billing.track(owner, "messages", 2)
+    # Outside any transaction: BEGIN, the one statement, COMMIT; nothing else.
+    assert [q["sql"].split()[0] for q in captured.captured_queries] == ["BEGIN", "WITH", "COMMIT"]
+    sql = captured.captured_queries[1]["sql"]
+    assert "UPDATE" in sql and sql.count("INSERT INTO") == 2  # deduct, ledger row, rollup
+    # The entitlement, its ledger row and its rollup were written by one transaction.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT xmin::text FROM {Entitlement._meta.db_table} e "
+            "WHERE e.customer_id = u.customer_id AND e.feature_id = u.feature_id), "
+            f"u.xmin::text, (SELECT xmin::text FROM {UsageRollup._meta.db_table} r "
+            "WHERE r.customer_id = u.customer_id AND r.feature_id = u.feature_id) "
+            f"FROM {UsageEvent._meta.db_table} u WHERE u.id = %s",
+            [result.event_id],
+        )
+        entitlement_xid, event_xid, rollup_xid = cursor.fetchone()
+    assert entitlement_xid == event_xid == rollup_xid
+    assert (result.usage, result.balance) == (2, 3)
