@@ -81,16 +81,24 @@ def apply_subscription(
     lock order in :mod:`.locking` and retries a deadlock when it owns the transaction.
     """
     applied = atomic_with_retry(lambda: _apply_locked(customer.pk, snapshot, state_at))
-    customer.refresh_from_db()
-    return applied
+    if applied is None:
+        customer.refresh_from_db()
+        return False
+    # The row as this transaction wrote it (nothing after the save writes the customer):
+    # copied rather than read again.
+    for field in BillingCustomer._meta.concrete_fields:
+        setattr(customer, field.attname, getattr(applied, field.attname))
+    customer.plan = applied.plan
+    return True
 
 
 def _apply_locked(
     customer_id: int, snapshot: SubscriptionSnapshot | None, state_at: datetime | None
-) -> bool:
+) -> BillingCustomer | None:
+    """The locked customer with ``snapshot`` applied, or None when it was stale."""
     locked = lock_customer(customer_id)
     if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
-        return False
+        return None
     previous_plan_id = locked.plan_id
     previous_status = locked.subscription_status
     previous_period_start = locked.current_period_start
@@ -141,7 +149,7 @@ def _apply_locked(
                 status=locked.subscription_status,
             )
         )
-    return True
+    return locked
 
 
 def customer_state(owner: Any) -> CustomerState:
