@@ -135,9 +135,10 @@ def _apply_locked(
         if period_start and previous_period_start and period_start > previous_period_start:
             reset_for_new_period(locked, period_start)
         reanchor_entitlements(locked)
-    sync_addon_items(locked, snapshot)  # add-ons: before plan sync (seat limits)
-    sync_entitlements(locked)
-    sync_addon_grants(locked)
+    addons = sync_addon_items(locked, snapshot)  # add-ons: before plan sync (seat limits)
+    sync_entitlements(locked, addons=addons)
+    if addons:
+        sync_addon_grants(locked)
 
     if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
         transaction.on_commit(
