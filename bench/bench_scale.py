@@ -19,10 +19,12 @@ customer, check/track p50, and the ledger's size. A figure, not a test.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -143,9 +145,8 @@ def build(rows: int) -> int:
 
 def measure(rows: int, busy: int) -> list[tuple[str, str]]:
     from kernia_billing import selectors
-    from kernia_billing.models import BillingCustomer, Entitlement
+    from kernia_billing.models import BillingCustomer
     from kernia_billing.services import usage
-    from kernia_billing.services.entitlements.resets import reset_for_new_period
     from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
 
     out: list[tuple[str, str]] = []
@@ -198,25 +199,6 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
             f"{took:.1f} s, {len(captured.captured_queries)} queries for {CUSTOMERS:,} customers",
         )
     )
-    customers = list(BillingCustomer.objects.order_by("pk")[1:1001])
-    new_start = timezone.now() - timedelta(days=1)
-    Entitlement.objects.filter(customer__in=customers).update(reset_period="billing")
-    with CaptureQueriesContext(connection) as captured:
-        start = time.perf_counter()
-        for customer in customers:
-            customer.current_period_start = new_start
-            customer.current_period_end = new_start + timedelta(days=30)
-            customer.billing_interval = "month"
-            with transaction.atomic():
-                reset_for_new_period(customer, new_start)
-        took = time.perf_counter() - start
-    per = len(captured.captured_queries) / len(customers)
-    out.append(
-        (
-            "renewal reset (service), per customer",
-            f"{took / len(customers) * 1000:.2f} ms, {per:.0f} statements incl. BEGIN/COMMIT",
-        )
-    )
     customer = BillingCustomer.objects.get(pk=busy)
 
     def check() -> None:
@@ -244,6 +226,7 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
         )
     )
     out.append(("replay lookup plan", replay_plan(busy)))
+    sizes_at = len(out)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_relation_size('kernia_billing_usageevent'), "
@@ -275,7 +258,217 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
                 f"{size / million / 2**20:.0f} MB per million rows ({size / rows:.0f} B/row)",
             )
         )
+    # Last: the renewals move periods, so the books no longer match the synthetic ledger.
+    out[sizes_at:sizes_at] = renewals()
     return out
+
+
+class Cost:
+    """Wall and CPU time and statements of a number of calls, per call."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.statements = self.calls = 0
+
+    def add(self, work: Callable[[], Any], calls: int) -> None:
+        with CaptureQueriesContext(connection) as captured:
+            wall, cpu = time.perf_counter(), time.process_time()
+            work()
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+        self.statements += len(captured.captured_queries)
+        self.calls += calls
+
+    def __str__(self) -> str:
+        n = self.calls
+        return (
+            f"{self.wall / n * 1000:.2f} ms ({self.cpu / n * 1000:.2f} ms CPU), "
+            f"{self.statements / n:.1f} statements"
+        )
+
+
+def renewals() -> list[tuple[str, str]]:
+    """Per customer: the webhook's reset, the whole of our part of the renewal webhook, the
+    lazy reset on the first track, and the storm (``reset_due``) - ours beside the former
+    code where it changed, alternating in the same run (the machine is shared)."""
+    from django.contrib.auth import get_user_model
+
+    from kernia_billing.models import BillingCustomer, Entitlement, PlanFeature
+    from kernia_billing.services import usage
+    from kernia_billing.services.customers import apply_subscription
+    from kernia_billing.services.entitlements import renewals as storm
+    from kernia_billing.services.entitlements.resets import reset_for_new_period
+    from kernia_billing.types import SubscriptionSnapshot
+
+    track_module = importlib.import_module("kernia_billing.services.usage.track")
+    connection.queries_log = deque(maxlen=10**7)  # every statement counted (default 9,000)
+    now = timezone.now().replace(microsecond=0)
+    old_start, new_start = now - timedelta(days=31), now - timedelta(days=1)
+    ids = list(BillingCustomer.objects.order_by("pk").values_list("pk", flat=True)[1:])
+    webhook, lazy = ids[:2000], ids[2000:4000]
+    # Billing customers in the period that just ended, their entitlements billing-reset.
+    BillingCustomer.objects.filter(pk__in=webhook).update(
+        current_period_start=old_start, current_period_end=new_start, billing_interval="month"
+    )
+    Entitlement.objects.filter(customer_id__in=webhook).update(
+        reset_period="billing",
+        reset_anchor=old_start,
+        period_start=old_start,
+        next_reset_at=new_start,
+    )
+    customers = list(BillingCustomer.objects.filter(pk__in=webhook).order_by("pk"))
+    for customer in customers:
+        customer.current_period_start = new_start
+        customer.current_period_end = new_start + timedelta(days=30)
+
+    def resets(batch: list[Any], reset: Callable[[Any, Any], int]) -> Callable[[], None]:
+        def work() -> None:
+            for customer in batch:
+                with transaction.atomic():
+                    assert reset(customer, new_start) == 3
+
+        return work
+
+    ours, former = Cost(), Cost()
+    for i in range(0, 1000, 500):  # alternating blocks of 250 customers
+        former.add(resets(customers[i : i + 250], former_reset_for_new_period), 250)
+        ours.add(resets(customers[i + 250 : i + 500], reset_for_new_period), 250)
+    out = [
+        (
+            "renewal: the webhook's reset, per customer",
+            f"{ours} (former ORM code: {former}); incl. BEGIN/COMMIT",
+        )
+    ]
+    # The reset's own statements, without a COMMIT (and its WAL flush) per customer: in
+    # the webhook the transaction, and its commit, are dj-stripe's anyway.
+    Entitlement.objects.filter(customer_id__in=webhook[:1000]).update(period_start=old_start)
+    alone, former_alone = Cost(), Cost()
+    for i in range(0, 1000, 500):
+        with transaction.atomic():
+            former_alone.add(resets(customers[i : i + 250], former_reset_for_new_period), 250)
+            alone.add(resets(customers[i + 250 : i + 500], reset_for_new_period), 250)
+    out.append(
+        (
+            "renewal: the webhook's reset inside one transaction, per customer",
+            f"{alone} (former ORM code: {former_alone})",
+        )
+    )
+    snapshot_at = {}
+    for customer in customers[1000:]:
+        snapshot_at[customer.pk] = SubscriptionSnapshot(
+            id=f"sub_{customer.pk}",
+            stripe_customer_id=f"cus_{customer.pk}",
+            status="active",
+            price_ids=(),
+            current_period_start=new_start,
+            current_period_end=new_start + timedelta(days=30),
+            interval="month",
+        )
+    whole = Cost()
+    # The plan's features reset with the billing period, as these customers' entitlements do
+    # (else each renewal would also re-sync the reset period of every feature).
+    PlanFeature.objects.update(reset_period="billing")
+    whole.add(
+        lambda: [apply_subscription(c, snapshot_at[c.pk]) for c in customers[1000:]],
+        len(customers) - 1000,
+    )
+    PlanFeature.objects.update(reset_period="month")
+    out.append(
+        (
+            "renewal: our part of the webhook (apply_subscription), per customer",
+            f"{whole} (dj-stripe's own part: see docs/benchmarks.md)",
+        )
+    )
+
+    # The lazy path: the first track after the boundary resets, then tracks.
+    Entitlement.objects.filter(customer_id__in=lazy, feature__key="messages").update(
+        next_reset_at=now - timedelta(minutes=1)
+    )
+    owner_ids = dict(BillingCustomer.objects.filter(pk__in=lazy).values_list("pk", "owner_id"))
+    owners = [get_user_model()(pk=int(owner_ids[pk])) for pk in lazy]
+
+    def tracks(batch: list[Any]) -> Callable[[], None]:
+        return lambda: [usage.track(owner, "messages", 1) for owner in batch]
+
+    first, former_first, second = Cost(), Cost(), Cost()
+    current = track_module.reset_if_due
+    for i in range(0, 2000, 500):
+        track_module.reset_if_due = former_reset_if_due  # type: ignore[assignment]
+        former_first.add(tracks(owners[i : i + 250]), 250)
+        track_module.reset_if_due = current
+        first.add(tracks(owners[i + 250 : i + 500]), 250)
+        second.add(tracks(owners[i + 250 : i + 500]), 250)
+    out.append(
+        (
+            "renewal: lazy, first track after the boundary, per customer",
+            f"{first}; the next track {second} (former reset: {former_first})",
+        )
+    )
+
+    # The storm: every entitlement of every customer due at once.
+    later = now + timedelta(days=60)
+    due = Entitlement.objects.filter(next_reset_at__lte=later).count()
+    stormed = Cost()
+    done: list[int] = []
+    stormed.add(lambda: done.append(storm.reset_due(now=later)), CUSTOMERS)
+    out.append(
+        (
+            f"renewal storm: reset_due of {due:,} entitlements, per customer",
+            f"{stormed} ({done[0]:,} reset: {stormed.wall:.2f} s and "
+            f"{stormed.statements} statements in all)",
+        )
+    )
+    return out
+
+
+def former_reset_for_new_period(customer: Any, period_start: Any) -> int:
+    """The webhook's reset before this release (no rollovers here): the ORM's lock and
+    ``UPDATE`` with two correlated sums."""
+    from django.db.models import OuterRef, Q, Subquery, Sum, Value
+    from django.db.models.functions import Coalesce
+
+    from kernia_billing.models import Entitlement, UsageEvent
+
+    due = (
+        Entitlement.objects.filter(customer=customer, reset_period="billing")
+        .filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
+        .order_by("pk")
+        .select_for_update()
+    )
+    rows = list(due.values_list("pk", flat=True))
+    since = UsageEvent.objects.filter(
+        customer_id=OuterRef("customer_id"),
+        feature_id=OuterRef("feature_id"),
+        created_at__gte=period_start,
+    ).order_by()
+
+    def total(column: str) -> Coalesce:
+        summed = since.values("customer_id").annotate(total=Sum(column)).values("total")
+        return Coalesce(Subquery(summed), Value(0))
+
+    return Entitlement.objects.filter(pk__in=rows).update(
+        usage=total("amount"),
+        grant_usage=total("from_grants"),
+        period_start=period_start,
+        reset_anchor=period_start,
+        next_reset_at=customer.current_period_end,
+        updated_at=timezone.now(),
+    )
+
+
+def former_reset_if_due(entitlement: Any, now: Any) -> Any:
+    """The lazy reset before this release: the ORM's conditional ``UPDATE``, then a reload."""
+    from kernia_billing.models import Entitlement
+    from kernia_billing.services.entitlements.resets import next_period
+    from kernia_billing.services.entitlements.rows import _reload
+
+    if entitlement.next_reset_at is None or now < entitlement.next_reset_at:
+        return entitlement
+    start, end = next_period(entitlement, now)
+    Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
+        usage=0, grant_usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
+    )
+    return _reload(entitlement.id)
 
 
 def replay_plan(customer_id: int) -> str:

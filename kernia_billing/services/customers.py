@@ -81,16 +81,24 @@ def apply_subscription(
     lock order in :mod:`.locking` and retries a deadlock when it owns the transaction.
     """
     applied = atomic_with_retry(lambda: _apply_locked(customer.pk, snapshot, state_at))
-    customer.refresh_from_db()
-    return applied
+    if applied is None:
+        customer.refresh_from_db()
+        return False
+    # The row as this transaction wrote it (nothing after the save writes the customer):
+    # copied rather than read again.
+    for field in BillingCustomer._meta.concrete_fields:
+        setattr(customer, field.attname, getattr(applied, field.attname))
+    customer.plan = applied.plan
+    return True
 
 
 def _apply_locked(
     customer_id: int, snapshot: SubscriptionSnapshot | None, state_at: datetime | None
-) -> bool:
+) -> BillingCustomer | None:
+    """The locked customer with ``snapshot`` applied, or None when it was stale."""
     locked = lock_customer(customer_id)
     if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
-        return False
+        return None
     previous_plan_id = locked.plan_id
     previous_status = locked.subscription_status
     previous_period_start = locked.current_period_start
@@ -127,9 +135,10 @@ def _apply_locked(
         if period_start and previous_period_start and period_start > previous_period_start:
             reset_for_new_period(locked, period_start)
         reanchor_entitlements(locked)
-    sync_addon_items(locked, snapshot)  # add-ons: before plan sync (seat limits)
-    sync_entitlements(locked)
-    sync_addon_grants(locked)
+    addons = sync_addon_items(locked, snapshot)  # add-ons: before plan sync (seat limits)
+    sync_entitlements(locked, addons=addons)
+    if addons:
+        sync_addon_grants(locked)
 
     if previous_plan_id != locked.plan_id or previous_status != locked.subscription_status:
         transaction.on_commit(
@@ -141,7 +150,7 @@ def _apply_locked(
                 status=locked.subscription_status,
             )
         )
-    return True
+    return locked
 
 
 def customer_state(owner: Any) -> CustomerState:

@@ -15,11 +15,12 @@ applying it would roll a customer back. ``kernia_reconcile`` is the command-line
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -277,6 +278,46 @@ def audit_ledger(
     A fix writes the ledger's sum with a conditional ``UPDATE`` on the usage it read, so
     a track that lands meanwhile is never overwritten (that row is reported, not fixed).
     """
+    with _without_jit():
+        return _audit_ledger(
+            fix=fix,
+            customer_ids=customer_ids,
+            batch_size=batch_size,
+            after_entitlement=after_entitlement,
+            progress=progress,
+        )
+
+
+@contextmanager
+def _without_jit() -> Iterator[None]:
+    """PostgreSQL's JIT off for the audit's statements, then the session's setting back.
+
+    Each is a batch of index range lookups. Over a partitioned ledger the planner's
+    estimate (an ``Append`` of every month per lookup) passes ``jit_above_cost``, and
+    compiling the plan (~130 functions) took ~10x the statement itself (70 ms against
+    6 ms a batch at 1M rows): the audit was twice as slow as on the plain ledger.
+    """
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('jit'), set_config('jit', 'off', false)")
+        (before, _) = cursor.fetchone()
+    yield
+    # Not on an error: a failed transaction refuses statements, and rolls the setting
+    # back itself; otherwise only this session plans without JIT until it ends.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('jit', %s, false)", [before])
+
+
+def _audit_ledger(
+    *,
+    fix: bool,
+    customer_ids: list[int] | None,
+    batch_size: int,
+    after_entitlement: int,
+    progress: Progress | None,
+) -> list[Drift]:
     events = UsageEvent.objects.filter(
         customer_id=OuterRef("customer_id"),
         feature_id=OuterRef("feature_id"),

@@ -184,14 +184,13 @@ def pick_subscription(subscriptions: Iterable[Any]) -> SubscriptionSnapshot | No
     Entitling and mapped to a plan first, then entitling, then still open (e.g.
     ``incomplete``, ``unpaid``, ``paused``), then ended; the newest wins a tie.
     """
-    candidates = []
-    for subscription in subscriptions:
-        data = stripe_gateway.plain(subscription)
-        candidates.append((_rank(snapshot_from_stripe(data)), -int(data.get("created") or 0), data))
-    if not candidates:
-        return None
-    candidates.sort(key=lambda c: (c[0], c[1]))
-    return snapshot_from_stripe(candidates[0][2])
+    parsed = [
+        (snapshot_from_stripe(data), -int(data.get("created") or 0))
+        for data in map(stripe_gateway.plain, subscriptions)
+    ]
+    if len(parsed) <= 1:  # nothing to rank (a renewal's usual case: no query for it)
+        return parsed[0][0] if parsed else None
+    return min(parsed, key=lambda c: (_rank(c[0]), c[1]))[0]
 
 
 # --- who is it? ------------------------------------------------------------------------
@@ -301,15 +300,18 @@ def sync_subscription_from_stripe(
     :func:`pick_subscription` chooses decides the plan. Returns the customer, or None
     when the Stripe customer is not one of ours.
     """
+    known = None
     if stripe_customer_id:
         known = BillingCustomer.objects.filter(stripe_customer_id=stripe_customer_id).first()
         if known is not None and _is_stale(known, state_at):
             return known
     subscription = stripe_gateway.retrieve("subscription", subscription_id, api_key=api_key)
     stripe_customer_id = stripe_id(subscription.get("customer"))
-    customer = find_customer(
-        stripe_customer_id, metadata=subscription.get("metadata"), api_key=api_key
-    )
+    customer = known  # found by the same lookup find_customer starts with: not repeated
+    if customer is None or customer.stripe_customer_id != stripe_customer_id:
+        customer = find_customer(
+            stripe_customer_id, metadata=subscription.get("metadata"), api_key=api_key
+        )
     if customer is None:
         logger.info("Subscription %s belongs to no billing customer; ignored.", subscription_id)
         return None

@@ -463,3 +463,26 @@ def test_sqlite_is_refused_with_a_clear_error():
         run("--print-sql")
     with pytest.raises(CommandError, match="needs PostgreSQL"):
         run()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_audit_over_partitions_finds_and_fixes_drift_and_keeps_the_sessions_jit(
+    api, plan, clock
+):
+    api.post(TRACK, {"feature": "messages", "amount": 2}, format="json")
+    clock.move_to(datetime(2030, 2, 20, tzinfo=UTC))  # a new period, in the next partition
+    api.post(TRACK, {"feature": "messages", "amount": 3}, format="json")
+    api.post(TRACK, {"feature": "messages", "amount": 4}, format="json")
+    Entitlement.objects.filter(feature__key="messages").update(usage=99)
+    with connection.cursor() as cursor:
+        cursor.execute("SET jit = on")
+
+    [drift] = audit_ledger(fix=True)
+
+    assert (drift.subject, drift.expected, drift.actual, drift.fixed) == ("messages", 7, 99, True)
+    assert usage() == 7  # only the period's partition counted
+    assert audit_ledger() == []
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW jit")  # planned without JIT during the audit only
+        assert cursor.fetchone()[0] == "on"

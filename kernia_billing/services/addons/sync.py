@@ -42,17 +42,16 @@ from ..grants.totals import REMAINING, lock_entitlement, refresh_totals
 
 
 def sync_addon_items(customer: BillingCustomer, snapshot: SubscriptionSnapshot | None) -> bool:
-    """Mirror the add-on items of ``snapshot`` (customer locked). Returns whether any changed."""
+    """Mirror the add-on items of ``snapshot`` (customer locked). Returns whether the
+    customer has any add-on item now (active or not): without one, plan sync and
+    :func:`sync_addon_grants` have nothing of add-ons to read."""
     entitles = snapshot is not None and status_entitles(snapshot.status)
     items = list(snapshot.items) if snapshot is not None and entitles else []
-    mapped = {
-        m.price.stripe_id: m.addon_id
-        for m in AddOnPrice.objects.filter(
-            price__stripe_id__in=[i.price_id for i in items]
-        ).select_related("price")
-    }
+    prices = AddOnPrice.objects.filter(price__stripe_id__in=[i.price_id for i in items])
+    mapped = (
+        {m.price.stripe_id: m.addon_id for m in prices.select_related("price")} if items else {}
+    )
     seen: set[str] = set()
-    changed = False
     existing = {
         a.stripe_subscription_item_id: a for a in AddOnItem.objects.filter(customer=customer)
     }
@@ -74,15 +73,12 @@ def sync_addon_items(customer: BillingCustomer, snapshot: SubscriptionSnapshot |
             AddOnItem.objects.create(
                 customer=customer, stripe_subscription_item_id=item.id, **wanted
             )
-            changed = True
         elif any(getattr(row, k) != v for k, v in wanted.items()):
             AddOnItem.objects.filter(pk=row.pk).update(**wanted, updated_at=timezone.now())
-            changed = True
     gone = [row.pk for key, row in existing.items() if key not in seen and row.active]
     if gone:
         AddOnItem.objects.filter(pk__in=gone).update(active=False, updated_at=timezone.now())
-        changed = True
-    return changed
+    return bool(existing or seen)
 
 
 def addon_limits(customer: BillingCustomer) -> dict[int, int]:

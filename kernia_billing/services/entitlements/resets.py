@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
-from django.db.models import OuterRef, Q, Subquery, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from ...models import (
@@ -17,7 +18,7 @@ from ...models.catalog import ResetPeriod
 from ...periods import period_containing
 from ..grants.rollovers import reset_with_rollover, roll_over_at_boundary
 from ..reservations.giveback import held_by_plan
-from .rows import EntitlementRow, _reload
+from .rows import EntitlementRow, _aware, _merge_returned, _reload, returning_sql
 
 # --- periods and resets ------------------------------------------------------------------
 
@@ -55,23 +56,60 @@ def current_period(
     return anchor, start, end
 
 
+def next_period(entitlement: EntitlementRow, now: datetime) -> tuple[datetime, datetime]:
+    """``(period_start, next_reset_at)`` of the period containing ``now`` (a due reset's)."""
+    unit, count = _row_unit(entitlement)
+    return period_containing(entitlement.reset_anchor_or_default, unit, now, count)
+
+
+def _row_unit(entitlement: EntitlementRow) -> tuple[str, int]:
+    if entitlement.reset_period == ResetPeriod.BILLING:
+        return entitlement.billing_interval or "month", entitlement.billing_interval_count or 1
+    return entitlement.reset_period, 1
+
+
 def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
-    """Apply a reset that fell due, exactly once under concurrency; return fresh state."""
+    """Apply a reset that fell due, exactly once under concurrency; return fresh state.
+
+    One statement when it resets: the conditional ``UPDATE`` returns the row's new
+    columns (a second query only when another writer reset it first).
+    """
     if entitlement.next_reset_at is None or now < entitlement.next_reset_at:
         return entitlement
-    if entitlement.reset_period == ResetPeriod.BILLING:
-        unit = entitlement.billing_interval or "month"
-        count = entitlement.billing_interval_count or 1
-    else:
-        unit, count = entitlement.reset_period, 1
     if entitlement.rollover_max > 0:
+        unit, count = _row_unit(entitlement)
         return reset_with_rollover(entitlement, now, unit, count)
-    start, end = period_containing(entitlement.reset_anchor_or_default, unit, now, count)
-    # Only the first of any number of concurrent resets matches the old boundary.
-    Entitlement.objects.filter(pk=entitlement.id, next_reset_at=entitlement.next_reset_at).update(
-        usage=0, grant_usage=0, period_start=start, next_reset_at=end, updated_at=timezone.now()
+    start, end = next_period(entitlement, now)
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        # Only the first of any number of concurrent resets matches the old boundary.
+        cursor.execute(
+            _reset_sql(),
+            [
+                adapt(start),
+                adapt(end),
+                adapt(timezone.now()),
+                entitlement.id,
+                adapt(entitlement.next_reset_at),
+            ],
+        )
+        returned = cursor.fetchone()
+    if returned is None:
+        return _reload(entitlement.id)
+    return _merge_returned(entitlement, returned)
+
+
+@lru_cache(maxsize=1)
+def _reset_sql() -> str:
+    return (
+        f"UPDATE {_quote(Entitlement._meta.db_table)} SET {_quote('usage')} = 0, grant_usage = 0, "
+        "period_start = %s, next_reset_at = %s, updated_at = %s "
+        f"WHERE id = %s AND next_reset_at = %s {returning_sql()}"
     )
-    return _reload(entitlement.id)
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
 
 
 def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> int:
@@ -82,22 +120,24 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
     stays counted in the new period. The rows are locked before the ledger is
     summed, so a track committing meanwhile is counted, not overwritten. Must run
     inside a transaction. Returns how many entitlements reset.
+
+    Two statements whatever the number of features (plus a few per feature with
+    rollovers): the lock, then one ``UPDATE`` summing each row's events since the
+    boundary on the customer + feature + time index. Raw SQL: building the ORM's
+    queries cost more than running them.
     """
-    due = (
-        Entitlement.objects.filter(customer=customer, reset_period=ResetPeriod.BILLING)
-        .filter(Q(period_start__isnull=True) | Q(period_start__lt=period_start))
-        .order_by("pk")
-        .select_for_update()
-    )
-    columns = ("pk", "feature_id", "usage", "grant_usage", "included", "rollover_max")
-    rows = list(due.values_list(*columns, "period_start"))
+    adapt = connection.ops.adapt_datetimefield_value
+    boundary = adapt(period_start)
+    with connection.cursor() as cursor:
+        cursor.execute(_lock_due_sql(), [customer.pk, ResetPeriod.BILLING, boundary])
+        rows = cursor.fetchall()
     if not rows:
         return 0
     for entitlement_id, feature_id, usage, grant_usage, included, cap, started in rows:
         if cap <= 0:
             continue
         # Open holds' plan part is in usage but is no usage of the period that ended.
-        usage -= held_by_plan(entitlement_id, started)
+        usage -= held_by_plan(entitlement_id, _aware(started))
         # The plan's grant used in the period that ended: what was tracked before the new
         # period began (rollovers, as the lazy reset makes them, same key). Only features
         # with rollovers pay this query.
@@ -108,25 +148,37 @@ def reset_for_new_period(customer: BillingCustomer, period_start: datetime) -> i
         unused = included - ((usage - grant_usage) - after)
         unit, interval_count = _reset_unit(ResetPeriod.BILLING, customer)
         roll_over_at_boundary(entitlement_id, period_start, unused, unit, interval_count)
-    # One UPDATE for all of them (set-based: the cost does not grow with the features),
-    # each summing its own events since the boundary on the customer + feature + time index.
-    since = UsageEvent.objects.filter(
-        customer_id=OuterRef("customer_id"),
-        feature_id=OuterRef("feature_id"),
-        created_at__gte=period_start,
-    ).order_by()
+    ids = [row[0] for row in rows]
+    end = customer.current_period_end
+    params = [boundary, boundary, boundary, adapt(end), adapt(timezone.now()), *ids]
+    with connection.cursor() as cursor:
+        cursor.execute(_recount_sql(len(ids)), params)
+        return int(cursor.rowcount)
 
-    def total(column: str) -> Coalesce:
-        summed = since.values("customer_id").annotate(total=Sum(column)).values("total")
-        return Coalesce(Subquery(summed), Value(0))
 
-    return Entitlement.objects.filter(pk__in=[row[0] for row in rows]).update(
-        usage=total("amount"),
-        grant_usage=total("from_grants"),
-        period_start=period_start,
-        reset_anchor=period_start,
-        next_reset_at=customer.current_period_end,
-        updated_at=timezone.now(),
+@lru_cache(maxsize=1)
+def _lock_due_sql() -> str:
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return (
+        f"SELECT id, feature_id, {_quote('usage')}, grant_usage, included, rollover_max, "
+        "period_start "
+        f"FROM {_quote(Entitlement._meta.db_table)} WHERE customer_id = %s "
+        "AND reset_period = %s AND (period_start IS NULL OR period_start < %s) "
+        f"ORDER BY id{lock}"
+    )
+
+
+@lru_cache(maxsize=16)
+def _recount_sql(count: int) -> str:
+    entitlement = _quote(Entitlement._meta.db_table)
+    return (
+        f"UPDATE {entitlement} SET ({_quote('usage')}, grant_usage) = ("
+        "SELECT COALESCE(SUM(u.amount), 0), COALESCE(SUM(u.from_grants), 0) "
+        f"FROM {_quote(UsageEvent._meta.db_table)} u "
+        f"WHERE u.customer_id = {entitlement}.customer_id "
+        f"AND u.feature_id = {entitlement}.feature_id AND u.created_at >= %s), "
+        "period_start = %s, reset_anchor = %s, next_reset_at = %s, updated_at = %s "
+        f"WHERE id IN ({', '.join(['%s'] * count)})"
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -188,6 +188,33 @@ def _load(owner: Any, feature_key: str) -> EntitlementRow | None:
         "c.owner_type_id = %s AND c.owner_id = %s AND f.key = %s",
         [owner_type_id, owner_id, feature_key],
     )
+
+
+#: The row's own columns (alias ``e``): what an ``UPDATE ... RETURNING`` of the
+#: entitlement hands back, merged into a row by :func:`_merge_returned`.
+OWN_COLUMNS: tuple[str, ...] = tuple(column for _, alias, column in COLUMNS if alias == "e")
+_OWN_FIELDS = tuple(name for name, alias, _ in COLUMNS if alias == "e")
+
+
+@lru_cache(maxsize=1)
+def returning_sql() -> str:
+    quote = connection.ops.quote_name
+    return "RETURNING " + ", ".join(quote(column) for column in OWN_COLUMNS)
+
+
+def _merge_returned(row: EntitlementRow, returned: Any) -> EntitlementRow:
+    """``row`` with its entitlement columns as ``returning_sql()`` read them (the
+    customer's, feature's and plan's columns kept)."""
+    values = dict(zip(_OWN_FIELDS, returned, strict=True))
+    for name in _DATETIME_NAMES.intersection(values):
+        values[name] = _aware(values[name])
+    for name in _BOOLEAN_NAMES.intersection(values):
+        values[name] = bool(values[name])
+    return replace(row, **values)
+
+
+_DATETIME_NAMES = frozenset(_FIELDS[i].name for i in _DATETIME_COLUMNS)
+_BOOLEAN_NAMES = frozenset(_FIELDS[i].name for i in _BOOLEAN_COLUMNS)
 
 
 def _reload(entitlement_id: int) -> EntitlementRow:

@@ -29,13 +29,16 @@ from .rows import _select_many
 # --- plan -> entitlements ----------------------------------------------------------------
 
 
-def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None) -> list[str]:
+def sync_entitlements(
+    customer: BillingCustomer, *, now: datetime | None = None, addons: bool = True
+) -> list[str]:
     """Make the customer's entitlements follow its plan's plan features.
 
     Usage in the current period is kept (an upgrade from 100 to 1000 with 80
     used leaves 920); features the plan no longer grants are kept with
     ``granted=False`` so a re-upgrade in the same period finds its usage.
     Idempotent: nothing is written when nothing changed. Returns changed keys.
+    ``addons=False``: the caller knows the customer has no add-on items (not read).
     """
     now = now or timezone.now()
     plan_features = (
@@ -45,7 +48,7 @@ def sync_entitlements(customer: BillingCustomer, *, now: datetime | None = None)
     )
     existing = {e.feature_id: e for e in Entitlement.objects.filter(customer=customer)}
     changed: list[str] = []
-    extra = addon_limits(customer) if plan_features else {}  # add-ons: seats and quantities
+    extra = addon_limits(customer) if plan_features and addons else {}  # seats, quantities
     for plan_feature in plan_features:
         included = plan_feature.included
         if plan_feature.included_from_quantity and customer.seat_quantity is not None:
