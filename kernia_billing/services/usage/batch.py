@@ -91,15 +91,18 @@ def track_batch(
         except BillingError as error:
             results[index] = refusal(index, error)
     # The first try assumes that no key was used before (a retried batch is the rare
-    # case) and skips looking them up: the ledger's unique index refuses a used key with
-    # an IntegrityError, which rolls the try back, and the next ones look the keys up
-    # (as single track's fast path leaves replays to its full path).
+    # case) and skips looking them up: the ledger's unique index refuses a used key of an
+    # accepted event with an IntegrityError, only the keys of events it refused are
+    # looked up (_KeysUsedBefore), either rolls the try back and the next ones look all
+    # the keys up (as single track's fast path leaves replays to its full path).
     for attempt in range(4):
         known_keys: set[tuple[int, str]] = set()
         try:
             with transaction.atomic():
                 decided = _decide_locked(prepared, now, known_keys, look_up_keys=attempt > 0)
             break
+        except _KeysUsedBefore:
+            continue
         except IntegrityError:
             # Only an idempotency key used before (a replay, or a concurrent request
             # committing it first) is worth another try, which answers that event as a
@@ -357,6 +360,12 @@ def _decide_locked(
         if key is not None:
             accepted_event = None if isinstance(outcome, BillingError) else outcome
             seen_keys[key] = (item.fingerprint, accepted_event)
+    if not look_up_keys:
+        # Only the inserts check the keys of the events accepted; a refused event whose
+        # key was used before is a replay (or a conflict), answered by the full path.
+        unchecked = seen_keys.keys() - {(i.customer_id, i.idempotency_key) for i, _ in accepted}
+        if unchecked and keyed_events_by_pair(unchecked):
+            raise _KeysUsedBefore
     _write_decisions(rows, usage, accepted, moment)
     grants.write(moment)
     for item, event in accepted:
@@ -369,6 +378,10 @@ def _decide_locked(
     for item, event in in_batch_replays:
         decided[item.index] = _replayed(item, rows, event)
     return decided
+
+
+class _KeysUsedBefore(Exception):
+    """A try that did not look the keys up refused an event whose key has a ledger row."""
 
 
 def _decide_item(
