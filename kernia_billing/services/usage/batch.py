@@ -111,7 +111,7 @@ def track_batch(
                 raise
     else:  # pragma: no cover - needs three concurrent collisions in a row
         raise Contention("The batch kept colliding with concurrent requests; retry it.")
-    for index, item in decided.items():
+    for index, item in decided.answers().items():
         results[index] = item
     return [r for r in results if r is not None]
 
@@ -301,7 +301,7 @@ def _decide_locked(
     known_keys: set[tuple[int, str]],
     *,
     look_up_keys: bool = True,
-) -> dict[int, BatchItemResult]:
+) -> _Decided:
     """Inside one transaction: lock, decide every event in order, write once per row.
 
     The moment (``now``, else the time) is read once the rows are locked: a reset that
@@ -313,7 +313,7 @@ def _decide_locked(
     insert then fails on a used one).
     """
     if not prepared:
-        return {}
+        return _Decided({}, {}, [], [])
     ids = sorted({i for p in prepared for i in p.entitlement_ids})
     lock = " ORDER BY e.id"
     if connection.features.has_select_for_update_of:
@@ -368,16 +368,27 @@ def _decide_locked(
             raise _KeysUsedBefore
     _write_decisions(rows, usage, accepted, moment)
     grants.write(moment)
-    for item, event in accepted:
-        decided[item.index] = BatchItemResult(
-            index=item.index,
-            ok=True,
-            result=_result(item, rows, event, replayed=False),
-            status=201,
-        )
-    for item, event in in_batch_replays:
-        decided[item.index] = _replayed(item, rows, event)
-    return decided
+    return _Decided(decided, rows, accepted, in_batch_replays)
+
+
+@dataclass(slots=True)
+class _Decided:
+    """What a try decided; the answers of accepted events are built after COMMIT (the
+    entitlement rows stay locked until then: on a hot customer, other batches wait)."""
+
+    answered: dict[int, BatchItemResult]  # refusals and replays of earlier rows
+    rows: dict[int, EntitlementRow]
+    accepted: list[tuple[_Prepared, NewEvent]]  # their ledger rows have their ids
+    in_batch_replays: list[tuple[_Prepared, NewEvent]]  # of an accepted event
+
+    def answers(self) -> dict[int, BatchItemResult]:
+        answered = self.answered
+        for item, event in self.accepted:
+            result = _result(item, self.rows, event, replayed=False)
+            answered[item.index] = BatchItemResult(item.index, True, result, status=201)
+        for item, event in self.in_batch_replays:
+            answered[item.index] = _replayed(item, self.rows, event)
+        return answered
 
 
 class _KeysUsedBefore(Exception):
