@@ -31,7 +31,13 @@ from ..types import BatchItemResult, TrackRequest
 from .base import BillingAPIView
 from .entitlements import AUTH_ERRORS, TAG, _error
 from .exceptions import describe_api_exception
-from .owners import IsBillingCaller, OwnerMixin, can_manage_billing, owner_identifiers
+from .owners import (
+    OWNER_FIELDS,
+    IsBillingCaller,
+    OwnerMixin,
+    can_manage_billing,
+    owner_identifiers,
+)
 from .schema import extend_schema
 from .serializers import (
     ErrorDetailSerializer,
@@ -40,6 +46,8 @@ from .serializers import (
     plain_track_data,
     render_track,
 )
+
+_OWNER_FIELDS = frozenset(OWNER_FIELDS)
 
 
 class BatchEventSerializer(TrackSerializer):
@@ -156,27 +164,33 @@ class BatchTrackView(OwnerMixin, BillingAPIView):
         requests: list[TrackRequest] = []
         positions: list[int] = []
         for index, event in enumerate(events):
-            try:
-                owner = self._event_owner(request, event, staff, default_owner, owners)
-            except (BillingError, exceptions.APIException) as error:
-                refused[index] = _refusal(index, error)
-                continue
+            if _OWNER_FIELDS.isdisjoint(event):
+                owner = default_owner  # most events: the request's owner
+            else:
+                try:
+                    owner = self._event_owner(request, event, staff, default_owner, owners)
+                except (BillingError, exceptions.APIException) as error:
+                    refused[index] = _refusal(index, error)
+                    continue
             positions.append(index)
             requests.append(
                 TrackRequest(
-                    feature=event["feature"],
-                    amount=event["amount"],
-                    idempotency_key=event.get("idempotencyKey") or None,
-                    properties=event.get("properties") or {},
-                    owner=owner,
+                    event["feature"],
+                    event["amount"],
+                    event.get("idempotencyKey") or None,
+                    event.get("properties") or {},
+                    owner,
                 )
             )
         answered = usage.track_batch(default_owner, requests) if requests else []
-        for item in answered:
-            refused[positions[item.index]] = _reindexed(item, positions[item.index])
+        if not refused:  # every event went to the service, in order: its indexes hold
+            answered_in_order = answered
+        else:
+            for item in answered:
+                refused[positions[item.index]] = _reindexed(item, positions[item.index])
+            answered_in_order = [refused[index] for index in range(len(data["events"]))]
         datetimes: dict[Any, Any] = {}  # the batch's events share their moment
-        results = [_render(refused[index], datetimes) for index in range(len(data["events"]))]
-        return Response({"results": results})
+        return Response({"results": [_render(item, datetimes) for item in answered_in_order]})
 
     @staticmethod
     def _validated_events(raw_events: list[Any]) -> list[dict[str, Any]]:

@@ -272,7 +272,7 @@ def insert_events(events: Sequence[NewEvent]) -> None:
     columns = _pg_columns(events)
     # A column whose value every row shares (the batch's moment, its customer, often the
     # fingerprint and properties) goes once, not 1,000 times in the statement's text.
-    shared = tuple(all(value == column[0] for value in column) for column in columns)
+    shared = tuple(column.count(column[0]) == len(column) for column in columns)
     params: list[Any] = [column[0] for column, same in zip(columns, shared, strict=True) if same]
     params.append(UsageEvent._meta.db_table)
     params += [column for column, same in zip(columns, shared, strict=True) if not same]

@@ -88,11 +88,17 @@ def rollup_upserts(
     (PostgreSQL: a ``WITH ... AS (upsert)``), which is the same as calling
     :func:`record_rollups` right after its insert: same transaction, same rows.
     """
-    totals: dict[tuple[int, int, date], list[int]] = defaultdict(lambda: [0, 0])
+    # By moment first (a batch's events share theirs): the day is worked out once per moment.
+    by_moment: dict[tuple[int, int, datetime], list[int]] = defaultdict(lambda: [0, 0])
     for event in events:
-        total = totals[(event.customer_id, event.feature_id, utc_day(event.created_at))]
+        total = by_moment[(event.customer_id, event.feature_id, event.created_at)]
         total[0] += event.amount
         total[1] += 1
+    totals: dict[tuple[int, int, date], list[int]] = defaultdict(lambda: [0, 0])
+    for (customer_id, feature_id, moment), (amount, count) in by_moment.items():
+        total = totals[(customer_id, feature_id, utc_day(moment))]
+        total[0] += amount
+        total[1] += count
     keys = sorted(totals)
     statements = []
     for start in range(0, len(keys), chunk):
