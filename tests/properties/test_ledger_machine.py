@@ -182,12 +182,13 @@ class LedgerMachine(RuleBasedStateMachine):
         entitlement = Entitlement.objects.get(customer=self.customer)
         balance = kernia_billing.check(self.user, self.feature).balance
         expired = self._expired_held()
+        expired_usage = self._expired_held(usage_only=True)
         try:
             result = kernia_billing.adjust_usage(
                 self.user, self.feature, amount, reason="machine", idempotency_key=key
             )
         except (InsufficientBalance, UsageBelowZero):
-            given_back = expired - self._expired_held()
+            given_back = expired_usage - self._expired_held(usage_only=True)
             usage = Entitlement.objects.get(customer=self.customer).usage
             assert usage == entitlement.usage - given_back
             return
@@ -203,10 +204,30 @@ class LedgerMachine(RuleBasedStateMachine):
     def _open_holds(self):
         return Reservation.objects.filter(customer=self.customer, status="open")
 
-    def _expired_held(self) -> int:
-        """What open holds past their expiry hold: a refusal gives it back first."""
-        expired = self._open_holds().filter(expires_at__lte=timezone.now())
-        return sum(hold.held for hold in expired)
+    def _expired_held(self, *, usage_only: bool = False) -> int:
+        """What giving back the open holds past their expiry restores: a refusal gives
+        them back first.
+
+        A hold of the current period restores all it holds; one taken before the last
+        reset is in no usage of this period (the reset wiped it), so it restores only
+        what it drew from grants still live (``usage_only``: nothing).
+        """
+        now = timezone.now()
+        period_start = Entitlement.objects.get(customer=self.customer).period_start
+        live = {
+            grant.pk
+            for grant in Grant.objects.filter(customer=self.customer, revoked_at__isnull=True)
+            if grant.expires_at is None or grant.expires_at > now
+        }
+        restored = 0
+        for hold in self._open_holds().filter(expires_at__lte=now):
+            if hold.period_start == period_start:
+                restored += hold.held
+            elif not usage_only:
+                restored += sum(
+                    int(part["amount"]) for part in hold.draws or () if part["grant"] in live
+                )
+        return restored
 
     @rule(amount=st.integers(1, 15), ttl_hours=st.integers(1, 72))
     def reserve(self, amount, ttl_hours):
