@@ -8,7 +8,9 @@ Usage::
 Builds, per size, a fresh database (the ``DATABASE_URL``'s name; dropped at the end
 unless ``--keep``) with 10,000 customers x 3 features and the ledger made with
 set-based SQL (``generate_series``): 10% of the rows on one busy customer, the rest
-spread, times over the last 365 days. Rollups are built as the migration backfills
+spread, times over the last 365 days per million rows (``--days-per-million``: history
+grows with time while a period's events stay the same; ``--days 365`` keeps every size in
+one year, so a period holds 10x the events at 10M). Rollups are built as the migration backfills
 them and usage is set to the ledger's sum since each period start (a clean audit).
 Prints, per size, the table of the issue: history with ``daily=true`` over 90 days and
 the first page for the busy customer (ours, and the former exact-count / whole-ledger
@@ -68,7 +70,7 @@ def timed(work: Callable[[], Any], runs: int) -> tuple[float, float]:
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def build(rows: int) -> int:
+def build(rows: int, days: int) -> int:
     """The catalog, customers, entitlements and ``rows`` ledger rows; the busy customer's id."""
     from django.contrib.contenttypes.models import ContentType
 
@@ -123,9 +125,9 @@ def build(rows: int) -> int:
             "SELECT CASE WHEN i %% 10 = 0 THEN %s ELSE %s + (i * 7919) %% %s END, "
             "%s + (i %% 3), 1, md5(i::text)::uuid::text, "
             "substring(sha256(i::text::bytea) from 1 for 16), NULL, "
-            "now() - (((i * 104729) %% 31536000) || ' seconds')::interval, 1000, i, 0 "
+            "now() - (((i * 104729) %% %s) || ' seconds')::interval, 1000, i, 0 "
             "FROM generate_series(1::bigint, %s) i",
-            [busy, first, CUSTOMERS, feature0, rows],
+            [busy, first, CUSTOMERS, feature0, days * 86400, rows],
         )
         load = time.perf_counter() - t
         cursor.execute(
@@ -387,15 +389,15 @@ def renewals() -> list[tuple[str, str]]:
     owner_ids = dict(BillingCustomer.objects.filter(pk__in=lazy).values_list("pk", "owner_id"))
     owners = [get_user_model()(pk=int(owner_ids[pk])) for pk in lazy]
 
-    def tracks(batch: list[Any]) -> Callable[[], None]:
+    def tracks(batch: list[Any]) -> Callable[[], object]:
         return lambda: [usage.track(owner, "messages", 1) for owner in batch]
 
     first, former_first, second = Cost(), Cost(), Cost()
-    current = track_module.reset_if_due
+    current = getattr(track_module, "reset_if_due")  # noqa: B009 - swapped below
     for i in range(0, 2000, 500):
-        track_module.reset_if_due = former_reset_if_due  # type: ignore[assignment]
+        setattr(track_module, "reset_if_due", former_reset_if_due)  # noqa: B010
         former_first.add(tracks(owners[i : i + 250]), 250)
-        track_module.reset_if_due = current
+        setattr(track_module, "reset_if_due", current)  # noqa: B010
         first.add(tracks(owners[i + 250 : i + 500]), 250)
         second.add(tracks(owners[i + 250 : i + 500]), 250)
     out.append(
@@ -484,13 +486,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--keep", action="store_true", help="Keep the database at the end.")
+    span = parser.add_mutually_exclusive_group()
+    span.add_argument(
+        "--days-per-million", type=int, default=365, help="History's span per million rows."
+    )
+    span.add_argument("--days", type=int, help="History's span whatever the size.")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("The scale benchmark runs on PostgreSQL (DATABASE_URL).")
     os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
     for rows in args.rows:
-        print(f"== {rows:,} ledger rows ==", flush=True)
-        busy = build(rows)
+        days = args.days or max(1, round(args.days_per_million * rows / 1_000_000))
+        print(f"== {rows:,} ledger rows over {days:,} days ==", flush=True)
+        busy = build(rows, days)
         for name, figure in measure(rows, busy):
             print(f"| {name} | {figure} |", flush=True)
         print(f"  load average: {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
