@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -303,11 +303,20 @@ def _without_jit() -> Iterator[None]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('jit'), set_config('jit', 'off', false)")
         (before, _) = cursor.fetchone()
-    yield
-    # Not on an error: a failed transaction refuses statements, and rolls the setting
-    # back itself; otherwise only this session plans without JIT until it ends.
+    try:
+        yield
+    except BaseException:
+        # Restored on an error too (in autocommit the SET has committed); a failed
+        # transaction refuses the statement, and its rollback undoes the SET itself.
+        with suppress(DatabaseError):
+            _set_jit(before)
+        raise
+    _set_jit(before)
+
+
+def _set_jit(value: str) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('jit', %s, false)", [before])
+        cursor.execute("SELECT set_config('jit', %s, false)", [value])
 
 
 def _audit_ledger(
