@@ -18,7 +18,7 @@ from ..types import CustomerState, SubscriptionSnapshot, SubscriptionState
 from .addons.sync import sync_addon_grants, sync_addon_items
 from .entitlements.resets import reanchor_entitlements, reset_for_new_period
 from .entitlements.sync import refresh_entitlements, sync_entitlements
-from .locking import atomic_with_retry, lock_customer
+from .locking import atomic_with_retry, lock_customer, lock_customer_entitlements
 from .metering.visibility import overage_this_period
 
 
@@ -99,6 +99,7 @@ def _apply_locked(
     locked = lock_customer(customer_id)
     if state_at is not None and locked.stripe_state_at and state_at < locked.stripe_state_at:
         return None
+    lock_customer_entitlements(customer_id)
     previous_plan_id = locked.plan_id
     previous_status = locked.subscription_status
     previous_period_start = locked.current_period_start

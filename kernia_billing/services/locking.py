@@ -11,8 +11,10 @@ each other:
    ``apply_default_plan``, ``ensure_stripe_customer``. Add-on items (``AddOnItem``)
    are written only under this lock, by the subscription sync that applies a state.
 2. **Its entitlements, ascending id** (``ORDER BY id FOR UPDATE``), or a single
-   conditional ``UPDATE`` of one entitlement: resets (lazy and by webhook; with their
-   rollovers), plan sync, ``track`` and ``track_batch``, the ledger audit's fix, and
+   conditional ``UPDATE`` of one entitlement: resets (lazy, by webhook and the renewal
+   storm's batches; with their rollovers), plan sync (``apply_subscription`` locks all
+   the customer's entitlements in one statement first, :func:`lock_customer_entitlements`),
+   ``track`` and ``track_batch``, the ledger audit's fix, and
    every writer of grants (``grant``, ``revoke``, clawbacks, expiry, the multi-grant
    draw) which locks the grants' entitlement first. ``track_batch`` locks, in one
    statement, every entitlement its events may draw from: a pool feature's own (if
@@ -59,7 +61,7 @@ from typing import TypeVar
 
 from django.db import OperationalError, connection, transaction
 
-from ..models import BillingCustomer
+from ..models import BillingCustomer, Entitlement
 
 T = TypeVar("T")
 
@@ -71,6 +73,20 @@ RETRY_ATTEMPTS = 3
 def lock_customer(customer_id: int) -> BillingCustomer:
     """Step 1 of the lock order. Must run inside a transaction."""
     return BillingCustomer.objects.select_for_update(no_key=True).get(pk=customer_id)
+
+
+def lock_customer_entitlements(customer_id: int) -> None:
+    """Step 2 for a writer of many of a customer's entitlements: all of them, ascending id,
+    in one statement, before it touches any (a renewal resets billing rows, re-anchors the
+    others, then syncs the plan and add-ons: taken piecemeal, a lower id locked after a
+    higher one deadlocked with a renewal storm's ascending batch). Inside a transaction."""
+    if not connection.features.has_select_for_update:
+        return
+    table = connection.ops.quote_name(Entitlement._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE customer_id = %s ORDER BY id FOR UPDATE", [customer_id]
+        )
 
 
 def is_retryable(error: BaseException) -> bool:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import time_machine
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance
@@ -26,11 +27,12 @@ from kernia_billing.models import (
     ResetPeriod,
     UsageEvent,
 )
-from kernia_billing.services.customers import get_or_create_customer, set_plan
+from kernia_billing.services.customers import apply_subscription, get_or_create_customer, set_plan
 from kernia_billing.services.entitlements.renewals import reset_due
 from kernia_billing.services.entitlements.resets import reset_for_new_period
 from kernia_billing.services.locking import lock_customer
 from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.types import SubscriptionSnapshot
 from tests.clock import CLOCK_DATES
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.threads import run_concurrently, skip_unless_shared_database
@@ -194,3 +196,89 @@ def test_a_storm_beside_renewal_webhooks_resets_each_billing_entitlement_once(
         assert (entitlement.period_start, entitlement.next_reset_at) == (BOUNDARY, ended)
         assert entitlement.usage == 20
     assert audit_ledger() == []
+
+
+def _two_resets_plan() -> None:
+    """A month feature created first (the lower entitlement id), then a billing one."""
+    plan = PlanFactory(key="mixed", is_default=True)
+    for key, reset in (("api", ResetPeriod.MONTH), ("messages", ResetPeriod.BILLING)):
+        feature = FeatureFactory(key=key, kind=FeatureKind.METERED)
+        PlanFeatureFactory(plan=plan, feature=feature, included=100, reset_period=reset)
+
+
+def _renewed(start: datetime, end: datetime) -> SubscriptionSnapshot:
+    return SubscriptionSnapshot(
+        id="sub_storm",
+        stripe_customer_id="",
+        status="active",
+        price_ids=(),
+        current_period_start=start,
+        current_period_end=end,
+        interval="month",
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_renewal_locks_all_the_customers_entitlements_before_it_writes_any() -> None:
+    """Taken piecemeal (billing rows to reset, then every row to re-anchor), a lower id
+    locked after a higher one: a deadlock with a storm's ascending batch."""
+    _two_resets_plan()
+    started, ended = BOUNDARY - timedelta(days=31), BOUNDARY + timedelta(days=30)
+    with time_machine.travel(started + timedelta(hours=1), tick=False) as traveller:
+        user = UserFactory()
+        customer = get_or_create_customer(user)
+        apply_subscription(customer, _renewed(started, BOUNDARY), state_at=started)
+        traveller.move_to(BOUNDARY + timedelta(minutes=1))
+        with CaptureQueriesContext(connection) as captured:
+            assert apply_subscription(customer, _renewed(BOUNDARY, ended), state_at=BOUNDARY)
+    table = Entitlement._meta.db_table
+    touching = [
+        q["sql"]
+        for q in captured.captured_queries
+        if table in q["sql"] and ("FOR UPDATE" in q["sql"] or q["sql"].startswith("UPDATE"))
+    ]
+    first = touching[0]
+    assert "ORDER BY id FOR UPDATE" in first and "customer_id =" in first, first
+    assert "reset_period" not in first  # all of them, not the billing ones
+    assert _periods(user)["api"][0] == _periods(user)["messages"][0] == BOUNDARY
+
+
+@pytest.mark.postgres
+def test_storms_beside_renewal_webhooks_of_customers_with_two_resets_never_deadlock(
+    transactional_db: None,
+) -> None:
+    skip_unless_shared_database()
+    _two_resets_plan()
+    started, ended = BOUNDARY - timedelta(days=31), BOUNDARY + timedelta(days=30)
+    with time_machine.travel(started + timedelta(hours=1), tick=False) as traveller:
+        users = [UserFactory() for _ in range(CUSTOMERS)]
+        for user in users:
+            customer = get_or_create_customer(user)
+            apply_subscription(customer, _renewed(started, BOUNDARY), state_at=started)
+            kernia_billing.track(user, "api", 10)
+            kernia_billing.track(user, "messages", 10)
+        traveller.move_to(BOUNDARY + timedelta(minutes=1))
+        deadlocks = _deadlocks()
+
+        def work(index: int) -> Any:
+            if index < 3:
+                return reset_due(batch_size=2)
+            customer = get_or_create_customer(users[index - 3])
+            return apply_subscription(customer, _renewed(BOUNDARY, ended), state_at=BOUNDARY)
+
+        results = run_concurrently(3 + CUSTOMERS, work)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert _deadlocks() == deadlocks  # none detected, not only none left unretried
+    for user in users:
+        periods = _periods(user)
+        assert periods["api"][0] == periods["messages"][0] == BOUNDARY
+        assert periods["api"][2] == periods["messages"][2] == 0
+    assert audit_ledger() == []
+
+
+def _deadlocks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])

@@ -17,10 +17,11 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from ...models import Entitlement
+from ..locking import atomic_with_retry
 from .resets import next_period, reset_if_due
 from .rows import EntitlementRow, _select_many
 
@@ -43,11 +44,16 @@ def reset_due(
     now = now or timezone.now()
     done, after = 0, 0
     while True:
-        with transaction.atomic():
+
+        def work(after: int = after) -> tuple[list[EntitlementRow], int]:
             batch = _select_many(_due_where(), [_adapt(now), after, batch_size])
-            if not batch:
-                break
-            done += _reset_batch(batch, now)
+            return batch, (_reset_batch(batch, now) if batch else 0)
+
+        # A deadlock victim (a writer outside the lock order) runs its batch again.
+        batch, reset = atomic_with_retry(work)
+        if not batch:
+            break
+        done += reset
         after = batch[-1].id
         if progress is not None:
             progress(done, after)
