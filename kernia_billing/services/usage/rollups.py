@@ -163,8 +163,18 @@ def audit_rollups(entitlement_ids: list[int]) -> list[tuple[int, int, date, Any,
         f"WHERE e.id IN ({placeholders}) AND (r.amount <> 0 OR r.events <> 0)"
     )
     if connection.vendor == "postgresql":
-        # LATERAL: one index range per entitlement, never a scan of the whole ledger
-        # (a plain join of a batch was planned as one ledger scan per batch).
+        # LATERAL: one index range per entitlement, never a scan of the whole ledger or
+        # of all rollups (a plain join of a batch was planned as one scan per batch: of
+        # 9M rollups, 0.6 s a batch, at 10M events over ten years).
+        rollup_sql = (
+            f"SELECT e.customer_id, e.feature_id, r.{quote('day')}, r.amount, r.events "
+            f"FROM {entitlements} e CROSS JOIN LATERAL (SELECT {quote('day')}, amount, events "
+            f"FROM {quote(UsageRollup._meta.db_table)} x "
+            "WHERE x.customer_id = e.customer_id AND x.feature_id = e.feature_id "
+            f"AND x.{quote('day')} >= {_first_date_sql('e.period_start')} "
+            # OFFSET 0 keeps the subquery a subquery: pulled up, it is the plain join again.
+            f"AND (x.amount <> 0 OR x.events <> 0) OFFSET 0) r WHERE e.id IN ({placeholders})"
+        )
         ledger_sql = (
             "SELECT e.customer_id, e.feature_id, x.day, x.amount, x.n "
             f"FROM {entitlements} e CROSS JOIN LATERAL ("
