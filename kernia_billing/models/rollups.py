@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .catalog import Feature
 from .customers import BillingCustomer
+from .usage import DREW_FROM_GRANTS
 
 
 class UsageRollup(models.Model):
@@ -47,8 +48,9 @@ class ArchivedUsageEvent(models.Model):
     """A ledger row moved out of the hot table by ``kernia_archive_usage``.
 
     Same columns as :class:`~kernia_billing.models.UsageEvent` (same ids), no indexes
-    beyond the primary key and the customer: it is read only by the grants audit (draws
-    of grants that outlive the hot table) and by whoever wants old raw events.
+    beyond the primary key, the customer and the rows that drew from grants: it is read
+    only by the grants audit (draws of grants that outlive the hot table) and by whoever
+    wants old raw events.
     """
 
     id = models.BigIntegerField(primary_key=True)
@@ -83,6 +85,9 @@ class ArchivedUsageEvent(models.Model):
     class Meta:
         verbose_name = _("archived usage event")
         verbose_name_plural = _("archived usage events")
+        indexes = [
+            models.Index(fields=["id"], condition=DREW_FROM_GRANTS, name="kernia_archived_drew"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.feature_id} {self.amount:+d} @ {self.created_at:%Y-%m-%d %H:%M:%S}"

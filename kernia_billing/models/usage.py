@@ -62,6 +62,12 @@ class IdempotencyDigest(models.Func):
         )
 
 
+#: The rows the grants audit reads, all-time (a grant outlives periods): those that drew
+#: from a grant. Both ledgers index exactly this condition, so the audit reads the few
+#: rows that drew, never the whole history; queries must use this very expression.
+DREW_FROM_GRANTS = Q(from_grants__gt=0) | Q(draws__isnull=False)
+
+
 class UsageEvent(models.Model):
     # No single-column indexes: the composite indexes below lead with the customer, and
     # a lone feature (or time) index would cost every insert for reads nothing makes.
@@ -119,6 +125,7 @@ class UsageEvent(models.Model):
             models.Index(
                 fields=["customer", "feature", "created_at"], name="kernia_usage_cust_feat_time"
             ),
+            models.Index(fields=["id"], condition=DREW_FROM_GRANTS, name="kernia_usage_drew"),
         ]
 
     def __str__(self) -> str:

@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from itertools import chain
 
-from django.db.models import Q
-
 from ...models import (
     ArchivedUsageEvent,
     Entitlement,
@@ -29,15 +27,16 @@ from ...models import (
     ReservationStatus,
     UsageEvent,
 )
+from ...models.usage import DREW_FROM_GRANTS
 from ...types import Drift
 
 
 def audit_grants(customer_ids: list[int] | None = None) -> list[Drift]:
     drifts: list[Drift] = []
-    drew = Q(from_grants__gt=0) | Q(draws__isnull=False)
-    events = UsageEvent.objects.filter(drew)
+    # On their partial indexes: the rows that drew, not the whole history.
+    events = UsageEvent.objects.filter(DREW_FROM_GRANTS)
     # Rows moved out by retention (kernia_archive_usage) still count for their grants.
-    archived = ArchivedUsageEvent.objects.filter(drew)
+    archived = ArchivedUsageEvent.objects.filter(DREW_FROM_GRANTS)
     grants = Grant.objects.select_related("feature")
     entitlements = Entitlement.objects.select_related("feature")
     if customer_ids is not None:
