@@ -20,9 +20,8 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from ...models import Entitlement
 from ..locking import atomic_with_retry
-from .resets import next_period, reset_if_due
+from .resets import next_period, reset_if_due, reset_rows_params, reset_rows_sql
 from .rows import EntitlementRow, _select_many
 
 #: ``progress(entitlements reset so far, last entitlement id)``, after each batch.
@@ -75,26 +74,10 @@ def _due_where() -> str:
 
 
 def _reset_batch(batch: list[EntitlementRow], now: datetime) -> int:
-    values: list[str] = []
-    params: list[Any] = []
-    for row in batch:
-        start, end = next_period(row, now)
-        values.append("(%s, %s, %s, %s)")
-        params += [row.id, _adapt(row.next_reset_at), _adapt(start), _adapt(end)]
+    rows = [(row.id, row.next_reset_at, *next_period(row, now)) for row in batch]
     with connection.cursor() as cursor:
-        cursor.execute(_reset_batch_sql(", ".join(values)), [_adapt(timezone.now()), *params])
+        cursor.execute(reset_rows_sql(len(rows)), reset_rows_params(rows))
         return int(cursor.rowcount)
-
-
-def _reset_batch_sql(values: str) -> str:
-    quote = connection.ops.quote_name
-    table = quote(Entitlement._meta.db_table)
-    # VALUES columns are column1..column4 on PostgreSQL and SQLite alike.
-    return (
-        f"UPDATE {table} SET {quote('usage')} = 0, grant_usage = 0, period_start = v.column3, "
-        f"next_reset_at = v.column4, updated_at = %s FROM (VALUES {values}) AS v "
-        f"WHERE {table}.id = v.column1 AND {table}.next_reset_at = v.column2"
-    )
 
 
 def _adapt(moment: datetime | None) -> Any:

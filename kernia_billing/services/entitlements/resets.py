@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from django.db import connection
 from django.db.models import Sum
@@ -80,18 +81,11 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
         unit, count = _row_unit(entitlement)
         return reset_with_rollover(entitlement, now, unit, count)
     start, end = next_period(entitlement, now)
-    adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         # Only the first of any number of concurrent resets matches the old boundary.
         cursor.execute(
-            _reset_sql(),
-            [
-                adapt(start),
-                adapt(end),
-                adapt(timezone.now()),
-                entitlement.id,
-                adapt(entitlement.next_reset_at),
-            ],
+            reset_rows_sql(1, returning=True),
+            reset_rows_params([(entitlement.id, entitlement.next_reset_at, start, end)]),
         )
         returned = cursor.fetchone()
     if returned is None:
@@ -99,13 +93,33 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
     return _merge_returned(entitlement, returned)
 
 
-@lru_cache(maxsize=1)
-def _reset_sql() -> str:
+@lru_cache(maxsize=16)
+def reset_rows_sql(count: int, *, returning: bool = False) -> str:
+    """The reset of ``count`` entitlements (the lazy reset's one, a storm's batch): usage
+    starts again at zero in the new period, only where ``next_reset_at`` is still the old
+    boundary (a row another writer reset first is left alone). Parameters:
+    :func:`reset_rows_params`."""
+    table = _quote(Entitlement._meta.db_table)
+    values = ", ".join(["(%s, %s, %s, %s)"] * count)
+    # VALUES columns are column1..column4 on PostgreSQL and SQLite alike.
     return (
-        f"UPDATE {_quote(Entitlement._meta.db_table)} SET {_quote('usage')} = 0, grant_usage = 0, "
-        "period_start = %s, next_reset_at = %s, updated_at = %s "
-        f"WHERE id = %s AND next_reset_at = %s {returning_sql()}"
+        f"UPDATE {table} SET {_quote('usage')} = 0, grant_usage = 0, period_start = v.column3, "
+        f"next_reset_at = v.column4, updated_at = %s FROM (VALUES {values}) AS v "
+        f"WHERE {table}.id = v.column1 AND {table}.next_reset_at = v.column2"
+        f"{' ' + returning_sql() if returning else ''}"
     )
+
+
+def reset_rows_params(
+    rows: list[tuple[int, datetime | None, datetime, datetime]],
+) -> list[Any]:
+    """:func:`reset_rows_sql`'s parameters: ``(id, old next_reset_at, period_start,
+    next_reset_at)`` a row."""
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list[Any] = [adapt(timezone.now())]
+    for entitlement_id, old_boundary, start, end in rows:
+        params += [entitlement_id, adapt(old_boundary), adapt(start), adapt(end)]
+    return params
 
 
 def _quote(name: str) -> str:
