@@ -302,7 +302,7 @@ def renewals() -> list[tuple[str, str]]:
     from kernia_billing.services.entitlements.resets import reset_for_new_period
     from kernia_billing.types import SubscriptionSnapshot
 
-    track_module = importlib.import_module("kernia_billing.services.usage.track")
+    track_module: Any = importlib.import_module("kernia_billing.services.usage.track")
     connection.queries_log = deque(maxlen=10**7)  # every statement counted (default 9,000)
     now = timezone.now().replace(microsecond=0)
     old_start, new_start = now - timedelta(days=31), now - timedelta(days=1)
@@ -393,11 +393,11 @@ def renewals() -> list[tuple[str, str]]:
         return lambda: [usage.track(owner, "messages", 1) for owner in batch]
 
     first, former_first, second = Cost(), Cost(), Cost()
-    current = getattr(track_module, "reset_if_due")  # noqa: B009 - swapped below
+    current = track_module.reset_if_due
     for i in range(0, 2000, 500):
-        setattr(track_module, "reset_if_due", former_reset_if_due)  # noqa: B010
+        track_module.reset_if_due = former_reset_if_due
         former_first.add(tracks(owners[i : i + 250]), 250)
-        setattr(track_module, "reset_if_due", current)  # noqa: B010
+        track_module.reset_if_due = current
         first.add(tracks(owners[i + 250 : i + 500]), 250)
         second.add(tracks(owners[i + 250 : i + 500]), 250)
     out.append(
