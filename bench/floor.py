@@ -3,7 +3,9 @@
 Batch too: one ``UPDATE`` of the summed amount and one set-based ``INSERT`` of the
 rows. They share the real endpoints' authentication and owner lookup cost model (one
 query, no ORM model instances), so the ratio real/floor measures what
-kernia_billing adds on top of the database round trips it cannot avoid.
+kernia_billing adds on top of the database round trips it cannot avoid. Their
+statements go through the same :func:`~kernia_billing.services.prepared.statement_cursor`
+as ours, so where the connection prepares statements, both sides are planned once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from kernia_billing.models import Entitlement, Feature, UsageEvent
+from kernia_billing.services.prepared import statement_cursor
 
 ENTITLEMENT = Entitlement._meta.db_table
 CUSTOMER = Entitlement._meta.get_field("customer").related_model._meta.db_table  # type: ignore[union-attr]
@@ -36,7 +39,7 @@ class FloorCheckView(APIView):
 
     def post(self, request):
         owner_type, owner_id = _owner(request)
-        with connection.cursor() as cursor:
+        with statement_cursor() as cursor:
             cursor.execute(
                 f"SELECT e.included, e.usage, e.unlimited FROM {ENTITLEMENT} e "
                 f"JOIN {CUSTOMER} c ON c.id = e.customer_id "
@@ -58,7 +61,7 @@ class FloorTrackView(APIView):
         owner_type, owner_id = _owner(request)
         amount = int(request.data.get("amount", 1))
         now = connection.ops.adapt_datetimefield_value(timezone.now())
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(), statement_cursor() as cursor:
             cursor.execute(
                 f"UPDATE {ENTITLEMENT} SET usage = usage + %s "
                 f"WHERE id = (SELECT e.id FROM {ENTITLEMENT} e "
@@ -94,7 +97,7 @@ class FloorBatchTrackView(APIView):
         keys = [event.get("idempotencyKey") for event in events]
         total = sum(amounts)
         moment = timezone.now()
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(), statement_cursor() as cursor:
             cursor.execute(
                 f"UPDATE {ENTITLEMENT} SET usage = usage + %s "
                 f"WHERE id = (SELECT e.id FROM {ENTITLEMENT} e "

@@ -72,6 +72,11 @@ TEMPLATES = [
 ]
 
 
+def _prepare_threshold() -> int | None:
+    value = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip().lower()
+    return None if value in ("", "none") else int(value)
+
+
 def _database_from_env() -> dict[str, object]:
     url = os.environ.get("DATABASE_URL", "")
     if url.startswith(("postgres://", "postgresql://")):
@@ -86,6 +91,9 @@ def _database_from_env() -> dict[str, object]:
             # Persistent connections: worth several times the throughput on the hot path.
             "CONN_MAX_AGE": 600,
             "CONN_HEALTH_CHECKS": True,
+            # The hot statements are planned once per connection (see
+            # kernia_billing/services/prepared.py); "none" behind a transaction-mode pooler.
+            "OPTIONS": {"prepare_threshold": _prepare_threshold()},
         }
     if url and not url.startswith("sqlite:"):
         raise ValueError(f"Unsupported DATABASE_URL: {url!r}")

@@ -13,4 +13,4 @@ KERNIA_BILLING = {k: v for k, v in KERNIA_BILLING.items() if k != "STRIPE_API_BA
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405
     # A test database needs no durability across a server crash, so commits do not wait
     # for the disk (a killed client process still loses nothing committed).
-    DATABASES["default"]["OPTIONS"] = {"options": "-c synchronous_commit=off"}  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["options"] = "-c synchronous_commit=off"  # noqa: F405

@@ -17,6 +17,7 @@ from ...models import (
     Plan,
 )
 from ...selectors import owner_ref
+from ..prepared import statement_cursor
 
 # --- reads -------------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ def _select(where: str, params: list[Any]) -> EntitlementRow | None:
 
 
 def _select_many(where: str, params: list[Any]) -> list[EntitlementRow]:
-    with connection.cursor() as cursor:
+    with statement_cursor() as cursor:
         cursor.execute(_select_sql(where), params)
         rows = cursor.fetchall()
     return [_row(values) for values in rows]

@@ -24,6 +24,7 @@ from django.utils import timezone
 from ...models import BillingCustomer, Entitlement, Feature, FeatureKind, UsageEvent
 from ...selectors import owner_ref
 from ...types import TrackResult
+from ..prepared import statement_cursor
 from .ledger import EVENT_COLUMNS, _record_tracked, _track_result, after_recorded, event_params
 from .rollups import upsert_from_sql, utc_day
 
@@ -125,7 +126,7 @@ def _deduct_by_owner(
     owner_type_id: int, owner_id: str, feature: str, amount: int, moment: datetime
 ) -> tuple[int, int, int, int, bool] | None:
     params = _deduct_params(owner_type_id, owner_id, feature, amount, moment)
-    with connection.cursor() as cursor:
+    with statement_cursor() as cursor:
         cursor.execute(_deduct_by_owner_sql(connection.vendor), params)
         row = cursor.fetchone()
     if row is None:
@@ -180,7 +181,7 @@ def _deduct_and_record(
     ledger = event_params(event)  # also keeps on event what the ledger keeps
     params += [v for n, v in zip(EVENT_COLUMNS, ledger, strict=True) if n not in _FROM_DEDUCTION]
     params.append(connection.ops.adapt_datefield_value(utc_day(event.created_at)))
-    with connection.cursor() as cursor:
+    with statement_cursor() as cursor:
         cursor.execute(_deduct_and_record_sql(), params)
         row = cursor.fetchone()
     if row is None:

@@ -1,0 +1,107 @@
+"""The hot path's statements are prepared where the connection prepares (PostgreSQL with
+psycopg's ``prepare_threshold``, as the example project sets it), and answer the same
+with the connection's client-side binding when it does not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+import kernia_billing
+from kernia_billing.models import UsageEvent
+from kernia_billing.services.prepared import prepares, statement_cursor
+from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
+
+pytestmark = pytest.mark.postgres
+
+BASE = datetime(2030, 5, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def owner(db):
+    messages = FeatureFactory(key="messages")
+    plan = PlanFactory(key="pro", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages, included=100)
+    user = UserFactory()
+    with time_machine.travel(BASE, tick=False):
+        kernia_billing.check(user, "messages")  # first use: customer and entitlement
+        yield user
+
+
+@pytest.fixture
+def client_binding() -> Iterator[None]:
+    """The connection as Django makes it by default: no prepared statements."""
+    connection.ensure_connection()
+    raw = connection.connection
+    threshold = raw.prepare_threshold
+    raw.prepare_threshold = None
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = threshold
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def _answers(user) -> list[tuple]:
+    checks = [kernia_billing.check(user, "messages") for _ in range(6)]
+    tracks = [kernia_billing.track(user, "messages", 1) for _ in range(6)]
+    return [(c.allowed, c.balance, c.next_reset_at) for c in checks] + [
+        (t.balance, t.usage) for t in tracks
+    ]
+
+
+def test_the_test_settings_prepare_on_postgresql(db):
+    # The PostgreSQL leg runs the whole suite with the hot statements prepared.
+    connection.ensure_connection()
+    assert prepares()
+
+
+def test_check_and_track_are_planned_once_per_connection(owner):
+    _answers(owner)  # more executions than psycopg's threshold (5)
+    statements = _prepared_statements()
+    assert any(s.startswith('SELECT e."id", e."customer_id"') for s in statements)
+    assert any(s.startswith("WITH d AS (UPDATE") for s in statements)
+
+
+def test_without_prepared_statements_the_answers_are_the_same(owner, client_binding):
+    assert not prepares()
+    before = _prepared_statements()
+    with time_machine.travel(BASE, tick=False):
+        client = _answers(owner)
+    assert _prepared_statements() == before  # nothing prepared: Django's own cursor
+
+    other = UserFactory()
+    connection.connection.prepare_threshold = 5
+    with time_machine.travel(BASE, tick=False):
+        kernia_billing.check(other, "messages")
+        assert _answers(other) == client
+
+
+def test_statements_stay_visible_to_django_and_errors_stay_django_errors(owner):
+    # Query logging (debug toolbars, assertNumQueries) and Django's exception classes
+    # pass through the server-binding cursor.
+    with CaptureQueriesContext(connection) as captured:
+        kernia_billing.check(owner, "messages")
+    assert any('FROM "kernia_billing_entitlement" e' in q["sql"] for q in captured)
+
+    event = kernia_billing.track(owner, "messages", 1, idempotency_key="k-1")
+    with pytest.raises(IntegrityError), transaction.atomic(), statement_cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {UsageEvent._meta.db_table} (id, customer_id, feature_id, amount, "
+            "created_at, balance_after, usage_after, from_grants) "
+            "SELECT id, customer_id, feature_id, amount, created_at, balance_after, "
+            f"usage_after, from_grants FROM {UsageEvent._meta.db_table} WHERE id = %s",
+            [event.event_id],
+        )
+    # The replay is answered (the fast path's IntegrityError went to the full path).
+    assert kernia_billing.track(owner, "messages", 1, idempotency_key="k-1").replayed
