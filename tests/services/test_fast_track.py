@@ -126,3 +126,24 @@ def test_postgresql_fast_track_is_one_statement_in_one_transaction(plan):
         entitlement_xid, event_xid, rollup_xid = cursor.fetchone()
     assert entitlement_xid == event_xid == rollup_xid
     assert (result.usage, result.balance) == (2, 3)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_first_track_after_a_boundary_resets_then_takes_the_one_statement(plan, clock):
+    owner = _owner()
+    kernia_billing.track(owner, "messages", 4)
+    clock.move_to(datetime(2030, 6, 10, 12, 0, tzinfo=UTC))  # the next monthly period
+    with CaptureQueriesContext(connection) as captured:
+        result = kernia_billing.track(owner, "messages", 2)
+    # The one statement refuses the due period; the lazy reset reads the row and resets
+    # it; the one statement then decides in the new period: 3 queries more than a track.
+    queries = [q["sql"].split()[0] for q in captured.captured_queries]
+    assert [q for q in queries if q not in ("BEGIN", "COMMIT")] == [
+        "WITH",
+        "SELECT",
+        "UPDATE",
+        "WITH",
+    ]
+    assert (result.usage, result.balance) == (2, 3)
+    assert audit_ledger() == []

@@ -100,7 +100,8 @@ def _track(
     *,
     credit_use: tuple[int, int] | None = None,
 ) -> TrackResult:
-    if now is None and not isinstance(owner, BillingCustomer) and credit_use is None:
+    one_statement = now is None and not isinstance(owner, BillingCustomer) and credit_use is None
+    if one_statement:
         tracked = track_in_one_update(
             owner, feature, amount, idempotency_key, properties, fingerprint
         )
@@ -131,7 +132,16 @@ def _track(
     fixed_now = now
     for _attempt in range(5):
         moment = fixed_now or timezone.now()
-        entitlement = reset_if_due(entitlement, moment)
+        renewed = reset_if_due(entitlement, moment)
+        if renewed is not entitlement and one_statement:
+            # The first track after a boundary: the period is new, so the one statement
+            # decides it now (the lazy reset costs the row's read and its UPDATE).
+            tracked = track_in_one_update(
+                owner, feature, amount, idempotency_key, properties, fingerprint
+            )
+            if tracked is not None:
+                return tracked
+        entitlement = renewed
         try:
             with transaction.atomic():
                 from_grants, draws = 0, None
