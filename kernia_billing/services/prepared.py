@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
+from functools import cache
 from typing import Any
 
 from django.db import connection
@@ -32,41 +33,65 @@ def prepares(conn: Any = connection) -> bool:
 
 
 @contextmanager
-def statement_cursor() -> Iterator[Any]:
+def statement_cursor(*, prepare: bool = True) -> Iterator[Any]:
     """Django's cursor (query logging, error wrapping), binding on the server where the
     connection prepares statements, so the same text is planned once per connection.
 
+    ``prepare=False`` binds on the server without preparing: for a statement whose text
+    varies (a batch's shape), whose gain is not parsing its parameters as literals, and
+    which should not push the hot statements out of psycopg's cache (``prepared_max``).
     Statements must name their parameters' types where the server cannot infer them
-    (``%s::bigint[]``), as in any server-bound query.
+    (``%s::bigint[]``), as in any server-bound query. A ``ROLLBACK`` of the connection's
+    transaction drops its prepared statements (psycopg), so paths that refuse without
+    writing end their transaction without an exception.
     """
     with connection.cursor() as cursor:
         client: Any = cursor.cursor
-        if prepares() and isinstance(client, _client_cursor_class()):
+        if prepares() and type(client) is _django_client_cursor():
             client.close()
-            cursor.cursor = _server_binding_cursor()
+            cursor.cursor = _server_binding_cursor(prepare)
         yield cursor
 
 
-def _client_cursor_class() -> type[Any]:
-    import psycopg
+def _django_client_cursor() -> type[Any]:
+    # Only the cursor Django makes by default is swapped: a project's own
+    # OPTIONS["cursor_factory"] (a tracing wrapper, say) is left as it is.
+    from django.db.backends.postgresql.base import Cursor
 
-    return psycopg.ClientCursor
+    return Cursor
 
 
-def _server_binding_cursor() -> Any:
+def _server_binding_cursor(prepare: bool) -> Any:
     """The cursor Django makes with ``server_side_binding``, timestamps loaded as Django
     loads them: aware in UTC by psycopg's compiled loader where the connection is in UTC
     (Django's own loader is Python, ~3 us a column), else by Django's loader."""
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
     from psycopg.types.datetime import TimestamptzLoader
 
     raw = connection.connection
-    cursor_class: Any = ServerBindingCursor  # django-stubs type it without psycopg's base
-    cursor = cursor_class(raw)
+    cursor = (_prepared_cursor_class() if prepare else _unprepared_cursor_class())(raw)
     if connection.timezone is UTC and connection.timezone_name == "UTC":
         cursor.adapters.register_loader(TIMESTAMPTZ_OID, TimestamptzLoader)
     elif connection.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
         register_tzloader(connection.timezone, cursor)  # as Django's create_cursor does
     return cursor
+
+
+@cache
+def _prepared_cursor_class() -> Any:
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    return ServerBindingCursor  # typed Any: django-stubs type it without psycopg's base
+
+
+@cache
+def _unprepared_cursor_class() -> Any:
+    class UnpreparedServerBindingCursor(_prepared_cursor_class()):  # type: ignore[misc]
+        """Binds on the server, never prepares."""
+
+        def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+            return super().execute(query, params, **{**options, "prepare": False})
+
+    return UnpreparedServerBindingCursor

@@ -4,6 +4,7 @@ with the connection's client-side binding when it does not."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 import kernia_billing
+from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import UsageEvent
 from kernia_billing.services.prepared import prepares, statement_cursor
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
@@ -33,17 +35,27 @@ def owner(db):
         yield user
 
 
-@pytest.fixture
-def client_binding() -> Iterator[None]:
-    """The connection as Django makes it by default: no prepared statements."""
+def _threshold(value: int | None) -> Iterator[None]:
     connection.ensure_connection()
     raw = connection.connection
     threshold = raw.prepare_threshold
-    raw.prepare_threshold = None
+    raw.prepare_threshold = value
     try:
         yield
     finally:
         raw.prepare_threshold = threshold
+
+
+@pytest.fixture
+def client_binding() -> Iterator[None]:
+    """The connection as Django makes it by default: no prepared statements."""
+    yield from _threshold(None)
+
+
+@pytest.fixture
+def preparing() -> Iterator[None]:
+    """The connection as the example project makes it (DATABASE_PREPARE_THRESHOLD=5)."""
+    yield from _threshold(5)
 
 
 def _prepared_statements() -> list[str]:
@@ -55,18 +67,22 @@ def _prepared_statements() -> list[str]:
 def _answers(user) -> list[tuple]:
     checks = [kernia_billing.check(user, "messages") for _ in range(6)]
     tracks = [kernia_billing.track(user, "messages", 1) for _ in range(6)]
+    assert all(c.next_reset_at.tzinfo is UTC for c in checks)  # as Django's loader gives
     return [(c.allowed, c.balance, c.next_reset_at) for c in checks] + [
-        (t.balance, t.usage) for t in tracks
+        (t.balance, t.usage, t.created_at) for t in tracks
     ]
 
 
+@pytest.mark.skipif(
+    os.environ.get("DATABASE_PREPARE_THRESHOLD", "5") == "none", reason="turned off by hand"
+)
 def test_the_test_settings_prepare_on_postgresql(db):
     # The PostgreSQL leg runs the whole suite with the hot statements prepared.
     connection.ensure_connection()
     assert prepares()
 
 
-def test_check_and_track_are_planned_once_per_connection(owner):
+def test_check_and_track_are_planned_once_per_connection(owner, preparing):
     _answers(owner)  # more executions than psycopg's threshold (5)
     statements = _prepared_statements()
     assert any(s.startswith('SELECT e."id", e."customer_id"') for s in statements)
@@ -105,3 +121,26 @@ def test_statements_stay_visible_to_django_and_errors_stay_django_errors(owner):
         )
     # The replay is answered (the fast path's IntegrityError went to the full path).
     assert kernia_billing.track(owner, "messages", 1, idempotency_key="k-1").replayed
+
+
+def test_a_refused_track_keeps_the_prepared_statements(owner, preparing):
+    # A ROLLBACK of the connection's transaction drops them (psycopg); a refusal writes
+    # nothing and so commits its empty transaction instead.
+    _answers(owner)
+    prepared = _prepared_statements()
+    with pytest.raises(InsufficientBalance):
+        kernia_billing.track(owner, "messages", 1_000)
+    kernia_billing.check(owner, "messages")
+    assert _prepared_statements() == prepared
+
+
+def test_a_statement_whose_text_varies_binds_on_the_server_unprepared(db, preparing):
+    for _ in range(8):
+        with statement_cursor(prepare=False) as cursor:
+            cursor.execute("SELECT count(*) FROM unnest(%s::bigint[]) AS t(n)", [[1, 2, 3]])
+            assert cursor.fetchone() == (3,)
+    assert not any("unnest($1::bigint[])" in s for s in _prepared_statements())
+    for _ in range(8):
+        with statement_cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM unnest(%s::bigint[]) AS t(n)", [[1, 2, 3]])
+    assert any("unnest($1::bigint[])" in s for s in _prepared_statements())

@@ -318,8 +318,12 @@ def _decide_locked(
     lock = " ORDER BY e.id"
     if connection.features.has_select_for_update_of:
         lock += " FOR UPDATE OF e"
-    placeholders = ", ".join(["%s"] * len(ids))
-    rows = {r.id: r for r in _select_many(f"e.id IN ({placeholders}){lock}", ids)}
+    params: list[Any]
+    if connection.vendor == "postgresql":  # one text whatever the count (prepared once)
+        where, params = "e.id = ANY(%s::bigint[])", [ids]
+    else:
+        where, params = f"e.id IN ({', '.join(['%s'] * len(ids))})", ids
+    rows = {r.id: r for r in _select_many(where + lock, params)}
     moment = now or timezone.now()
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)

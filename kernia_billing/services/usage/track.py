@@ -152,28 +152,29 @@ def _track(
                     if outcome is not None:
                         row = (outcome.usage_after, outcome.balance_after)
                         from_grants, draws = outcome.from_grants, outcome.draws
-                if row is None:
-                    raise _Refused
-                usage_after, balance_after = row
-                event = _record_tracked(
-                    UsageEvent(
-                        customer_id=entitlement.customer_id,
-                        feature_id=entitlement.feature_id,
-                        amount=amount,
-                        idempotency_key=idempotency_key,
-                        request_fingerprint=fingerprint,
-                        properties=properties,
-                        created_at=moment,
-                        balance_after=balance_after,
-                        usage_after=usage_after,
-                        from_grants=from_grants,
-                        draws=draws,
-                        used_feature_id=credit_use[0] if credit_use else None,
-                        units=credit_use[1] if credit_use else None,
-                    ),
-                    feature=entitlement.feature,
-                    unlimited=entitlement.unlimited,
-                )
+                # Refused: nothing was written, so the block ends without an exception.
+                # (A ROLLBACK would also drop the connection's prepared statements.)
+                if row is not None:
+                    usage_after, balance_after = row
+                    event = _record_tracked(
+                        UsageEvent(
+                            customer_id=entitlement.customer_id,
+                            feature_id=entitlement.feature_id,
+                            amount=amount,
+                            idempotency_key=idempotency_key,
+                            request_fingerprint=fingerprint,
+                            properties=properties,
+                            created_at=moment,
+                            balance_after=balance_after,
+                            usage_after=usage_after,
+                            from_grants=from_grants,
+                            draws=draws,
+                            used_feature_id=credit_use[0] if credit_use else None,
+                            units=credit_use[1] if credit_use else None,
+                        ),
+                        feature=entitlement.feature,
+                        unlimited=entitlement.unlimited,
+                    )
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -182,18 +183,18 @@ def _track(
             if replay is None:
                 raise
             return replay
-        except _Refused:
+        if row is None:
             entitlement, retry = after_refusal(entitlement.id, amount, moment)
             if retry:
                 if fixed_now is not None and _before_period(entitlement, moment):
-                    raise before_period_error(fixed_now, moment) from None
+                    raise before_period_error(fixed_now, moment)
                 continue
             if amount > 0:
-                raise insufficient_balance(entitlement, amount) from None
+                raise insufficient_balance(entitlement, amount)
             raise UsageBelowZero(
                 f"Usage is {entitlement.usage}; removing {-amount} would go below zero.",
                 fields={"amount": amount, "usage": entitlement.usage},
-            ) from None
+            )
         return _track_result(entitlement.feature, entitlement.unlimited, event, replayed=False)
     raise Contention()  # pragma: no cover - five period boundaries crossed in one call
 
