@@ -34,7 +34,7 @@ def measure(busy: int, runs: int) -> dict[str, float]:
     from kernia_billing import selectors
     from kernia_billing.models import BillingCustomer
     from kernia_billing.services import usage
-    from kernia_billing.services.reconcile import _audit_ledger, audit_ledger
+    from kernia_billing.services.ledger_audit import _audit_ledger, audit_ledger
 
     # The owner as a request has it (an unsaved user with the owner's id): track's
     # one-statement path, as in production.

@@ -149,7 +149,8 @@ def measure(rows: int, busy: int) -> list[tuple[str, str]]:
     from kernia_billing import selectors
     from kernia_billing.models import BillingCustomer
     from kernia_billing.services import usage
-    from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+    from kernia_billing.services.ledger_audit import audit_ledger
+    from kernia_billing.services.reconcile import reconcile_customers
 
     out: list[tuple[str, str]] = []
     since = timezone.now() - timedelta(days=90)

@@ -130,7 +130,7 @@ def _audit() -> dict[str, Any]:
     import django
 
     django.setup()
-    from kernia_billing.services.reconcile import audit_ledger
+    from kernia_billing.services.ledger_audit import audit_ledger
 
     return {"drift": [str(d) for d in audit_ledger()]}
 

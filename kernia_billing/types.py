@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -284,3 +285,8 @@ class Drift:
             f"[{state}] customer {self.customer_id} {self.kind} {self.subject}: "
             f"stored {self.actual!r}, expected {self.expected!r}"
         )
+
+
+#: ``progress(part, rows done, last id)``: how far a batched audit or reconcile got; the
+#: last id resumes it (``kernia_reconcile --after-entitlement``).
+Progress = Callable[[str, int, int], None]

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 import kernia_billing
 from kernia_billing.models import Reservation, ResetPeriod
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import (
     FeatureFactory,
     PlanFactory,

@@ -19,8 +19,8 @@ from kernia_billing.models import (
     UsageEvent,
 )
 from kernia_billing.services.grants.issue import grant
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.metering.corrections import adjust_usage
-from kernia_billing.services.reconcile import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 START = datetime(2030, 1, 15, 10, 0, tzinfo=UTC)

@@ -35,8 +35,8 @@ from kernia_billing.models import (
 )
 from kernia_billing.services.grants.issue import grant
 from kernia_billing.services.history import partitions as ledger_partitions
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.metering.sender import send_pending
-from kernia_billing.services.reconcile import audit_ledger
 from tests.api.entitlement_fixtures import *  # noqa: F403
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.metering.conftest import metered  # noqa: F401 - the fixture

@@ -11,7 +11,8 @@ from django.core.management import call_command
 from kernia_billing.models import BillingCustomer, Entitlement
 from kernia_billing.services import usage as entitlements
 from kernia_billing.services.checkout import ensure_stripe_customer
-from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+from kernia_billing.services.ledger_audit import audit_ledger
+from kernia_billing.services.reconcile import reconcile_customers
 from kernia_billing.testing import FakeStripe
 from tests.clock import PERIOD_BREAKS
 from tests.factories import UserFactory

@@ -27,10 +27,10 @@ from kernia_billing.models import (
     ReportStatus,
     UsageCorrection,
 )
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.metering.reconcile import reconcile_meters
 from kernia_billing.services.metering.sender import send_pending
 from kernia_billing.services.metering.visibility import overage_this_period
-from kernia_billing.services.reconcile import audit_ledger
 from tests.metering.conftest import ledger_overage
 from tests.threads import run_concurrently, skip_unless_shared_database
 

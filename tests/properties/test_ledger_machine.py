@@ -43,8 +43,8 @@ from kernia_billing.models import (
 from kernia_billing.services.addons.sync import sync_addon_grants, sync_addon_items
 from kernia_billing.services.customers import get_or_create_customer
 from kernia_billing.services.entitlements.sync import sync_entitlements
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.locking import lock_customer
-from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.services.reservations.giveback import expire_reservations
 from kernia_billing.types import SubscriptionItemSnapshot, SubscriptionSnapshot, TrackRequest
 from tests.factories import (

@@ -16,7 +16,7 @@ from kernia_billing.exceptions import InvalidRequest
 from kernia_billing.models import BillingCustomer, Entitlement, PlanFeature, ResetPeriod
 from kernia_billing.services.entitlements.resets import reset_for_new_period
 from kernia_billing.services.entitlements.sync import sync_plan_customers
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.reservations import holds
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 

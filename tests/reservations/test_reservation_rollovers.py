@@ -12,7 +12,7 @@ import time_machine
 
 import kernia_billing
 from kernia_billing.models import Entitlement, Grant, GrantSource, PlanFeature, ResetPeriod
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.lifecycle import Catalog, Webhooks

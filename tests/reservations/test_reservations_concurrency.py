@@ -20,7 +20,7 @@ from django.utils import timezone
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance, ReservationClosed, ReservationExpired
 from kernia_billing.models import Entitlement, Grant, Reservation, ResetPeriod, UsageEvent
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.reservations.giveback import expire_reservations
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.services.test_batch_period_race import wait_for_a_lock_waiter

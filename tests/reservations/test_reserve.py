@@ -30,7 +30,7 @@ from kernia_billing.models import (
     ResetPeriod,
     UsageEvent,
 )
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from django.db import connection
 
 import kernia_billing
 from kernia_billing.models import FeatureKind
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 

@@ -23,7 +23,7 @@ from django.db import connection, connections, transaction
 import kernia_billing
 from kernia_billing import TrackRequest
 from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.postgres

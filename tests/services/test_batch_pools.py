@@ -19,7 +19,7 @@ from kernia_billing.models import (
 )
 from kernia_billing.services.customers import get_or_create_customer
 from kernia_billing.services.entitlements.sync import sync_entitlements
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.services.test_concurrency import assert_only_refusals
 from tests.threads import run_concurrently, skip_unless_shared_database

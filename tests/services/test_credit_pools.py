@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import FeatureKind, ResetPeriod, UsageEvent
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.types import TrackRequest
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 

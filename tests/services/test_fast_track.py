@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 import kernia_billing
 from kernia_billing.models import Entitlement, OverageReport, UsageEvent, UsageRollup
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 BASE = datetime(2030, 5, 10, 12, 0, tzinfo=UTC)

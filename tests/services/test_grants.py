@@ -13,7 +13,7 @@ from django.utils import timezone
 import kernia_billing
 from kernia_billing.exceptions import IdempotencyConflict, InsufficientBalance, InvalidRequest
 from kernia_billing.models import Grant, ResetPeriod, UsageEvent
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

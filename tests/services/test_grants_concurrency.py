@@ -12,7 +12,7 @@ from django.utils import timezone
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import Entitlement, Grant, ResetPeriod, UsageEvent
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 from tests.services.test_concurrency import assert_only_refusals
 from tests.threads import run_concurrently, skip_unless_shared_database

@@ -30,8 +30,8 @@ from kernia_billing.models import (
 from kernia_billing.services.customers import apply_subscription, get_or_create_customer, set_plan
 from kernia_billing.services.entitlements.renewals import reset_due
 from kernia_billing.services.entitlements.resets import reset_for_new_period
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.locking import lock_customer
-from kernia_billing.services.reconcile import audit_ledger
 from kernia_billing.types import SubscriptionSnapshot
 from tests.clock import CLOCK_DATES
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 import kernia_billing
 from kernia_billing.models import Entitlement, Grant, GrantSource, ResetPeriod
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock_matrix]

@@ -15,7 +15,8 @@ import kernia_billing
 from kernia_billing import selectors
 from kernia_billing.exceptions import InsufficientBalance
 from kernia_billing.models import Entitlement, UsageEvent, UsageRollup
-from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+from kernia_billing.services.ledger_audit import audit_ledger
+from kernia_billing.services.reconcile import reconcile_customers
 from kernia_billing.types import TrackRequest
 from tests.factories import UserFactory
 

@@ -13,7 +13,7 @@ import kernia_billing
 from kernia_billing.models import BillingCustomer, Entitlement, FeatureKind, ResetPeriod
 from kernia_billing.services.customers import get_or_create_customer, set_plan
 from kernia_billing.services.entitlements.resets import reset_for_new_period
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
 START = datetime(2030, 5, 10, 12, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ from kernia_billing.models import (
 )
 from kernia_billing.services import catalog
 from kernia_billing.services.checkout import complete_checkout, start_checkout
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.topups.fulfil import fulfil_session_id
 from kernia_billing.testing import FakeStripe
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory

@@ -170,7 +170,7 @@ def test_events_before_the_current_period_are_refused_and_not_counted(user, free
     Single track refuses such a moment; the batch used to add it to the current period's
     usage with a ledger row dated before the period (the ledger audit then drifts).
     """
-    from kernia_billing.services.reconcile import audit_ledger
+    from kernia_billing.services.ledger_audit import audit_ledger
 
     kernia_billing.track(user, "messages", 5)
     period_start = Entitlement.objects.get().period_start

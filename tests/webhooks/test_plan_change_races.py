@@ -16,7 +16,7 @@ from django.test import Client
 
 from kernia_billing.models import BillingCustomer, Entitlement
 from kernia_billing.services import usage
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, Webhooks, build_catalog, fake_now, make_webhooks

@@ -26,7 +26,7 @@ from kernia_billing.models import (
     TopUpPack,
 )
 from kernia_billing.services import catalog
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.clock import PERIOD_BREAKS
 from tests.factories import UserFactory

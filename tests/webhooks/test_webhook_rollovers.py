@@ -8,7 +8,7 @@ import pytest
 import stripe
 
 from kernia_billing.models import Grant, GrantSource, PlanFeature
-from kernia_billing.services.reconcile import audit_ledger
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.testing import FakeStripe
 from tests.factories import UserFactory
 from tests.lifecycle import Catalog, Webhooks

@@ -20,8 +20,8 @@ events since its period start (only those: it costs the current period, not hist
 that the daily rollups of those days equal the ledger, and audits every grant
 (consumed = what the ledger's draws took from it, no draw after its expiry, the
 entitlement's grant totals). Same
-code as ``kernia_billing.services.reconcile`` (``reconcile_customers()``,
-``audit_ledger()``). ``--meters`` compares, per customer,
+code as ``kernia_billing.services.reconcile.reconcile_customers()`` and
+``kernia_billing.services.ledger_audit.audit_ledger()``. ``--meters`` compares, per customer,
 feature and period, the overage units we sent with Stripe's meter event summaries
 (``kernia_billing.services.metering.reconcile.reconcile_meters()``).
 """
@@ -35,8 +35,9 @@ from django.core.management.base import CommandError, CommandParser
 from kernia_billing.exceptions import StripeUnavailable
 from kernia_billing.management.base import BillingCommand
 from kernia_billing.services.grants.expiry import expire_all
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.metering.reconcile import reconcile_meters
-from kernia_billing.services.reconcile import audit_ledger, reconcile_customers
+from kernia_billing.services.reconcile import reconcile_customers
 
 
 class Command(BillingCommand):
