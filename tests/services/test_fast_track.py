@@ -136,14 +136,26 @@ def test_the_first_track_after_a_boundary_resets_then_takes_the_one_statement(pl
     clock.move_to(datetime(2030, 6, 10, 12, 0, tzinfo=UTC))  # the next monthly period
     with CaptureQueriesContext(connection) as captured:
         result = kernia_billing.track(owner, "messages", 2)
-    # The one statement refuses the due period; the lazy reset reads the row and resets
-    # it; the one statement then decides in the new period: 3 queries more than a track.
+    # The one statement refuses the due period (nothing written); the row is read; the
+    # lazy reset and the one statement in the new period commit together: 3 queries more
+    # than a track, and one commit that writes.
     queries = [q["sql"].split()[0] for q in captured.captured_queries]
-    assert [q for q in queries if q not in ("BEGIN", "COMMIT")] == [
-        "WITH",
-        "SELECT",
-        "UPDATE",
-        "WITH",
-    ]
+    assert queries == ["BEGIN", "WITH", "COMMIT", "SELECT", "BEGIN", "UPDATE", "WITH", "COMMIT"]
     assert (result.usage, result.balance) == (2, 3)
+    assert audit_ledger() == []
+
+
+@pytest.mark.django_db
+def test_keyed_tracks_at_a_boundary_count_once(plan, clock):
+    owner = _owner()
+    first = kernia_billing.track(owner, "messages", 4, idempotency_key="k-before")
+    clock.move_to(datetime(2030, 6, 10, 12, 0, tzinfo=UTC))
+    # A retry of the old period's key after the boundary is its replay, nothing counted.
+    replay = kernia_billing.track(owner, "messages", 4, idempotency_key="k-before")
+    assert (replay.replayed, replay.event_id) == (True, first.event_id)
+    # The first new key of the new period resets and deducts once.
+    fresh = kernia_billing.track(owner, "messages", 2, idempotency_key="k-after")
+    again = kernia_billing.track(owner, "messages", 2, idempotency_key="k-after")
+    assert (fresh.usage, fresh.balance, again.replayed) == (2, 3, True)
+    assert kernia_billing.check(owner, "messages").usage == 2
     assert audit_ledger() == []

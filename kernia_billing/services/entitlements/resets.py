@@ -75,7 +75,7 @@ def reset_if_due(entitlement: EntitlementRow, now: datetime) -> EntitlementRow:
     One statement when it resets: the conditional ``UPDATE`` returns the row's new
     columns (a second query only when another writer reset it first).
     """
-    if entitlement.next_reset_at is None or now < entitlement.next_reset_at:
+    if not entitlement.reset_due(now):
         return entitlement
     if entitlement.rollover_max > 0:
         unit, count = _row_unit(entitlement)

@@ -76,6 +76,10 @@ class EntitlementRow:
     def expiry_due(self, now: datetime) -> bool:
         return self.grant_next_expiry is not None and self.grant_next_expiry <= now
 
+    def reset_due(self, now: datetime) -> bool:
+        """Whether ``now`` is past the period's end (the lazy reset applies it)."""
+        return self.next_reset_at is not None and self.next_reset_at <= now
+
     @property
     def reset_anchor_or_default(self) -> datetime:
         return self.reset_anchor or self.customer_period_start or self.customer_created_at

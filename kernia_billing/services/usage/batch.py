@@ -432,7 +432,7 @@ def _decide_item(
 
 def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:
     """Apply a due reset to a row this transaction holds locked."""
-    if row.next_reset_at is None or moment < row.next_reset_at:
+    if not row.reset_due(moment):
         return row
     return reset_if_due(row, moment)
 

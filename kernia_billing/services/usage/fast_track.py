@@ -13,6 +13,7 @@ due resets, replays and conflicts, an explicit clock) it leaves to the full path
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -51,11 +52,14 @@ def track_in_one_update(
     idempotency_key: str | None,
     properties: dict[str, Any],
     fingerprint: bytes,
+    *,
+    first: Callable[[], object] | None = None,
 ) -> TrackResult | None:
     """The common case: find-and-deduct and the ledger row (one statement on PostgreSQL).
 
     Returns None whenever the conditional UPDATE matches nothing or the key was
-    used before, leaving the full path to say why (nothing was written then).
+    used before, leaving the full path to say why (nothing was written then, but what
+    ``first`` did in the same transaction is kept unless the key was used before).
     """
     owner_type_id, owner_id = owner_ref(owner)
     moment = timezone.now()
@@ -68,6 +72,8 @@ def track_in_one_update(
     )
     try:
         with transaction.atomic():
+            if first is not None:
+                first()
             if connection.vendor == "postgresql":
                 unlimited = _deduct_and_record(owner_type_id, owner_id, feature, event)
                 if unlimited is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -132,16 +133,22 @@ def _track(
     fixed_now = now
     for _attempt in range(5):
         moment = fixed_now or timezone.now()
-        renewed = reset_if_due(entitlement, moment)
-        if renewed is not entitlement and one_statement:
-            # The first track after a boundary: the period is new, so the one statement
-            # decides it now (the lazy reset costs the row's read and its UPDATE).
+        if one_statement and entitlement.reset_due(moment):
+            # The first track after a boundary: the lazy reset, then the one statement in
+            # the new period, in one transaction (one commit to wait for). Anything that
+            # sends it back here (a used key rolls the reset back too) is redone below.
             tracked = track_in_one_update(
-                owner, feature, amount, idempotency_key, properties, fingerprint
+                owner,
+                feature,
+                amount,
+                idempotency_key,
+                properties,
+                fingerprint,
+                first=partial(reset_if_due, entitlement, moment),
             )
             if tracked is not None:
                 return tracked
-        entitlement = renewed
+        entitlement = reset_if_due(entitlement, moment)
         try:
             with transaction.atomic():
                 from_grants, draws = 0, None
