@@ -41,7 +41,10 @@ each other:
 
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
 track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert (on
-PostgreSQL both, and the rollup, in one statement: ``usage/fast_track.py``).
+PostgreSQL both, and the rollup, in one statement: ``usage/fast_track.py``); the first
+track after a boundary runs the lazy reset of that same row first, in its transaction.
+A refused track holds nothing it locked when it tries a credit pool next: inside a
+caller's transaction its savepoint is rolled back.
 
 Why ``NO KEY UPDATE`` and not ``FOR UPDATE`` for the customer: on PostgreSQL, Django's
 foreign keys are ``DEFERRABLE INITIALLY DEFERRED``, so the ledger row that a track

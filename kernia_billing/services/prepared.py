@@ -94,4 +94,9 @@ def _unprepared_cursor_class() -> Any:
         def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
             return super().execute(query, params, **{**options, "prepare": False})
 
+        def executemany(self, query: Any, params_seq: Any, **options: Any) -> None:
+            # psycopg's own executemany always prepares: one execute a row instead.
+            for params in params_seq:
+                self.execute(query, params)
+
     return UnpreparedServerBindingCursor

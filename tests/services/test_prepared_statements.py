@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import time_machine
 from django.db import IntegrityError, connection, transaction
@@ -15,7 +16,8 @@ from django.test.utils import CaptureQueriesContext
 
 import kernia_billing
 from kernia_billing.exceptions import InsufficientBalance
-from kernia_billing.models import UsageEvent
+from kernia_billing.models import Entitlement, UsageEvent
+from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.prepared import prepares, statement_cursor
 from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory, UserFactory
 
@@ -123,20 +125,25 @@ def test_statements_stay_visible_to_django_and_errors_stay_django_errors(owner):
     assert kernia_billing.track(owner, "messages", 1, idempotency_key="k-1").replayed
 
 
+@pytest.mark.django_db(transaction=True)  # the track's own transaction, not a savepoint
 def test_a_refused_track_keeps_the_prepared_statements(owner, preparing):
-    # A ROLLBACK of the connection's transaction drops them (psycopg); a refusal writes
-    # nothing and so commits its empty transaction instead.
+    # A ROLLBACK (of a savepoint too) drops them (psycopg); a refusal writes nothing and
+    # so commits its empty transaction instead.
     _answers(owner)
     prepared = _prepared_statements()
+    events = UsageEvent.objects.count()
     with pytest.raises(InsufficientBalance):
         kernia_billing.track(owner, "messages", 1_000)
-    kernia_billing.check(owner, "messages")
+    check = kernia_billing.check(owner, "messages")
     assert _prepared_statements() == prepared
+    assert (UsageEvent.objects.count(), check.usage) == (events, 6)  # nothing written
+    assert audit_ledger() == []
 
 
 def test_a_statement_whose_text_varies_binds_on_the_server_unprepared(db, preparing):
     for _ in range(8):
         with statement_cursor(prepare=False) as cursor:
+            assert not isinstance(cursor.cursor, psycopg.ClientCursor)  # bound on the server
             cursor.execute("SELECT count(*) FROM unnest(%s::bigint[]) AS t(n)", [[1, 2, 3]])
             assert cursor.fetchone() == (3,)
     assert not any("unnest($1::bigint[])" in s for s in _prepared_statements())
@@ -144,3 +151,34 @@ def test_a_statement_whose_text_varies_binds_on_the_server_unprepared(db, prepar
         with statement_cursor() as cursor:
             cursor.execute("SELECT count(*) FROM unnest(%s::bigint[]) AS t(n)", [[1, 2, 3]])
     assert any("unnest($1::bigint[])" in s for s in _prepared_statements())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refusal_inside_a_callers_transaction_holds_no_row_lock():
+    # The refused draw locked the entitlement; inside the caller's transaction its
+    # savepoint is rolled back, so another connection may lock the row while the
+    # caller's transaction is still open (a credit pool's row may be taken next).
+    messages = FeatureFactory(key="messages")
+    plan = PlanFactory(key="pro", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=messages, included=3)
+    user = UserFactory()
+    kernia_billing.check(user, "messages")
+    entitlement = Entitlement.objects.get(customer__owner_id=str(user.pk))
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"] or None,
+        host=settings_dict["HOST"] or None,
+        port=settings_dict["PORT"] or None,
+        autocommit=True,
+    )
+    try:
+        with transaction.atomic():
+            with pytest.raises(InsufficientBalance):
+                kernia_billing.track(user, "messages", 5)
+            other.execute(
+                f"SELECT id FROM {Entitlement._meta.db_table} WHERE id = %s FOR UPDATE NOWAIT",
+                [entitlement.pk],
+            )
+    finally:
+        other.close()

@@ -8,7 +8,8 @@ ledger row and its rollup (:func:`.ledger._record_tracked`).
 
 Anything the fast path does not decide (first use, unknown or boolean features, refusals,
 due resets, replays and conflicts, an explicit clock) it leaves to the full path in
-:mod:`.track` with nothing written.
+:mod:`.track` with nothing written (but a lazy reset the full path asked it to run first,
+in the same transaction, unless a used key rolled that back: see ``first``).
 """
 
 from __future__ import annotations

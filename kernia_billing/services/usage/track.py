@@ -149,6 +149,7 @@ def _track(
             if tracked is not None:
                 return tracked
         entitlement = reset_if_due(entitlement, moment)
+        nested = connection.in_atomic_block
         try:
             with transaction.atomic():
                 from_grants, draws = 0, None
@@ -159,8 +160,12 @@ def _track(
                     if outcome is not None:
                         row = (outcome.usage_after, outcome.balance_after)
                         from_grants, draws = outcome.from_grants, outcome.draws
-                # Refused: nothing was written, so the block ends without an exception.
-                # (A ROLLBACK would also drop the connection's prepared statements.)
+                # Refused: nothing was written, so the block ends without an exception: a
+                # ROLLBACK would drop the connection's prepared statements. Inside a
+                # caller's transaction its savepoint is rolled back, which frees the rows
+                # the draw locked (a credit pool may be tried next: the lock order).
+                if row is None and nested:
+                    transaction.set_rollback(True)
                 if row is not None:
                     usage_after, balance_after = row
                     event = _record_tracked(
