@@ -154,7 +154,7 @@ def _write_grants(taken: dict[int, int], expiring: dict[int, int]) -> None:
 def _in_period(row: EntitlementRow, moment: datetime) -> bool:
     if row.period_start is not None and moment < row.period_start:
         return False
-    return row.next_reset_at is None or moment < row.next_reset_at
+    return not row.reset_due(moment)
 
 
 class GrantLedger:

@@ -371,7 +371,7 @@ def _apply_due_reset(entitlement_id: int, moment: datetime) -> None:
 
 
 def _in_period(row: EntitlementRow, moment: datetime) -> bool:
-    return row.next_reset_at is None or moment < row.next_reset_at
+    return not row.reset_due(moment)
 
 
 def _grant_total(draws: Draws) -> int:

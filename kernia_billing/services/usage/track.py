@@ -242,7 +242,7 @@ def insufficient_balance(row: EntitlementRow, amount: int) -> InsufficientBalanc
 
 def _needs_retry(entitlement: EntitlementRow, moment: datetime) -> bool:
     """Refused only because a period boundary moved under us: reset/refresh and retry."""
-    if entitlement.next_reset_at is not None and moment >= entitlement.next_reset_at:
+    if entitlement.reset_due(moment):
         return True
     return _before_period(entitlement, moment)
 
