@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from django.db import connection
@@ -47,56 +48,52 @@ def statement_cursor(*, prepare: bool = True) -> Iterator[Any]:
     """
     with connection.cursor() as cursor:
         client: Any = cursor.cursor
-        if prepares() and type(client) is _django_client_cursor():
+        if prepares() and type(client) is _postgresql().client_cursor:
+            # Only the cursor Django makes by default is swapped: a project's own
+            # OPTIONS["cursor_factory"] (a tracing wrapper, say) is left as it is.
             client.close()
             cursor.cursor = _server_binding_cursor(prepare)
         yield cursor
-
-
-def _django_client_cursor() -> type[Any]:
-    # Only the cursor Django makes by default is swapped: a project's own
-    # OPTIONS["cursor_factory"] (a tracing wrapper, say) is left as it is.
-    from django.db.backends.postgresql.base import Cursor
-
-    return Cursor
 
 
 def _server_binding_cursor(prepare: bool) -> Any:
     """The cursor Django makes with ``server_side_binding``, timestamps loaded as Django
     loads them: aware in UTC by psycopg's compiled loader where the connection is in UTC
     (Django's own loader is Python, ~3 us a column), else by Django's loader."""
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID
-    from django.db.backends.postgresql.psycopg_any import register_tzloader
-    from psycopg.pq import Format
-    from psycopg.types.datetime import TimestamptzLoader
-
+    pg = _postgresql()
     raw = connection.connection
-    cursor = (_prepared_cursor_class() if prepare else _unprepared_cursor_class())(raw)
+    cursor = (pg.prepared_cursor if prepare else pg.unprepared_cursor)(raw)
     if connection.timezone is UTC and connection.timezone_name == "UTC":
-        cursor.adapters.register_loader(TIMESTAMPTZ_OID, TimestamptzLoader)
-    elif connection.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
-        register_tzloader(connection.timezone, cursor)  # as Django's create_cursor does
+        cursor.adapters.register_loader(pg.timestamptz_oid, pg.compiled_timestamptz_loader)
+    elif connection.timezone != raw.adapters.get_loader(pg.timestamptz_oid, pg.text).timezone:
+        pg.register_tzloader(connection.timezone, cursor)  # as Django's create_cursor does
     return cursor
 
 
 @cache
-def _prepared_cursor_class() -> Any:
-    from django.db.backends.postgresql.base import ServerBindingCursor
+def _postgresql() -> SimpleNamespace:
+    """Django's and psycopg's pieces, imported once, on first use: a project on SQLite
+    alone need not have psycopg installed."""
+    from django.db.backends.postgresql import base
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
+    from psycopg.pq import Format
+    from psycopg.types.datetime import TimestamptzLoader
 
-    return ServerBindingCursor  # typed Any: django-stubs type it without psycopg's base
+    prepared: Any = base.ServerBindingCursor  # django-stubs type it without psycopg's base
 
-
-@cache
-def _unprepared_cursor_class() -> Any:
-    class UnpreparedServerBindingCursor(_prepared_cursor_class()):  # type: ignore[misc]
-        """Binds on the server, never prepares."""
+    class UnpreparedServerBindingCursor(prepared):  # type: ignore[misc,valid-type]
+        """Binds on the server, never prepares (``execute`` only: psycopg's
+        ``executemany`` prepares what it runs)."""
 
         def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
             return super().execute(query, params, **{**options, "prepare": False})
 
-        def executemany(self, query: Any, params_seq: Any, **options: Any) -> None:
-            # psycopg's own executemany always prepares: one execute a row instead.
-            for params in params_seq:
-                self.execute(query, params)
-
-    return UnpreparedServerBindingCursor
+    return SimpleNamespace(
+        client_cursor=base.Cursor,
+        prepared_cursor=prepared,
+        unprepared_cursor=UnpreparedServerBindingCursor,
+        timestamptz_oid=base.TIMESTAMPTZ_OID,
+        text=Format.TEXT,
+        compiled_timestamptz_loader=TimestamptzLoader,  # psycopg maps it to its C loader
+        register_tzloader=register_tzloader,
+    )
