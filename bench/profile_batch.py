@@ -74,6 +74,7 @@ def main() -> None:
     per_request(post, args.requests, label="after gc.freeze()")
     gc.unfreeze()
     statements(post)
+    wal_bytes(post, url, args.requests)
     stages(post, args.requests)
 
 
@@ -108,6 +109,28 @@ def statements(post: Callable[[str], None]) -> None:
     print(f"statements of one batch (COMMIT not included): {len(timings)}")
     for ms, sql in timings:
         print(f"  {ms:6.2f} ms  {' '.join(sql.split())[:110]}")
+
+
+def wal_bytes(post: Callable[[str], None], url: str, count: int) -> None:
+    """WAL written per request (read from another connection around each one): what
+    the COMMIT waits to flush, with the full-page images of pages first touched since
+    the last checkpoint."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as other:
+        for path in (BATCH, FLOOR):
+            written = []
+            for _ in range(count):
+                before = other.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                post(path)
+                after = other.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [before]
+                ).fetchone()[0]
+                written.append(float(after) / 1024)
+            print(
+                f"{path:30s} WAL per request p50 {statistics.median(written):7.0f} KiB, "
+                f"max {max(written):7.0f} KiB"
+            )
 
 
 def stages(post: Callable[[str], None], count: int) -> None:

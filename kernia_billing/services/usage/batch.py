@@ -34,6 +34,8 @@ from ..entitlements.resets import reset_if_due
 from ..entitlements.rows import EntitlementRow, _select_many
 from ..grants.draw import GrantLedger
 from ..metering.outbox import record_overages
+from .batch_fits import FittingBatch
+from .batch_items import PoolDraw, PreparedEvent
 from .check import _check_result, _load_or_explain, denial_error
 from .ledger import (
     NewEvent,
@@ -82,9 +84,9 @@ def track_batch(
             f"A batch holds at most {limit} events.", fields={"events": f"At most {limit}."}
         )
     results: list[BatchItemResult | None] = [None] * len(events)
-    prepared: list[_Prepared] = []
+    prepared: list[PreparedEvent] = []
     lookups = _Lookups()
-    shared: dict[tuple[int, str, int], _Prepared | BillingError] = {}
+    shared: dict[tuple[int, str, int], PreparedEvent | BillingError] = {}
     for index, request in enumerate(events):
         try:
             prepared.append(_prepare_alike(index, request, owner, lookups, shared))
@@ -95,11 +97,19 @@ def track_batch(
     # accepted event with an IntegrityError, only the keys of events it refused are
     # looked up (_KeysUsedBefore), either rolls the try back and the next ones look all
     # the keys up (as single track's fast path leaves replays to its full path).
+    # Decided as far as it can be before the lock (see batch_fits), for the first try.
+    fitting = FittingBatch.of(prepared)
     for attempt in range(4):
         known_keys: set[tuple[int, str]] = set()
         try:
             with transaction.atomic():
-                decided = _decide_locked(prepared, now, known_keys, look_up_keys=attempt > 0)
+                decided = _decide_locked(
+                    prepared,
+                    now,
+                    known_keys,
+                    look_up_keys=attempt > 0,
+                    fitting=fitting if attempt == 0 else None,
+                )
             break
         except _KeysUsedBefore:
             continue
@@ -114,61 +124,6 @@ def track_batch(
     for index, item in decided.answers().items():
         results[index] = item
     return [r for r in results if r is not None]
-
-
-@dataclass(slots=True)
-class _PoolDraw:
-    """The credit pool an event of a pool feature draws from."""
-
-    entitlement_id: int  # the pool's entitlement
-    feature_id: int  # the feature used (the ledger row's ``used_feature``)
-    cost: int  # credits per unit
-
-
-@dataclass(slots=True)
-class _Prepared:
-    index: int
-    #: The feature's own entitlement; None for a pool feature without one (``pool`` then).
-    entitlement_id: int | None
-    customer_id: int
-    feature: str
-    amount: int  # in the feature's units
-    idempotency_key: str | None
-    properties: dict[str, Any]
-    fingerprint: bytes
-    #: A pool feature's pool: drawn from when there is no own entitlement, or when it
-    #: refuses the whole amount (as single track falls back to the pool).
-    pool: _PoolDraw | None = None
-    #: The pool's own refusal (no plan includes it, ...), answered if the own one refuses.
-    pool_error: BillingError | None = None
-
-    def for_event(self, index: int, idempotency_key: str | None) -> _Prepared:
-        """This preparation for another event alike (``dataclasses.replace`` costs ~4x)."""
-        return _Prepared(
-            index,
-            self.entitlement_id,
-            self.customer_id,
-            self.feature,
-            self.amount,
-            idempotency_key,
-            self.properties,
-            self.fingerprint,
-            self.pool,
-            self.pool_error,
-        )
-
-    @property
-    def decided_on(self) -> int:
-        """The entitlement the event is decided against first: its own, else its pool's."""
-        if self.entitlement_id is not None:
-            return self.entitlement_id
-        assert self.pool is not None  # _prepare finds one or the other
-        return self.pool.entitlement_id
-
-    @property
-    def entitlement_ids(self) -> list[int]:
-        ids = [] if self.entitlement_id is None else [self.entitlement_id]
-        return ids + ([] if self.pool is None else [self.pool.entitlement_id])
 
 
 class _Lookups:
@@ -204,8 +159,8 @@ def _prepare_alike(
     request: TrackRequest,
     default_owner: Any,
     lookups: _Lookups,
-    shared: dict[tuple[int, str, int], _Prepared | BillingError],
-) -> _Prepared:
+    shared: dict[tuple[int, str, int], PreparedEvent | BillingError],
+) -> PreparedEvent:
     """:func:`_prepare`, done once for the events without properties that share owner,
     feature and amount (most of a batch): each of those then validates only its key."""
     properties = request.properties
@@ -237,7 +192,7 @@ def _prepare(
     request: TrackRequest,
     default_owner: Any,
     lookups: _Lookups,
-) -> _Prepared:
+) -> PreparedEvent:
     """Validate one event and find its entitlement(s) (outside the transaction)."""
     owner = request.owner if request.owner is not None else default_owner
     amount = _validate_amount(request.amount)
@@ -266,12 +221,13 @@ def _prepare(
             pool_error = pool_row
         else:
             _check_trackable(pool_row, amount * pool.cost)
-            pool_draw = _PoolDraw(pool_row.id, pool.feature_id, pool.cost)
+            pool_draw = PoolDraw(pool_row.id, pool.feature_id, pool.cost)
             customer_id = pool_row.customer_id
     assert customer_id is not None  # an own entitlement or a pool's, else raised above
-    return _Prepared(
+    return PreparedEvent(
         index=index,
         entitlement_id=None if own is None else own.id,
+        feature_id=None if own is None else own.feature_id,
         customer_id=customer_id,
         feature=own.feature if own is not None else request.feature,
         amount=amount,
@@ -296,11 +252,12 @@ def _check_trackable(row: EntitlementRow, amount: int) -> None:
 
 
 def _decide_locked(
-    prepared: list[_Prepared],
+    prepared: list[PreparedEvent],
     now: datetime | None,
     known_keys: set[tuple[int, str]],
     *,
     look_up_keys: bool = True,
+    fitting: FittingBatch | None = None,
 ) -> _Decided:
     """Inside one transaction: lock, decide every event in order, write once per row.
 
@@ -310,7 +267,8 @@ def _decide_locked(
     refused, as single track refuses them: counted there, they would be usage of a
     period they were not recorded in. ``known_keys`` receives the idempotency keys
     that already had a ledger row; without ``look_up_keys`` none are looked up (the
-    insert then fails on a used one).
+    insert then fails on a used one), and a ``fitting`` batch that fits the locked rows
+    is decided by it.
     """
     if not prepared:
         return _Decided({}, {}, [], [])
@@ -328,13 +286,17 @@ def _decide_locked(
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)
     before_period = {row_id for row_id, row in rows.items() if _before_period(row, moment)}
+    if fitting is not None and not look_up_keys and fitting.fits(rows, before_period, moment):
+        fitted_usage, fitted = fitting.decide(rows, moment)
+        _write_decisions(rows, fitted_usage, fitted, moment, early=fitting.early)
+        return _Decided({}, rows, fitted, [])
     # Step 3 of the lock order: the grants of these entitlements, ascending id.
     grants = GrantLedger.lock([rows[i] for i in ids if rows[i].grant_remaining > 0], moment)
     existing = _existing_events(prepared) if look_up_keys else {}
     known_keys.update(existing)
     decided: dict[int, BatchItemResult] = {}
-    accepted: list[tuple[_Prepared, NewEvent]] = []
-    in_batch_replays: list[tuple[_Prepared, NewEvent]] = []
+    accepted: list[tuple[PreparedEvent, NewEvent]] = []
+    in_batch_replays: list[tuple[PreparedEvent, NewEvent]] = []
     # Keys used earlier in this batch: (fingerprint, accepted event or None if refused).
     seen_keys: dict[tuple[int, str], tuple[bytes, NewEvent | None]] = {}
     usage = {row_id: row.usage for row_id, row in rows.items()}
@@ -382,8 +344,8 @@ class _Decided:
 
     answered: dict[int, BatchItemResult]  # refusals and replays of earlier rows
     rows: dict[int, EntitlementRow]
-    accepted: list[tuple[_Prepared, NewEvent]]  # their ledger rows have their ids
-    in_batch_replays: list[tuple[_Prepared, NewEvent]]  # of an accepted event
+    accepted: list[tuple[PreparedEvent, NewEvent]]  # their ledger rows have their ids
+    in_batch_replays: list[tuple[PreparedEvent, NewEvent]]  # of an accepted event
 
     def answers(self) -> dict[int, BatchItemResult]:
         answered = self.answered
@@ -400,7 +362,7 @@ class _KeysUsedBefore(Exception):
 
 
 def _decide_item(
-    item: _Prepared,
+    item: PreparedEvent,
     rows: dict[int, EntitlementRow],
     before_period: set[int],
     usage: dict[int, int],
@@ -437,13 +399,13 @@ def _reset_locked(row: EntitlementRow, moment: datetime) -> EntitlementRow:
     return reset_if_due(row, moment)
 
 
-def _existing_events(prepared: list[_Prepared]) -> dict[tuple[int, str], UsageEvent]:
+def _existing_events(prepared: list[PreparedEvent]) -> dict[tuple[int, str], UsageEvent]:
     keyed = [(p.customer_id, p.idempotency_key) for p in prepared if p.idempotency_key]
     return keyed_events_by_pair(keyed)
 
 
 def _decide_one(
-    item: _Prepared,
+    item: PreparedEvent,
     row: EntitlementRow,
     amount: int,
     usage: dict[int, int],
@@ -492,8 +454,10 @@ def _decide_one(
 def _write_decisions(
     rows: dict[int, EntitlementRow],
     usage: dict[int, int],
-    accepted: list[tuple[_Prepared, NewEvent]],
+    accepted: list[tuple[PreparedEvent, NewEvent]],
     moment: datetime,
+    *,
+    early: list[list[Any]] | None = None,
 ) -> None:
     changed = {row_id for row_id, value in usage.items() if value != rows[row_id].usage}
     for row_id in sorted(changed):
@@ -501,12 +465,12 @@ def _write_decisions(
         Entitlement.objects.filter(pk=row_id).update(usage=usage[row_id], updated_at=moment)
     if accepted:
         events = [event for _, event in accepted]
-        insert_events(events)  # with their rollups, in the same transaction
+        insert_events(events, early=early)  # with their rollups, in the same transaction
         record_overages(events)  # metering: overage outbox rows
 
 
 def _replayed(
-    item: _Prepared, rows: dict[int, EntitlementRow], event: UsageEvent | NewEvent
+    item: PreparedEvent, rows: dict[int, EntitlementRow], event: UsageEvent | NewEvent
 ) -> BatchItemResult:
     if not same_payload(event.request_fingerprint, item.fingerprint):
         return refusal(
@@ -518,7 +482,7 @@ def _replayed(
 
 
 def _result(
-    item: _Prepared,
+    item: PreparedEvent,
     rows: dict[int, EntitlementRow],
     event: UsageEvent | NewEvent,
     *,

@@ -1,0 +1,137 @@
+"""Batch track's fitting path: a batch whose every event fits, decided before the lock.
+
+A hot customer's batches queue for its entitlement row from the lock to the ``COMMIT``,
+so whatever a batch works out while it holds the row, every other batch of that
+customer waits for. Most batches fit: every event has its own entitlement (no credit
+pool to fall back to), no key repeats within the batch, and, once the rows are locked,
+none of them has grants left to draw from and the batch stays within the balance at
+every step. Such a batch's ledger rows are known before the lock up to the locked
+usage: what each event has added to its entitlement's usage so far (a running sum) does
+not depend on it. Under the lock :meth:`FittingBatch.fits` checks the rows (the running
+sum's peak within the balance, its trough not below zero) and :meth:`FittingBatch.decide`
+fills in three columns (``ledger.LOCKED_COLUMNS``).
+
+The general decision (:mod:`.batch`) accepts every event of such a batch with the same
+ledger rows: none draws from a grant, none goes beyond the balance (so no overage
+outbox row), none takes usage below zero. Anything else is left to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..entitlements.rows import EntitlementRow
+from .batch_items import PreparedEvent
+from .ledger import NewEvent, early_columns, stored_fingerprint, stored_properties
+
+#: ``created_at`` until the lock gives the batch its moment.
+_NOT_YET = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Steps:
+    """What a batch's events add to one entitlement's usage, as running sums."""
+
+    total: int = 0
+    peak: int = 0  # the highest running sum (0: before the first event)
+    trough: int = 0  # the lowest
+
+
+class FittingBatch:
+    """The events of a batch, decided up to their entitlements' locked usage."""
+
+    def __init__(
+        self,
+        prepared: list[PreparedEvent],
+        events: list[NewEvent],
+        running: list[int],
+        steps: dict[int, _Steps],
+    ) -> None:
+        self._prepared = prepared
+        self._events = events
+        self._running = running  # per event: its entitlement's running sum, itself included
+        self._steps = steps
+        #: ``ledger.early_columns`` of the events, for the insert.
+        self.early: list[list[Any]] | None = early_columns(events)
+
+    @classmethod
+    def of(cls, prepared: list[PreparedEvent]) -> FittingBatch | None:
+        """None unless every event has its own entitlement and no key repeats."""
+        if not prepared:
+            return None
+        keys: set[tuple[int, str]] = set()
+        steps: dict[int, _Steps] = {}
+        running, events = [], []
+        for item in prepared:
+            row_id, feature_id, key = item.entitlement_id, item.feature_id, item.idempotency_key
+            if row_id is None or feature_id is None:
+                return None
+            if key is not None:
+                if (item.customer_id, key) in keys:
+                    return None  # a replay or a conflict within the batch
+                keys.add((item.customer_id, key))
+            step = steps.get(row_id)
+            if step is None:
+                step = steps[row_id] = _Steps()
+            step.total += item.amount
+            step.peak = max(step.peak, step.total)
+            step.trough = min(step.trough, step.total)
+            running.append(step.total)
+            events.append(
+                NewEvent(
+                    customer_id=item.customer_id,
+                    feature_id=feature_id,
+                    amount=item.amount,
+                    idempotency_key=key,
+                    request_fingerprint=stored_fingerprint(key, item.fingerprint),
+                    properties=stored_properties(item.properties),
+                    created_at=_NOT_YET,
+                    balance_after=0,
+                    usage_after=0,
+                    from_grants=0,
+                    draws=None,
+                    used_feature_id=None,
+                    units=None,
+                )
+            )
+        return cls(prepared, events, running, steps)
+
+    def fits(
+        self, rows: dict[int, EntitlementRow], before_period: set[int], moment: datetime
+    ) -> bool:
+        """Whether the locked ``rows`` accept every event as the general decision would."""
+        for row_id, step in self._steps.items():
+            row = rows[row_id]
+            if row_id in before_period or not row.granted or row.reset_due(moment):
+                return False
+            if row.grant_remaining != 0:  # grants to draw from, maybe to expire
+                return False
+            # The plan's grant covers each event (see GrantLedger.draw) and the balance
+            # after each stays at or above zero: no overage.
+            if row.usage + step.peak > _plan_cap(row) or row.usage + step.trough < 0:
+                return False
+        return True
+
+    def decide(
+        self, rows: dict[int, EntitlementRow], moment: datetime
+    ) -> tuple[dict[int, int], list[tuple[PreparedEvent, NewEvent]]]:
+        """Once :meth:`fits`: each entitlement's usage after the batch, and the events'
+        ledger rows (every event accepted)."""
+        base = {row_id: rows[row_id].usage for row_id in self._steps}
+        cap = {row_id: _plan_cap(rows[row_id]) for row_id in self._steps}
+        for item, event, step in zip(self._prepared, self._events, self._running, strict=True):
+            row_id = item.entitlement_id
+            assert row_id is not None  # see of()
+            event.usage_after = after = base[row_id] + step
+            event.balance_after = cap[row_id] - after
+            event.created_at = moment
+        usage = {row_id: base[row_id] + step.total for row_id, step in self._steps.items()}
+        return usage, list(zip(self._prepared, self._events, strict=True))
+
+
+def _plan_cap(row: EntitlementRow) -> int:
+    """The usage at which the plan's grant is spent: the balance is ``cap - usage`` while
+    no other grant is left (``GrantLedger.balance``)."""
+    return row.included + row.grant_usage

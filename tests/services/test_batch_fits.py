@@ -1,0 +1,162 @@
+"""Batch track's fitting path (decided before the lock) answers as the general decision.
+
+Each example runs the same batch twice on the same state, rolled back in between: once
+as it is, once with the fitting path switched off, and compares answers, ledger rows and
+usage. Batches that fit, that run out, that go below zero, with grants and with due
+resets all pass through both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kernia_billing
+from kernia_billing import TrackRequest
+from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
+from kernia_billing.services.usage import batch as batch_service
+from tests.factories import FeatureFactory, PlanFeatureFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def seats(free_plan):
+    feature = FeatureFactory(key="seats", kind=FeatureKind.SEATS)
+    PlanFeatureFactory(plan=free_plan, feature=feature, included=5, reset_period=ResetPeriod.NONE)
+    return feature
+
+
+def _outcome(results: list[Any]) -> tuple[Any, ...]:
+    rows = list(UsageEvent.objects.order_by("pk"))
+    position = {row.pk: n for n, row in enumerate(rows)}
+    answers = [
+        replace(r, result=replace(r.result, event_id=position[r.result.event_id]))
+        if r.result is not None
+        else r
+        for r in results
+    ]
+    ledger = [
+        (
+            r.feature_id,
+            r.amount,
+            r.idempotency_key,
+            bytes(r.request_fingerprint),
+            r.properties,
+            r.created_at,
+            r.balance_after,
+            r.usage_after,
+            r.from_grants,
+            r.draws,
+        )
+        for r in rows
+    ]
+    usage = sorted(Entitlement.objects.values_list("feature__key", "usage", "period_start"))
+    return answers, ledger, usage
+
+
+def _both_ways(user, requests, monkeypatch, now=None) -> list[tuple[Any, ...]]:
+    now = now or timezone.now()  # one moment for both
+    outcomes = []
+    for fitting in (True, False):
+        with transaction.atomic():
+            with monkeypatch.context() as patch:
+                if not fitting:
+                    patch.setattr(batch_service.FittingBatch, "of", classmethod(lambda c, p: None))
+                results = kernia_billing.track_batch(user, requests, now=now)
+            outcomes.append(_outcome(results))
+            transaction.set_rollback(True)
+    return outcomes
+
+
+def test_a_batch_that_fits_is_decided_before_the_lock(user, free_plan, monkeypatch):
+    kernia_billing.track(user, "messages", 10)
+    requests = [TrackRequest("messages", 3, idempotency_key=f"k{i}") for i in range(20)]
+    fitted, general = _both_ways(user, requests, monkeypatch)
+    assert fitted == general
+    answers = fitted[0]
+    assert [a.result.usage for a in answers] == list(range(13, 71, 3))
+    assert [a.result.balance for a in answers] == list(range(87, 29, -3))
+
+
+def test_the_fitting_path_skips_the_grants_lock_and_the_per_event_decision(user, free_plan):
+    kernia_billing.track(user, "messages", 1)
+    requests = [TrackRequest("messages", 1, idempotency_key=f"k{i}") for i in range(5)]
+    with CaptureQueriesContext(connection) as ctx:
+        results = kernia_billing.track_batch(user, requests)
+    assert all(r.ok for r in results)
+    grants = [q["sql"] for q in ctx.captured_queries if "kernia_billing_grant" in q["sql"]]
+    assert grants == []  # no live grant: nothing to lock
+    assert Entitlement.objects.get().usage == 6
+
+
+def test_a_grant_sends_the_batch_to_the_general_decision(user, free_plan, monkeypatch):
+    kernia_billing.track(user, "messages", 95)
+    kernia_billing.grant(user, "messages", 10, reason="goodwill")
+    requests = [TrackRequest("messages", 4) for _ in range(3)]
+    fitted, general = _both_ways(user, requests, monkeypatch)
+    assert fitted == general
+    _, ledger, _ = fitted
+    assert [row[8] for row in ledger[1:]] == [0, 3, 4]  # the plan's 5 first, then the grant
+
+
+def test_a_due_reset_is_applied_before_the_fitting_decision(user, free_plan, monkeypatch):
+    kernia_billing.track(user, "messages", 90)
+    later = Entitlement.objects.get().next_reset_at + timedelta(minutes=1)
+    requests = [TrackRequest("messages", 30) for _ in range(3)]
+    fitted, general = _both_ways(user, requests, monkeypatch, now=later)
+    assert fitted == general
+    answers = fitted[0]
+    assert [a.result.usage for a in answers] == [30, 60, 90]
+
+
+def test_seats_that_would_go_below_zero_leave_the_batch_to_the_general_decision(
+    user, seats, monkeypatch
+):
+    kernia_billing.track(user, "seats", 2)
+    requests = [TrackRequest("seats", n) for n in (1, -4, 1)]  # 3, -1 (refused), 4
+    fitted, general = _both_ways(user, requests, monkeypatch)
+    assert fitted == general
+    answers = fitted[0]
+    assert [a.ok for a in answers] == [True, False, True]
+    assert answers[1].error_code == "usage_below_zero"
+    assert [a.result.usage for a in answers if a.ok] == [3, 4]
+
+
+amounts = st.lists(
+    st.tuples(st.sampled_from(["messages", "seats"]), st.integers(-3, 40), st.booleans()),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(before=st.integers(0, 100), events=amounts)
+def test_fitting_and_general_decisions_answer_alike(user, seats, monkeypatch, before, events):
+    """Distinct keys or none (a repeated key is the general decision's), both features,
+    batches that fit, run out, or take seats below zero."""
+    requests = [
+        TrackRequest(
+            feature, amount if feature == "seats" else abs(amount) or 1, idempotency_key=key
+        )
+        for n, (feature, amount, keyed) in enumerate(events)
+        for key in [f"key-{n}" if keyed else None]
+    ]
+    with transaction.atomic():
+        kernia_billing.check(user, "seats")  # both entitlements made once, before both runs
+        kernia_billing.check(user, "messages")
+        if before:
+            kernia_billing.track(user, "messages", before)
+        fitted, general = _both_ways(user, requests, monkeypatch)
+        transaction.set_rollback(True)
+    assert fitted == general
