@@ -160,3 +160,21 @@ def test_fitting_and_general_decisions_answer_alike(user, seats, monkeypatch, be
         fitted, general = _both_ways(user, requests, monkeypatch)
         transaction.set_rollback(True)
     assert fitted == general
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="one statement on PostgreSQL")
+def test_a_fitting_batch_of_one_entitlement_is_one_statement(user, free_plan):
+    """Lock, deduction, ledger rows and rollup together: the row is held for that
+    statement and the COMMIT alone (what a hot customer's batches queue for)."""
+    kernia_billing.track(user, "messages", 1)
+    requests = [TrackRequest("messages", 2, idempotency_key=f"k{i}") for i in range(10)]
+    with CaptureQueriesContext(connection) as ctx:
+        results = kernia_billing.track_batch(user, requests)
+    assert [r.result.usage for r in results] == list(range(3, 22, 2))
+    writes = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if "kernia_billing_entitlement" in q["sql"] and not q["sql"].startswith("SELECT")
+    ]
+    assert len(writes) == 1 and "d AS (UPDATE" in writes[0]
+    assert not [q for q in ctx.captured_queries if "FOR UPDATE" in q["sql"]]

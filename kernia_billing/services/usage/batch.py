@@ -281,15 +281,20 @@ def _decide_locked(
         where, params = "e.id = ANY(%s::bigint[])", [ids]
     else:
         where, params = f"e.id IN ({', '.join(['%s'] * len(ids))})", ids
+    if fitting is not None and not look_up_keys:
+        in_one = fitting.in_one_statement(now or timezone.now())
+        if in_one is not None:
+            return _Decided({}, *in_one, [])
     rows = {r.id: r for r in _select_many(where + lock, params)}
     moment = now or timezone.now()
     for row_id, row in list(rows.items()):
         rows[row_id] = _reset_locked(row, moment)
+    unlimited = {row_id: row.unlimited for row_id, row in rows.items()}
     before_period = {row_id for row_id, row in rows.items() if _before_period(row, moment)}
     if fitting is not None and not look_up_keys and fitting.fits(rows, before_period, moment):
         fitted_usage, fitted = fitting.decide(rows, moment)
         _write_decisions(rows, fitted_usage, fitted, moment, early=fitting.early)
-        return _Decided({}, rows, fitted, [])
+        return _Decided({}, unlimited, fitted, [])
     # Step 3 of the lock order: the grants of these entitlements, ascending id.
     grants = GrantLedger.lock([rows[i] for i in ids if rows[i].grant_remaining > 0], moment)
     existing = _existing_events(prepared) if look_up_keys else {}
@@ -308,7 +313,7 @@ def _decide_locked(
         if key is not None:
             first = existing.get(key) if existing else None
             if first is not None:
-                decided[item.index] = _replayed(item, rows, first)
+                decided[item.index] = _replayed(item, unlimited, first)
                 continue
             seen = seen_keys.get(key)
             if seen is not None and seen[0] != item.fingerprint:
@@ -334,7 +339,7 @@ def _decide_locked(
             raise _KeysUsedBefore
     _write_decisions(rows, usage, accepted, moment)
     grants.write(moment)
-    return _Decided(decided, rows, accepted, in_batch_replays)
+    return _Decided(decided, unlimited, accepted, in_batch_replays)
 
 
 @dataclass(slots=True)
@@ -343,17 +348,17 @@ class _Decided:
     entitlement rows stay locked until then: on a hot customer, other batches wait)."""
 
     answered: dict[int, BatchItemResult]  # refusals and replays of earlier rows
-    rows: dict[int, EntitlementRow]
+    unlimited: dict[int, bool]  # of each entitlement decided against
     accepted: list[tuple[PreparedEvent, NewEvent]]  # their ledger rows have their ids
     in_batch_replays: list[tuple[PreparedEvent, NewEvent]]  # of an accepted event
 
     def answers(self) -> dict[int, BatchItemResult]:
         answered = self.answered
         for item, event in self.accepted:
-            result = _result(item, self.rows, event, replayed=False)
+            result = _result(item, self.unlimited, event, replayed=False)
             answered[item.index] = BatchItemResult(item.index, True, result, status=201)
         for item, event in self.in_batch_replays:
-            answered[item.index] = _replayed(item, self.rows, event)
+            answered[item.index] = _replayed(item, self.unlimited, event)
         return answered
 
 
@@ -470,30 +475,29 @@ def _write_decisions(
 
 
 def _replayed(
-    item: PreparedEvent, rows: dict[int, EntitlementRow], event: UsageEvent | NewEvent
+    item: PreparedEvent, unlimited: dict[int, bool], event: UsageEvent | NewEvent
 ) -> BatchItemResult:
     if not same_payload(event.request_fingerprint, item.fingerprint):
         return refusal(
             item.index, IdempotencyConflict(fields={"idempotencyKey": event.idempotency_key})
         )
     return BatchItemResult(
-        index=item.index, ok=True, result=_result(item, rows, event, replayed=True), status=201
+        index=item.index, ok=True, result=_result(item, unlimited, event, replayed=True), status=201
     )
 
 
 def _result(
     item: PreparedEvent,
-    rows: dict[int, EntitlementRow],
+    unlimited: dict[int, bool],
     event: UsageEvent | NewEvent,
     *,
     replayed: bool,
 ) -> TrackResult:
     """The track result of ``event``; a pool's ledger row is told in the feature's units."""
     if event.used_feature_id is None or not event.units:
-        row_id = item.decided_on
-        return _track_result(item.feature, rows[row_id].unlimited, event, replayed=replayed)
-    unlimited = item.pool is not None and rows[item.pool.entitlement_id].unlimited
-    result = _track_result(item.feature, unlimited, event, replayed=replayed)
+        return _track_result(item.feature, unlimited[item.decided_on], event, replayed=replayed)
+    pool_unlimited = item.pool is not None and unlimited[item.pool.entitlement_id]
+    result = _track_result(item.feature, pool_unlimited, event, replayed=replayed)
     # The cost the row was drawn at (the feature's cost may have changed since).
     cost = event.amount // event.units
     return track_in_units(result, Pool(event.used_feature_id, "", cost), item.feature, event.units)

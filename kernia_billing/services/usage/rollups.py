@@ -80,13 +80,15 @@ def record_rollups(events: Iterable[LedgerFacts]) -> None:
 
 
 def rollup_upserts(
-    events: Iterable[LedgerFacts], *, chunk: int = 500
+    events: Iterable[LedgerFacts], *, chunk: int = 500, only_with: str | None = None
 ) -> list[tuple[str, list[Any]]]:
     """The statements of :func:`record_rollups`, for a writer that folds them into its own.
 
     A ledger writer may run them as part of the statement that inserts the events
     (PostgreSQL: a ``WITH ... AS (upsert)``), which is the same as calling
     :func:`record_rollups` right after its insert: same transaction, same rows.
+    ``only_with`` (PostgreSQL): the name of a ``WITH`` query of that statement; the
+    upserts apply only where it returns a row (as its events are inserted only then).
     """
     # By moment first (a batch's events share theirs): the day is worked out once per moment.
     by_moment: dict[tuple[int, int, datetime], list[int]] = defaultdict(lambda: [0, 0])
@@ -108,7 +110,14 @@ def rollup_upserts(
             amount, count = totals[(customer_id, feature_id, day)]
             params += [customer_id, feature_id, connection.ops.adapt_datefield_value(day)]
             params += [amount, count]
-        statements.append((upsert_sql(len(part)), params))
+        if only_with is None:
+            statements.append((upsert_sql(len(part)), params))
+        else:
+            typed = ", ".join(
+                ["(%s::bigint, %s::bigint, %s::date, %s::bigint, %s::bigint)"] * len(part)
+            )
+            source = f"SELECT * FROM (VALUES {typed}) AS v WHERE EXISTS (SELECT FROM {only_with})"
+            statements.append((upsert_from_sql(source), params))
     return statements
 
 
