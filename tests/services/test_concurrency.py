@@ -142,3 +142,20 @@ def test_concurrent_batches_and_single_tracks_stay_exact(owner):
     entitlement = Entitlement.objects.get()
     assert entitlement.usage == 50
     assert UsageEvent.objects.aggregate(total=Sum("amount"))["total"] == 50
+
+
+@WITHIN_A_PERIOD
+def test_concurrent_keyed_batches_on_one_row_count_each_key_once(owner):
+    """The same fitting batch from 8 threads at once: the first to commit counts it, the
+    others' one statement meets the used keys (unique index) and replays them."""
+    from kernia_billing import TrackRequest
+
+    requests = [TrackRequest("messages", 2, idempotency_key=f"job-{n}") for n in range(20)]
+    results = run_concurrently(8, lambda i: kernia_billing.track_batch(owner, requests))
+    assert not [r for r in results if isinstance(r, Exception)]
+    answers = [item for batch in results for item in batch]
+    assert all(item.ok for item in answers)
+    assert sum(not item.result.replayed for item in answers) == 20
+    ids = {item.result.event_id for item in answers}
+    assert len(ids) == 20 and UsageEvent.objects.count() == 20
+    assert Entitlement.objects.get().usage == 40
