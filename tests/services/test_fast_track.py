@@ -51,7 +51,9 @@ def _written(event_id: int) -> dict[str, Any]:
     """What a track wrote, without the ids that tell two customers' rows apart."""
     event = UsageEvent.objects.get(pk=event_id)
     entitlement = Entitlement.objects.get(customer=event.customer, feature=event.feature)
-    rollup = UsageRollup.objects.get(customer=event.customer, feature=event.feature)
+    rollup = UsageRollup.objects.get(
+        customer=event.customer, feature=event.feature, day=event.created_at.date()
+    )
     report = OverageReport.objects.filter(usage_event=event).first()
     return {
         "event": model_to_dict(event, exclude=["id", "customer"]),
@@ -137,11 +139,44 @@ def test_the_first_track_after_a_boundary_resets_then_takes_the_one_statement(pl
     with CaptureQueriesContext(connection) as captured:
         result = kernia_billing.track(owner, "messages", 2)
     # The one statement refuses the due period (nothing written); the row is read; the
-    # lazy reset and the one statement in the new period commit together: 3 queries more
-    # than a track, and one commit that writes.
+    # lazy reset and the deduction are one UPDATE of the statement in the new period: 2
+    # queries more than a track, and one commit that writes.
     queries = [q["sql"].split()[0] for q in captured.captured_queries]
-    assert queries == ["BEGIN", "WITH", "COMMIT", "SELECT", "BEGIN", "UPDATE", "WITH", "COMMIT"]
+    assert queries == ["BEGIN", "WITH", "COMMIT", "SELECT", "BEGIN", "WITH", "COMMIT"]
+    assert "period_start = " in captured.captured_queries[5]["sql"]
     assert (result.usage, result.balance) == (2, 3)
+    entitlement = Entitlement.objects.get()
+    assert (entitlement.period_start, entitlement.next_reset_at) == (
+        datetime(2030, 6, 10, 12, 0, tzinfo=UTC),
+        datetime(2030, 7, 10, 12, 0, tzinfo=UTC),
+    )
+    assert audit_ledger() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("amount", "key"),
+    [(2, None), (3, "k-1"), (7, "k-2")],  # 7: past the 5 included, its outbox row
+)
+def test_the_first_track_after_a_boundary_writes_what_the_full_path_writes(
+    plan, clock, amount, key
+):
+    fast_owner, full_owner = _owner(), _owner()
+    kernia_billing.track(fast_owner, "messages", 4)
+    kernia_billing.track(full_owner, "messages", 4)
+    later = datetime(2030, 6, 10, 12, 0, tzinfo=UTC)
+    clock.move_to(later)
+    fast_result = kernia_billing.track(fast_owner, "messages", amount, idempotency_key=key)
+    full_result = kernia_billing.track(
+        full_owner, "messages", amount, idempotency_key=key, now=later
+    )
+    assert _written(fast_result.event_id) == _written(full_result.event_id)
+    fast_row = Entitlement.objects.get(customer__owner_id=str(fast_owner.pk))
+    full_row = Entitlement.objects.get(customer__owner_id=str(full_owner.pk))
+    assert model_to_dict(fast_row, fields=["period_start", "next_reset_at", "grant_usage"]) == (
+        model_to_dict(full_row, fields=["period_start", "next_reset_at", "grant_usage"])
+    )
+    assert (fast_result.usage, fast_result.balance) == (amount, 5 - amount)
     assert audit_ledger() == []
 
 

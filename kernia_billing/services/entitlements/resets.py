@@ -122,6 +122,39 @@ def reset_rows_params(
     return params
 
 
+@lru_cache(maxsize=1)
+def reset_and_deduct_sql() -> str:
+    """PostgreSQL: :func:`reset_rows_sql` of one entitlement and a deduction in its new
+    period, as one ``UPDATE``: the first track after a boundary. Usage becomes the amount
+    (all the new period has used) where the reset is still due at the old boundary and
+    the plan's grant covers the amount from zero (as ``fast_track.PLAN_COVERS`` with
+    usage and ``grant_usage`` at 0). Without rollover only: a rollover is a grant. Returns
+    what ``fast_track``'s deduction returns. Parameters: :func:`reset_and_deduct_params`.
+    """
+    usage = _quote("usage")
+    return (
+        f"UPDATE {_quote(Entitlement._meta.db_table)} SET {usage} = %s::bigint, "
+        "grant_usage = 0, period_start = %s::timestamptz, next_reset_at = %s::timestamptz, "
+        "updated_at = %s::timestamptz "
+        "WHERE id = %s::bigint AND next_reset_at = %s::timestamptz AND rollover_max = 0 "
+        "AND granted AND %s::bigint > 0 "
+        "AND (grant_next_expiry IS NULL OR grant_next_expiry > %s::timestamptz) "
+        "AND (unlimited OR %s::bigint <= included OR (allow_overage AND grant_remaining = 0)) "
+        f"RETURNING customer_id, feature_id, {usage}, included, unlimited, grant_usage, "
+        "grant_remaining"
+    )
+
+
+def reset_and_deduct_params(
+    entitlement: EntitlementRow, amount: int, moment: datetime
+) -> list[Any]:
+    start, end = next_period(entitlement, moment)
+    adapt = connection.ops.adapt_datetimefield_value
+    at = adapt(moment)
+    old = adapt(entitlement.next_reset_at)
+    return [amount, adapt(start), adapt(end), at, entitlement.id, old, amount, at, amount]
+
+
 def _quote(name: str) -> str:
     return connection.ops.quote_name(name)
 

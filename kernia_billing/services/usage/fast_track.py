@@ -26,6 +26,8 @@ from django.utils import timezone
 from ...models import BillingCustomer, Entitlement, Feature, FeatureKind, UsageEvent
 from ...selectors import owner_ref
 from ...types import TrackResult
+from ..entitlements.resets import reset_and_deduct_params, reset_and_deduct_sql
+from ..entitlements.rows import EntitlementRow
 from ..prepared import statement_cursor
 from .ledger import EVENT_COLUMNS, _record_tracked, _track_result, after_recorded, event_params
 from .rollups import upsert_from_sql, utc_day
@@ -76,7 +78,8 @@ def track_in_one_update(
             if first is not None:
                 first()
             if connection.vendor == "postgresql":
-                unlimited = _deduct_and_record(owner_type_id, owner_id, feature, event)
+                deduction = _deduct_params(owner_type_id, owner_id, feature, amount, moment)
+                unlimited = _deduct_and_record(deduction, event)
                 if unlimited is None:
                     return None
                 after_recorded(event, feature=feature, unlimited=unlimited)
@@ -143,8 +146,43 @@ def _deduct_by_owner(
     return int(customer_id), int(feature_id), int(usage_after), balance_after, bool(unlimited)
 
 
-@lru_cache(maxsize=1)
-def _deduct_and_record_sql() -> str:
+def track_after_reset_in_one_update(
+    entitlement: EntitlementRow,
+    moment: datetime,
+    amount: int,
+    idempotency_key: str | None,
+    properties: dict[str, Any],
+    fingerprint: bytes,
+) -> TrackResult | None:
+    """PostgreSQL: the first track after a boundary as one statement: the lazy reset and
+    the deduction in one ``UPDATE`` (``resets.reset_and_deduct_sql``), the ledger row and
+    the rollup. None, with nothing written, where that does not decide it (a rollover, a
+    refusal, another writer's reset first, a used key): :mod:`.track` goes on."""
+    if connection.vendor != "postgresql" or entitlement.rollover_max:
+        return None
+    event = UsageEvent(
+        amount=amount,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        properties=properties,
+        created_at=moment,
+    )
+    deduction = reset_and_deduct_params(entitlement, amount, moment)
+    try:
+        with transaction.atomic():
+            unlimited = _deduct_and_record(deduction, event, reset=True)
+            if unlimited is None:
+                return None
+            after_recorded(event, feature=entitlement.feature, unlimited=unlimited)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        return None  # a replay or a conflict: rolled back, answered by the full path
+    return _track_result(entitlement.feature, unlimited, event, replayed=False)
+
+
+@lru_cache(maxsize=2)
+def _deduct_and_record_sql(*, reset: bool = False) -> str:
     """PostgreSQL: the deduction, its ledger row and its rollup in one ``WITH``.
 
     A deduction that matches nothing inserts nothing (no row in ``d``, so none in ``ev``
@@ -169,27 +207,30 @@ def _deduct_and_record_sql() -> str:
         f"RETURNING {quote('id')}, customer_id, feature_id, amount, balance_after"
     )
     rollup = upsert_from_sql("SELECT customer_id, feature_id, %s::date, amount, 1 FROM ev")
+    deduction = reset_and_deduct_sql() if reset else _deduct_by_owner_sql("postgresql")
     return (
-        f"WITH d AS ({_deduct_by_owner_sql('postgresql')}), ev AS ({insert}), r AS ({rollup}) "
+        f"WITH d AS ({deduction}), ev AS ({insert}), r AS ({rollup}) "
         f'SELECT ev.{quote("id")}, ev.customer_id, ev.feature_id, d."usage", ev.balance_after, '
         "d.unlimited FROM ev CROSS JOIN d"
     )
 
 
 def _deduct_and_record(
-    owner_type_id: int, owner_id: str, feature: str, event: UsageEvent
+    deduction: list[Any], event: UsageEvent, *, reset: bool = False
 ) -> bool | None:
     """Deduct ``event.amount`` and insert ``event`` as its ledger row, with its rollup.
 
-    Fills in what the deduction decided (customer, feature, usage and balance after, id)
-    and returns whether the entitlement is unlimited; None if nothing matched.
+    ``deduction``: the parameters of the deduction (:func:`_deduct_params`, or with
+    ``reset`` ``resets.reset_and_deduct_params``). Fills in what the deduction decided
+    (customer, feature, usage and balance after, id) and returns whether the entitlement
+    is unlimited; None if nothing matched.
     """
-    params = _deduct_params(owner_type_id, owner_id, feature, event.amount, event.created_at)
+    params = list(deduction)
     ledger = event_params(event)  # also keeps on event what the ledger keeps
     params += [v for n, v in zip(EVENT_COLUMNS, ledger, strict=True) if n not in _FROM_DEDUCTION]
     params.append(connection.ops.adapt_datefield_value(utc_day(event.created_at)))
     with statement_cursor() as cursor:
-        cursor.execute(_deduct_and_record_sql(), params)
+        cursor.execute(_deduct_and_record_sql(reset=reset), params)
         row = cursor.fetchone()
     if row is None:
         return None

@@ -34,7 +34,7 @@ from ..grants.draw import draw
 from ..grants.expiry import expire_due
 from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
-from .fast_track import PLAN_COVERS, track_in_one_update
+from .fast_track import PLAN_COVERS, track_after_reset_in_one_update, track_in_one_update
 from .ledger import _record_tracked, _track_result, keyed_events
 from .pools import Pool, pool_of, track_in_units
 from .validation import (
@@ -134,9 +134,16 @@ def _track(
     for _attempt in range(5):
         moment = fixed_now or timezone.now()
         if one_statement and entitlement.reset_due(moment):
-            # The first track after a boundary: the lazy reset, then the one statement in
-            # the new period, in one transaction (one commit to wait for). Anything that
-            # sends it back here (a used key rolls the reset back too) is redone below.
+            # The first track after a boundary: the lazy reset and the deduction in one
+            # statement where it can (PostgreSQL, no rollover), else the reset, then the
+            # one statement in the new period, in one transaction (one commit to wait
+            # for). Anything that sends it back here (a used key rolls the reset back
+            # too) is redone below.
+            tracked = track_after_reset_in_one_update(
+                entitlement, moment, amount, idempotency_key, properties, fingerprint
+            )
+            if tracked is not None:
+                return tracked
             tracked = track_in_one_update(
                 owner,
                 feature,
