@@ -18,7 +18,10 @@ each other:
    every writer of grants (``grant``, ``revoke``, clawbacks, expiry, the multi-grant
    draw) which locks the grants' entitlement first. ``track_batch`` locks, in one
    statement, every entitlement its events may draw from: a pool feature's own (if
-   any) and its credit pool's.
+   any) and its credit pool's; a batch of one entitlement and no pool that fits it
+   (``usage/batch_fits.py``) locks it by the conditional ``UPDATE`` of its one
+   statement first, and where that matches nothing (the row is still locked if it
+   waited for it) the same one-row lock follows.
 3. **Grants, ascending id** (``ORDER BY id FOR UPDATE``), always after their
    entitlement: the multi-grant draw of ``track``, ``track_batch`` (all the grants of
    all its entitlements in one statement), clawbacks, ``revoke``, expiry, rollovers.
@@ -42,7 +45,8 @@ each other:
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
 track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert (on
 PostgreSQL both, and the rollup, in one statement: ``usage/fast_track.py``); the first
-track after a boundary runs the lazy reset of that same row first, in its transaction.
+track after a boundary resets and deducts that same row in one ``UPDATE`` (PostgreSQL,
+no rollover), else runs the lazy reset of it first, in its transaction.
 A refused track holds nothing it locked when it tries a credit pool next: inside a
 caller's transaction its savepoint is rolled back.
 

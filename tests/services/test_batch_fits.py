@@ -21,9 +21,17 @@ from hypothesis import strategies as st
 
 import kernia_billing
 from kernia_billing import TrackRequest
-from kernia_billing.models import Entitlement, FeatureKind, ResetPeriod, UsageEvent
+from kernia_billing.models import (
+    Entitlement,
+    Feature,
+    FeatureKind,
+    OverageReport,
+    ResetPeriod,
+    UsageEvent,
+    UsageRollup,
+)
 from kernia_billing.services.usage import batch as batch_service
-from tests.factories import FeatureFactory, PlanFeatureFactory
+from tests.factories import FeatureFactory, PlanFactory, PlanFeatureFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +68,9 @@ def _outcome(results: list[Any]) -> tuple[Any, ...]:
         for r in rows
     ]
     usage = sorted(Entitlement.objects.values_list("feature__key", "usage", "period_start"))
-    return answers, ledger, usage
+    rollups = sorted(UsageRollup.objects.values_list("feature__key", "day", "amount", "events"))
+    outbox = sorted(OverageReport.objects.values_list("feature__key", "value"))
+    return answers, ledger, usage, rollups, outbox
 
 
 def _both_ways(user, requests, monkeypatch, now=None) -> list[tuple[Any, ...]]:
@@ -104,7 +114,7 @@ def test_a_grant_sends_the_batch_to_the_general_decision(user, free_plan, monkey
     requests = [TrackRequest("messages", 4) for _ in range(3)]
     fitted, general = _both_ways(user, requests, monkeypatch)
     assert fitted == general
-    _, ledger, _ = fitted
+    ledger = fitted[1]
     assert [row[8] for row in ledger[1:]] == [0, 3, 4]  # the plan's 5 first, then the grant
 
 
@@ -178,3 +188,31 @@ def test_a_fitting_batch_of_one_entitlement_is_one_statement(user, free_plan):
     ]
     assert len(writes) == 1 and "d AS (UPDATE" in writes[0]
     assert not [q for q in ctx.captured_queries if "FOR UPDATE" in q["sql"]]
+
+
+def test_a_feature_of_a_credit_pool_that_its_own_entitlement_covers(user, monkeypatch):
+    """Its own entitlement decides first (the pool is locked with it, not drawn from)."""
+    credits = FeatureFactory(key="credits", kind=FeatureKind.CREDITS)
+    FeatureFactory(key="images", credit_pool=credits, credit_cost=20)
+    plan = PlanFactory(key="ai", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=credits, included=100, reset_period=ResetPeriod.MONTH)
+    images = Feature.objects.get(key="images")
+    PlanFeatureFactory(plan=plan, feature=images, included=3, reset_period=ResetPeriod.MONTH)
+    kernia_billing.check(user, "credits")
+    kernia_billing.check(user, "images")
+    for batch in ([1, 1], [1, 1, 1, 1]):  # fits its own 3; runs past them into the pool
+        requests = [TrackRequest("images", n) for n in batch]
+        fitted, general = _both_ways(user, requests, monkeypatch)
+        assert fitted == general
+    assert [row[:2] for row in fitted[2]] == [("credits", 20), ("images", 3)]  # 3 own, 1 pool
+
+
+def test_allow_overage_past_the_plan_takes_the_general_decision(user, monkeypatch):
+    metered = FeatureFactory(key="api_calls")
+    plan = PlanFactory(key="payg", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=metered, included=10, allow_overage=True)
+    kernia_billing.check(user, "api_calls")
+    requests = [TrackRequest("api_calls", 4) for _ in range(4)]  # 16: 6 past the plan
+    fitted, general = _both_ways(user, requests, monkeypatch)
+    assert fitted == general
+    assert fitted[4] == [("api_calls", 2), ("api_calls", 4)]  # the outbox rows

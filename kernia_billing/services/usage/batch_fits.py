@@ -2,18 +2,22 @@
 
 A hot customer's batches queue for its entitlement row from the lock to the ``COMMIT``,
 so whatever a batch works out while it holds the row, every other batch of that
-customer waits for. Most batches fit: every event has its own entitlement (no credit
-pool to fall back to), no key repeats within the batch, and, once the rows are locked,
-none of them has grants left to draw from and the batch stays within the balance at
-every step. Such a batch's ledger rows are known before the lock up to the locked
-usage: what each event has added to its entitlement's usage so far (a running sum) does
-not depend on it. Under the lock :meth:`FittingBatch.fits` checks the rows (the running
-sum's peak within the balance, its trough not below zero) and :meth:`FittingBatch.decide`
-fills in three columns (``ledger.LOCKED_COLUMNS``).
+customer waits for. Most batches fit: every event has its own entitlement (so a credit
+pool, if any, is not drawn from), no key repeats within the batch, and, once the rows
+are locked, none of them has grants left to draw from and the batch stays within the
+balance at every step. Such a batch's ledger rows are known before the lock up to the
+locked usage: what each event has added to its entitlement's usage so far (a running
+sum) does not depend on it. Under the lock :meth:`FittingBatch.fits` checks the rows
+(the running sum's peak within the balance, its trough not below zero) and
+:meth:`FittingBatch.decide` fills in three columns (``ledger.LOCKED_COLUMNS``); on
+PostgreSQL a batch of one entitlement does all of it in one statement
+(:meth:`FittingBatch.in_one_statement`).
 
 The general decision (:mod:`.batch`) accepts every event of such a batch with the same
 ledger rows: none draws from a grant, none goes beyond the balance (so no overage
-outbox row), none takes usage below zero. Anything else is left to it.
+outbox row), none takes usage below zero. Anything else is left to it. (Where a pool's
+row is locked with them, its due grant expiries are left to the next reader of it,
+which records them first, as every reader does.)
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class FittingBatch:
         self._events = events
         self._running = running  # per event: its entitlement's running sum, itself included
         self._steps = steps
+        self._pooled = any(item.pool is not None for item in prepared)
         #: ``ledger.early_columns`` of the events, for the insert.
         self.early: list[list[Any]] | None = early_columns(events)
 
@@ -143,12 +148,14 @@ class FittingBatch:
     def in_one_statement(
         self, moment: datetime
     ) -> tuple[dict[int, bool], list[tuple[PreparedEvent, NewEvent]]] | None:
-        """PostgreSQL, one entitlement: lock, :meth:`fits`, deduct and insert the ledger
-        rows and rollups in one statement, before anything else of the batch is locked
-        (lock order step 2, then 4). None, with nothing written, if the row does not
-        fit (or the batch has more than one): the general decision takes it then, in the
-        same transaction. Else whether the entitlement is unlimited, and the events."""
-        if connection.vendor != "postgresql" or len(self._steps) != 1:
+        """PostgreSQL, one entitlement and no credit pool: lock, :meth:`fits`, deduct and
+        insert the ledger rows and rollups in one statement (lock order step 2, then 4).
+        None, with nothing written, if the row does not fit (or the batch has more rows):
+        the general decision takes it then, in the same transaction. Else whether the
+        entitlement is unlimited, and the events."""
+        # A refused UPDATE that waited for the row keeps it locked; the general decision
+        # then locks its ids ascending, so that one row must be all of them (no pool).
+        if connection.vendor != "postgresql" or len(self._steps) != 1 or self._pooled:
             return None
         ((row_id, step),) = self._steps.items()
         for event in self._events:
