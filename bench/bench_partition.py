@@ -74,7 +74,7 @@ def main() -> None:
         raise SystemExit("The partition benchmark runs on PostgreSQL (DATABASE_URL).")
     from kernia_billing.services.history.partitions import partition_ledger, partitions
 
-    busy = build(args.rows)
+    busy = build(args.rows, 365)  # as documented: over 365 days
     try:
         plain = measure(busy, args.runs)
         start = time.perf_counter()

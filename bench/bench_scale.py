@@ -395,10 +395,14 @@ def renewals() -> list[tuple[str, str]]:
 
     first, former_first, second = Cost(), Cost(), Cost()
     current = track_module.reset_if_due
+    after_reset = track_module.track_after_reset_in_one_update
     for i in range(0, 2000, 500):
+        # The former path: the ORM's reset, then the one statement (no reset-and-deduct).
         track_module.reset_if_due = former_reset_if_due
+        track_module.track_after_reset_in_one_update = lambda *args, **kwargs: None
         former_first.add(tracks(owners[i : i + 250]), 250)
         track_module.reset_if_due = current
+        track_module.track_after_reset_in_one_update = after_reset
         first.add(tracks(owners[i + 250 : i + 500]), 250)
         second.add(tracks(owners[i + 250 : i + 500]), 250)
     out.append(

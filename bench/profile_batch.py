@@ -121,11 +121,11 @@ def wal_bytes(post: Callable[[str], None], url: str, count: int) -> None:
         for path in (BATCH, FLOOR):
             written = []
             for _ in range(count):
-                before = other.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                (before,) = other.execute("SELECT pg_current_wal_lsn()").fetchall()[0]
                 post(path)
-                after = other.execute(
+                (after,) = other.execute(
                     "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [before]
-                ).fetchone()[0]
+                ).fetchall()[0]
                 written.append(float(after) / 1024)
             print(
                 f"{path:30s} WAL per request p50 {statistics.median(written):7.0f} KiB, "
