@@ -66,13 +66,7 @@ def track_in_one_update(
     """
     owner_type_id, owner_id = owner_ref(owner)
     moment = timezone.now()
-    event = UsageEvent(
-        amount=amount,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint,
-        properties=properties,
-        created_at=moment,
-    )
+    event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
     try:
         with transaction.atomic():
             if first is not None:
@@ -96,6 +90,23 @@ def track_in_one_update(
             raise
         return None  # a replay or a conflict: rolled back, answered by the full path
     return _track_result(feature, unlimited, event, replayed=False)
+
+
+def _unrecorded(
+    amount: int,
+    idempotency_key: str | None,
+    properties: dict[str, Any],
+    fingerprint: bytes,
+    moment: datetime,
+) -> UsageEvent:
+    """The ledger row of a track, as the request gives it (the deduction fills the rest)."""
+    return UsageEvent(
+        amount=amount,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        properties=properties,
+        created_at=moment,
+    )
 
 
 @lru_cache(maxsize=2)
@@ -160,13 +171,7 @@ def track_after_reset_in_one_update(
     refusal, another writer's reset first, a used key): :mod:`.track` goes on."""
     if connection.vendor != "postgresql" or entitlement.rollover_max:
         return None
-    event = UsageEvent(
-        amount=amount,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint,
-        properties=properties,
-        created_at=moment,
-    )
+    event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
     deduction = reset_and_deduct_params(entitlement, amount, moment)
     try:
         with transaction.atomic():
