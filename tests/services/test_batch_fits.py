@@ -216,3 +216,16 @@ def test_allow_overage_past_the_plan_takes_the_general_decision(user, monkeypatc
     fitted, general = _both_ways(user, requests, monkeypatch)
     assert fitted == general
     assert fitted[4] == [("api_calls", 2), ("api_calls", 4)]  # the outbox rows
+
+
+def test_an_included_amount_at_the_end_of_bigint_does_not_overflow(user, monkeypatch):
+    """The checks never add to ``included`` (a plan may set bigint's largest value)."""
+    metered = FeatureFactory(key="tokens")
+    plan = PlanFactory(key="huge", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=metered, included=2**63 - 1)
+    kernia_billing.check(user, "tokens")
+    Entitlement.objects.update(usage=3, grant_usage=3)  # a grant drawn, since spent
+    requests = [TrackRequest("tokens", 10**9) for _ in range(5)]
+    fitted, general = _both_ways(user, requests, monkeypatch)
+    assert fitted == general
+    assert [a.result.balance for a in fitted[0]] == [2**63 - 1 - n * 10**9 for n in range(1, 6)]

@@ -187,8 +187,9 @@ def _deduction_sql() -> str:
         "WHERE id = %s::bigint AND {events_ready} AND granted AND grant_remaining = 0 "
         "AND (period_start IS NULL OR period_start <= %s::timestamptz) "
         "AND (next_reset_at IS NULL OR next_reset_at > %s::timestamptz) "
-        f"AND {usage} + %s::bigint <= included + grant_usage AND {usage} + %s::bigint >= 0 "
-        f"RETURNING {usage} - %s::bigint AS base, included + grant_usage AS cap, unlimited"
+        # As PLAN_COVERS words it (no sum with included, which may be near bigint's end).
+        f"AND {usage} - grant_usage + %s::bigint <= included AND {usage} + %s::bigint >= 0 "
+        f"RETURNING {usage} - %s::bigint AS base, included, grant_usage, unlimited"
     )
 
 

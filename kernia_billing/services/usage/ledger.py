@@ -332,7 +332,7 @@ def _events_params(
 #: In :func:`insert_deducted_events`, the columns its deduction decides.
 _FROM_DEDUCTION = {
     "usage_after": "d.base + src.running",
-    "balance_after": "d.cap - (d.base + src.running)",
+    "balance_after": "d.included - (d.base + src.running - d.grant_usage)",
 }
 
 
@@ -348,14 +348,15 @@ def insert_deducted_events(
     that statement and the ``COMMIT`` alone).
 
     ``deduction`` is a data-modifying query and its parameters, returning at most one row
-    of ``base`` (the usage before), ``cap`` (the balance is ``cap`` minus the usage) and
-    ``unlimited``; ``{events_ready}`` in its ``WHERE`` holds once the rows to insert are
-    built, so they are built before it locks anything. Each event's usage after is
-    ``base`` plus its ``running`` sum; its balance after, ``cap`` minus that. Where the
-    deduction returns no row nothing is inserted and the answer is None; else the events
-    get their ids, usage and balance after, and the answer is ``unlimited``. ``early``:
-    as for :func:`insert_events` (``created_at`` set; the usage and balance columns are
-    the deduction's).
+    of ``base`` (the usage before), ``included``, ``grant_usage`` and ``unlimited`` of an
+    entitlement without other grants (its balance: ``included - (usage - grant_usage)``);
+    ``{events_ready}`` in its ``WHERE`` holds once the rows to insert are built, so they
+    are built before it locks anything. Each event's usage after is ``base`` plus its
+    ``running`` sum, its balance after that balance at it. Where the deduction returns
+    no row nothing is inserted and the answer is None; else the events get their ids,
+    usage and balance after, and the answer is ``unlimited``. ``early``: as for
+    :func:`insert_events` (``created_at`` set; the usage and balance columns are the
+    deduction's).
     """
     columns = _pg_columns(events) if early is None else _with_locked_columns(early, events)
     shared = tuple(column.count(column[0]) == len(column) for column in columns)
@@ -378,11 +379,11 @@ def insert_deducted_events(
     if not rows:
         return None
     assert len(rows) == len(events)
-    _, base, cap, unlimited = rows[0]
-    for event, (event_id, _, _, _), step in zip(events, rows, running, strict=True):
+    _, base, included, grant_usage, unlimited = rows[0]
+    for event, (event_id, *_), step in zip(events, rows, running, strict=True):
         event.pk = event_id
         event.usage_after = after = base + step
-        event.balance_after = cap - after
+        event.balance_after = included - (after - grant_usage)
     return bool(unlimited)
 
 
@@ -432,7 +433,7 @@ def _insert_events_sql(shared: tuple[bool, ...], *, deducted: bool) -> tuple[str
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({quote('id')}, {names}) "
         f"SELECT {quote('id')}, {', '.join(columns)} FROM {joined} ORDER BY {ordinal}"
     )
-    decided = ", d.base, d.cap, d.unlimited" if deducted else ""
+    decided = ", d.base, d.included, d.grant_usage, d.unlimited" if deducted else ""
     select = f"SELECT {quote('id')}{decided} FROM {joined} ORDER BY {ordinal}"
     return source, insert, select
 
