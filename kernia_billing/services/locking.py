@@ -43,8 +43,9 @@ each other:
    after every lock above.
 
 ``track`` and ``track_batch`` never lock the customer: they take steps 2 to 4 only. A
-track the plan's grant covers is one conditional ``UPDATE`` (step 2) and an insert (on
-PostgreSQL both, and the rollup, in one statement: ``usage/fast_track.py``); the first
+track the plan's grant covers is one conditional ``UPDATE`` (step 2) and inserts (on
+PostgreSQL all of it, with the rollup and the outbox row, in one statement:
+``usage/fast_track.py``); the first
 track after a boundary resets and deducts that same row in one ``UPDATE`` (PostgreSQL,
 no rollover), else runs the lazy reset of it first, in its transaction.
 A refused track holds nothing it locked when it tries a credit pool next: inside a

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernia_billing import track
 from kernia_billing.models import OverageReport, ReportStatus
-from kernia_billing.services.metering.outbox import overage_units
+from kernia_billing.services.metering.outbox import overage_units, overage_units_sql
 from kernia_billing.services.usage.batch import track_batch
 from kernia_billing.types import TrackRequest
 
@@ -17,6 +20,19 @@ from kernia_billing.types import TrackRequest
 )
 def test_overage_units_from_balance_before_and_after(before, after, units):
     assert overage_units(before, after) == units
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@given(after=st.integers(-(10**12), 10**12), amount=st.integers(-(10**9), 10**9))
+@settings(max_examples=60, deadline=None)
+def test_the_sql_of_overage_units_is_overage_units(after, amount):
+    """The one statement's outbox insert decides in SQL what record_overage decides."""
+    sql = overage_units_sql("%s::bigint", "%s::bigint").replace("%s", "{}")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + sql.format("%s", "%s", "%s"), [after, after, amount])
+        (units,) = cursor.fetchone()
+    assert units == overage_units(after + amount, after)
 
 
 def test_a_track_past_the_grant_queues_exactly_its_overage(metered):

@@ -10,9 +10,11 @@ after every lock the track took (``services/locking.py``: step 3, inserts only).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from datetime import datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from ...conf import billing_settings
 from ...models import OverageReport, ReportKind, UsageEvent
@@ -21,7 +23,15 @@ from .sender import send_pending
 if TYPE_CHECKING:
     from ..usage.ledger import NewEvent
 
-__all__ = ["identifier_for_event", "overage_units", "record_overage", "record_overages"]
+__all__ = [
+    "identifier_for_event",
+    "outbox_from_sql",
+    "overage_units",
+    "overage_units_sql",
+    "record_overage",
+    "record_overages",
+    "sent_after_commit",
+]
 
 
 def overage_units(balance_before: int, balance_after: int) -> int:
@@ -69,6 +79,65 @@ def record_overages(events: Iterable[UsageEvent | NewEvent]) -> list[OverageRepo
         OverageReport.objects.bulk_create(reports, batch_size=500)
         _maybe_send_on_commit()
     return reports
+
+
+def overage_units_sql(balance_after: str, amount: str) -> str:
+    """:func:`overage_units` in SQL, of a track's ``balance_after`` and ``amount``."""
+    return f"GREATEST(0, -({balance_after})) - GREATEST(0, -(({balance_after}) + ({amount})))"
+
+
+def outbox_from_sql(source: str, moment: datetime) -> tuple[str, list[Any]]:
+    """PostgreSQL: :func:`record_overage` as part of a track's statement: the ``INSERT``
+    of the outbox rows of the ledger rows that the ``WITH`` query ``source`` returns
+    (``id``, ``customer_id``, ``feature_id``, ``amount``, ``balance_after``,
+    ``created_at``) and that have overage units, and its parameters. Every column of the
+    model is written, as ``save()`` would (its defaults; ``created_at`` is ``moment``)."""
+    sql, template = _outbox_template(source)
+    prefix = identifier_for_event(0).removesuffix("0")  # the setting, read each time
+    at = connection.ops.adapt_datetimefield_value(moment)
+    return sql, [prefix if p is _PREFIX else at if p is _MOMENT else p for p in template]
+
+
+_PREFIX, _MOMENT = object(), object()  # outbox_from_sql's parameters of each call
+
+
+@lru_cache(maxsize=4)
+def _outbox_template(source: str) -> tuple[str, tuple[Any, ...]]:
+    units = overage_units_sql(f"{source}.balance_after", f"{source}.amount")
+    fields = {str(f.column): f for f in OverageReport._meta.concrete_fields if not f.primary_key}
+    computed: dict[str, tuple[str, list[Any]]] = {
+        "customer_id": (f"{source}.customer_id", []),
+        "feature_id": (f"{source}.feature_id", []),
+        "usage_event_id": (f"{source}.id", []),
+        "kind": ("%s::varchar", [ReportKind.TRACK.value]),
+        "value": (units, []),
+        "occurred_at": (f"{source}.created_at", []),
+        "identifier": (f"%s::varchar || {source}.id", [_PREFIX]),
+        "created_at": ("%s::timestamptz", [_MOMENT]),
+    }
+    columns: list[str] = []
+    values: list[str] = []
+    params: list[Any] = []
+    for column, field in fields.items():
+        if column in computed:
+            value, value_params = computed[column]
+        else:  # the field's default, as the ORM would write it
+            value = f"%s::{field.db_type(connection)}"
+            value_params = [field.get_db_prep_save(field.get_default(), connection)]
+        columns.append(connection.ops.quote_name(column))
+        values.append(value)
+        params += value_params
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(OverageReport._meta.db_table)} "
+        f"({', '.join(columns)}) SELECT {', '.join(values)} FROM {source} WHERE {units} > 0 "
+        "RETURNING 1"
+    )
+    return sql, tuple(params)
+
+
+def sent_after_commit() -> None:
+    """After a statement that wrote outbox rows itself (:func:`outbox_from_sql`)."""
+    _maybe_send_on_commit()
 
 
 def _maybe_send_on_commit() -> None:

@@ -1,10 +1,12 @@
 """track's fast path: find the entitlement by owner and feature and deduct, in one UPDATE.
 
-On PostgreSQL the ledger row and its day's rollup ride in the same statement (data-
-modifying ``WITH``), so a track is BEGIN, one statement, COMMIT, and the entitlement's row
-lock (taken by the ``UPDATE``) is held only for the end of that statement and the COMMIT:
-what bounds one hot customer's throughput. Elsewhere (SQLite): the ``UPDATE``, then the
-ledger row and its rollup (:func:`.ledger._record_tracked`).
+On PostgreSQL the ledger row, its day's rollup and its overage outbox row ride in the same
+statement (data-modifying ``WITH``), so a track is one statement, its own transaction
+outside a caller's (autocommit: no ``BEGIN``/``COMMIT`` round trips), and the
+entitlement's row lock (taken by the ``UPDATE``) is held only for the end of that
+statement and its commit: what bounds one hot customer's throughput. Elsewhere (SQLite):
+the ``UPDATE``, then the ledger row, its rollup and its outbox row
+(:func:`.ledger._record_tracked`).
 
 Anything the fast path does not decide (first use, unknown or boolean features, refusals,
 due resets, replays and conflicts, an explicit clock) it leaves to the full path in
@@ -15,6 +17,7 @@ in the same transaction, unless a used key rolled that back: see ``first``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -28,6 +31,7 @@ from ...selectors import owner_ref
 from ...types import TrackResult
 from ..entitlements.resets import reset_and_deduct_params, reset_and_deduct_sql
 from ..entitlements.rows import EntitlementRow
+from ..metering.outbox import outbox_from_sql, sent_after_commit
 from ..prepared import statement_cursor
 from .ledger import EVENT_COLUMNS, _record_tracked, _track_result, after_recorded, event_params
 from .rollups import upsert_from_sql, utc_day
@@ -67,16 +71,25 @@ def track_in_one_update(
     owner_type_id, owner_id = owner_ref(owner)
     moment = timezone.now()
     event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
+    if connection.vendor == "postgresql" and first is None:
+        deduction = _deduct_params(owner_type_id, owner_id, feature, amount, moment)
+        unlimited = _in_one_statement(deduction, event, feature, idempotency_key)
+        if unlimited is None:
+            return None
+        return _track_result(feature, unlimited, event, replayed=False)
     try:
         with transaction.atomic():
             if first is not None:
                 first()
             if connection.vendor == "postgresql":
                 deduction = _deduct_params(owner_type_id, owner_id, feature, amount, moment)
-                unlimited = _deduct_and_record(deduction, event)
-                if unlimited is None:
+                decided = _deduct_and_record(deduction, event)
+                if decided is None:
                     return None
-                after_recorded(event, feature=feature, unlimited=unlimited)
+                unlimited, reported = decided
+                after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
+                if reported:
+                    sent_after_commit()
             else:
                 row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
                 if row is None:
@@ -173,17 +186,45 @@ def track_after_reset_in_one_update(
         return None
     event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
     deduction = reset_and_deduct_params(entitlement, amount, moment)
+    feature = entitlement.feature
+    unlimited = _in_one_statement(deduction, event, feature, idempotency_key, reset=True)
+    if unlimited is None:
+        return None
+    return _track_result(feature, unlimited, event, replayed=False)
+
+
+def _in_one_statement(
+    deduction: list[Any],
+    event: UsageEvent,
+    feature: str,
+    idempotency_key: str | None,
+    *,
+    reset: bool = False,
+) -> bool | None:
+    """PostgreSQL: :func:`_deduct_and_record` as the track's whole transaction.
+
+    Everything the track writes (the deduction, the ledger row, its rollup, its overage
+    outbox row) is that one statement, so outside a caller's transaction it runs as its
+    own, in autocommit: no ``BEGIN`` and ``COMMIT`` round trips (the row's lock is held
+    for the statement alone), and a used key's error needs no ``ROLLBACK``. Inside a
+    caller's transaction, in a savepoint. Whether the entitlement is unlimited; None,
+    with nothing written, if the deduction matched nothing or the key was used before.
+    """
+    own = connection.get_autocommit()
     try:
-        with transaction.atomic():
-            unlimited = _deduct_and_record(deduction, event, reset=True)
-            if unlimited is None:
-                return None
-            after_recorded(event, feature=entitlement.feature, unlimited=unlimited)
+        with nullcontext() if own else transaction.atomic():
+            decided = _deduct_and_record(deduction, event, reset=reset)
     except IntegrityError:
         if idempotency_key is None:
             raise
-        return None  # a replay or a conflict: rolled back, answered by the full path
-    return _track_result(entitlement.feature, unlimited, event, replayed=False)
+        return None  # a replay or a conflict: nothing written, answered by the full path
+    if decided is None:
+        return None
+    unlimited, reported = decided
+    after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
+    if reported:
+        sent_after_commit()
+    return unlimited
 
 
 @lru_cache(maxsize=2)
@@ -209,36 +250,40 @@ def _deduct_and_record_sql(*, reset: bool = False) -> str:
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} "
         f"({', '.join(quote(name) for name in EVENT_COLUMNS)}) "
         f"SELECT {', '.join(values)} FROM d "
-        f"RETURNING {quote('id')}, customer_id, feature_id, amount, balance_after"
+        f"RETURNING {quote('id')}, customer_id, feature_id, amount, balance_after, created_at"
     )
     rollup = upsert_from_sql("SELECT customer_id, feature_id, %s::date, amount, 1 FROM ev")
+    outbox, _ = outbox_from_sql("ev", timezone.now())  # the text; parameters per call
     deduction = reset_and_deduct_sql() if reset else _deduct_by_owner_sql("postgresql")
     return (
-        f"WITH d AS ({deduction}), ev AS ({insert}), r AS ({rollup}) "
+        f"WITH d AS ({deduction}), ev AS ({insert}), r AS ({rollup}), o AS ({outbox}) "
         f'SELECT ev.{quote("id")}, ev.customer_id, ev.feature_id, d."usage", ev.balance_after, '
-        "d.unlimited FROM ev CROSS JOIN d"
+        "d.unlimited, (SELECT count(*) FROM o) FROM ev CROSS JOIN d"
     )
 
 
 def _deduct_and_record(
     deduction: list[Any], event: UsageEvent, *, reset: bool = False
-) -> bool | None:
-    """Deduct ``event.amount`` and insert ``event`` as its ledger row, with its rollup.
+) -> tuple[bool, bool] | None:
+    """Deduct ``event.amount`` and insert ``event`` as its ledger row, with its rollup and
+    its overage outbox row (if it has overage).
 
     ``deduction``: the parameters of the deduction (:func:`_deduct_params`, or with
     ``reset`` ``resets.reset_and_deduct_params``). Fills in what the deduction decided
     (customer, feature, usage and balance after, id) and returns whether the entitlement
-    is unlimited; None if nothing matched.
+    is unlimited and whether an outbox row was written; None if nothing matched.
     """
     params = list(deduction)
     ledger = event_params(event)  # also keeps on event what the ledger keeps
     params += [v for n, v in zip(EVENT_COLUMNS, ledger, strict=True) if n not in _FROM_DEDUCTION]
     params.append(connection.ops.adapt_datefield_value(utc_day(event.created_at)))
+    params += outbox_from_sql("ev", event.created_at)[1]
     with statement_cursor() as cursor:
         cursor.execute(_deduct_and_record_sql(reset=reset), params)
         row = cursor.fetchone()
     if row is None:
         return None
-    event.pk, event.customer_id, event.feature_id, usage_after, balance_after, unlimited = row
+    event.pk, event.customer_id, event.feature_id, usage_after, balance_after = row[:5]
     event.usage_after, event.balance_after = int(usage_after), int(balance_after)
-    return bool(unlimited)
+    unlimited, reported = row[5:]
+    return bool(unlimited), bool(reported)

@@ -464,9 +464,13 @@ def _record_tracked(event: UsageEvent, *, feature: str, unlimited: bool) -> Usag
     return after_recorded(event, feature=feature, unlimited=unlimited)
 
 
-def after_recorded(event: UsageEvent, *, feature: str, unlimited: bool) -> UsageEvent:
-    """What follows a ledger row's insert and rollup: its overage outbox row, its signals."""
-    record_overage(event)  # metering: the outbox row of its overage, if any
+def after_recorded(
+    event: UsageEvent, *, feature: str, unlimited: bool, outbox: bool = True
+) -> UsageEvent:
+    """What follows a ledger row's insert and rollup: its overage outbox row (unless
+    ``outbox`` is False: the insert's statement wrote it), its signals."""
+    if outbox:
+        record_overage(event)  # metering: the outbox row of its overage, if any
     _notify_tracked(event.customer_id, feature, unlimited, event)
     return event
 
