@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernia_billing import track
@@ -24,7 +24,12 @@ def test_overage_units_from_balance_before_and_after(before, after, units):
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-@given(after=st.integers(-(10**12), 10**12), amount=st.integers(-(10**9), 10**9))
+@given(
+    after=st.integers(-(2**63) + 10**9, 2**63 - 1) | st.integers(-(10**12), 10**12),
+    amount=st.integers(-(10**9), 10**9),
+)
+@example(after=2**63 - 1, amount=5)  # the balance before past bigint's end
+@example(after=-(2**63) + 10**9, amount=-(10**9))
 @settings(max_examples=60, deadline=None)
 def test_the_sql_of_overage_units_is_overage_units(after, amount):
     """The one statement's outbox insert decides in SQL what record_overage decides."""

@@ -13,6 +13,7 @@ from django.forms.models import model_to_dict
 from django.test.utils import CaptureQueriesContext
 
 import kernia_billing
+from kernia_billing.exceptions import IdempotencyConflict
 from kernia_billing.models import Entitlement, OverageReport, UsageEvent, UsageRollup
 from kernia_billing.services.ledger_audit import audit_ledger
 from kernia_billing.services.metering.outbox import identifier_for_event
@@ -199,3 +200,52 @@ def test_keyed_tracks_at_a_boundary_count_once(plan, clock):
     assert (fresh.usage, fresh.balance, again.replayed) == (2, 3, True)
     assert kernia_billing.check(owner, "messages").usage == 2
     assert audit_ledger() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_overage_track_in_autocommit_writes_its_outbox_row_in_the_statement(plan):
+    """Outside a transaction the one statement is the track's own: its outbox row too."""
+    owner = _owner()
+    kernia_billing.track(owner, "messages", 4)
+    with CaptureQueriesContext(connection) as captured:
+        result = kernia_billing.track(owner, "messages", 3)  # 1 within the 5, 2 beyond
+    assert [q["sql"].split()[0] for q in captured.captured_queries] == ["WITH"]
+    report = OverageReport.objects.get()
+    assert (report.usage_event_id, report.value, report.status) == (result.event_id, 2, "pending")
+    assert report.identifier == identifier_for_event(result.event_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT u.xmin::text, o.xmin::text FROM {UsageEvent._meta.db_table} u "
+            f"JOIN {OverageReport._meta.db_table} o ON o.usage_event_id = u.id"
+        )
+        event_xid, report_xid = cursor.fetchone()
+    assert event_xid == report_xid  # one transaction
+    assert audit_ledger() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_in_autocommit_leaves_the_connection_usable(plan):
+    owner = _owner()
+    first = kernia_billing.track(owner, "messages", 2, idempotency_key="once")
+    replay = kernia_billing.track(owner, "messages", 2, idempotency_key="once")
+    with pytest.raises(IdempotencyConflict):
+        kernia_billing.track(owner, "messages", 3, idempotency_key="once")
+    after = kernia_billing.track(owner, "messages", 1)
+    assert (replay.replayed, replay.event_id) == (True, first.event_id)
+    assert (after.usage, UsageEvent.objects.count()) == (3, 2)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_balance_at_the_end_of_bigint_does_not_overflow_the_outbox_part(db):
+    """The outbox part works out the balance before in numeric (it may pass bigint)."""
+    feature = FeatureFactory(key="tokens")
+    plan = PlanFactory(key="huge", is_default=True)
+    PlanFeatureFactory(plan=plan, feature=feature, included=2**63 - 1)
+    owner = UserFactory()
+    kernia_billing.check(owner, "tokens")
+    kernia_billing.grant(owner, "tokens", 5, reason="goodwill")
+    result = kernia_billing.track(owner, "tokens", 5)  # the balance before: past bigint's end
+    assert result.balance == 2**63 - 1 and not OverageReport.objects.exists()

@@ -82,8 +82,10 @@ def record_overages(events: Iterable[UsageEvent | NewEvent]) -> list[OverageRepo
 
 
 def overage_units_sql(balance_after: str, amount: str) -> str:
-    """:func:`overage_units` in SQL, of a track's ``balance_after`` and ``amount``."""
-    return f"GREATEST(0, -({balance_after})) - GREATEST(0, -(({balance_after}) + ({amount})))"
+    """:func:`overage_units` in SQL, of a track's ``balance_after`` and ``amount`` (in
+    ``numeric``: the balance before may lie past bigint's end, as in Python)."""
+    after = f"({balance_after})::numeric"
+    return f"GREATEST(0, -{after}) - GREATEST(0, -({after} + ({amount})))"
 
 
 def outbox_from_sql(source: str, moment: datetime) -> tuple[str, list[Any]]:

@@ -87,9 +87,9 @@ def track_in_one_update(
                 if decided is None:
                     return None
                 unlimited, reported = decided
-                after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
-                if reported:
+                if reported:  # as record_overage: the send's hook before the signals'
                     sent_after_commit()
+                after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
             else:
                 row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
                 if row is None:
@@ -179,9 +179,10 @@ def track_after_reset_in_one_update(
     fingerprint: bytes,
 ) -> TrackResult | None:
     """PostgreSQL: the first track after a boundary as one statement: the lazy reset and
-    the deduction in one ``UPDATE`` (``resets.reset_and_deduct_sql``), the ledger row and
-    the rollup. None, with nothing written, where that does not decide it (a rollover, a
-    refusal, another writer's reset first, a used key): :mod:`.track` goes on."""
+    the deduction in one ``UPDATE`` (``resets.reset_and_deduct_sql``), the ledger row, the
+    rollup and the outbox row. None, with nothing written, where that does not decide it
+    (a rollover, a refusal, another writer's reset first, a used key): :mod:`.track` goes
+    on."""
     if connection.vendor != "postgresql" or entitlement.rollover_max:
         return None
     event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
@@ -221,15 +222,16 @@ def _in_one_statement(
     if decided is None:
         return None
     unlimited, reported = decided
-    after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
-    if reported:
+    if reported:  # as record_overage: the send's hook before the signals'
         sent_after_commit()
+    after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
     return unlimited
 
 
 @lru_cache(maxsize=2)
 def _deduct_and_record_sql(*, reset: bool = False) -> str:
-    """PostgreSQL: the deduction, its ledger row and its rollup in one ``WITH``.
+    """PostgreSQL: the deduction, its ledger row, its rollup and its overage outbox row
+    (if it has overage) in one ``WITH``.
 
     A deduction that matches nothing inserts nothing (no row in ``d``, so none in ``ev``
     or ``r``) and the statement returns no row. The rollup upsert reads the inserted row,
