@@ -83,13 +83,10 @@ def track_in_one_update(
                 first()
             if connection.vendor == "postgresql":
                 deduction = _deduct_params(owner_type_id, owner_id, feature, amount, moment)
-                decided = _deduct_and_record(deduction, event)
-                if decided is None:
+                recorded = _after_statement(_deduct_and_record(deduction, event), event, feature)
+                if recorded is None:
                     return None
-                unlimited, reported = decided
-                if reported:  # as record_overage: the send's hook before the signals'
-                    sent_after_commit()
-                after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
+                unlimited = recorded
             else:
                 row = _deduct_by_owner(owner_type_id, owner_id, feature, amount, moment)
                 if row is None:
@@ -219,10 +216,18 @@ def _in_one_statement(
         if idempotency_key is None:
             raise
         return None  # a replay or a conflict: nothing written, answered by the full path
+    return _after_statement(decided, event, feature)
+
+
+def _after_statement(
+    decided: tuple[bool, bool] | None, event: UsageEvent, feature: str
+) -> bool | None:
+    """What follows :func:`_deduct_and_record` (the outbox send's hook, then the signals,
+    as ``record_overage`` orders them): whether the entitlement is unlimited, or None."""
     if decided is None:
         return None
     unlimited, reported = decided
-    if reported:  # as record_overage: the send's hook before the signals'
+    if reported:
         sent_after_commit()
     after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
     return unlimited
