@@ -116,15 +116,18 @@ def main() -> None:
         f"per cell in {args.rounds} alternating rounds (median round)"
     )
     # Cells alternate floor and ours within each round and report the median round, so a
-    # neighbour's burst of load on this shared machine skews both sides alike.
+    # neighbour's burst of load on this shared machine skews both sides alike. Every other
+    # round runs the cells in reverse, so no cell always follows the same one (at
+    # concurrency 1 two cells of the same code differed by 5-15% by their place alone).
     rounds: dict[tuple[str, int], list[tuple[list[tuple], float]]] = {}
     server = harness.Gunicorn(
         database, settings_module="bench.floor_settings", workers=args.workers, threads=args.threads
     )
     with harness.serving(server):
         for concurrency in args.concurrency:
-            for _round in range(args.rounds):
-                for name in args.only:
+            for round_number in range(args.rounds):
+                cells = args.only if round_number % 2 == 0 else args.only[::-1]
+                for name in cells:
                     CONFIG["path"] = ENDPOINTS[name]
                     CONFIG["hot"] = name.startswith("hot ")
                     CONFIG["processes"] = max(1, min(4, concurrency))
