@@ -96,7 +96,7 @@ from ..usage.validation import (
     same_payload,
     validate_idempotency_key,
 )
-from .outbox import _maybe_send_on_commit
+from .outbox import send_on_commit_if_asked
 
 __all__ = ["CANCEL_WINDOW", "adjust_usage", "audit_corrections"]
 
@@ -365,7 +365,7 @@ def _cancel(
             correction.resent_units += standing
     if remainders:
         OverageReport.objects.bulk_create(remainders)
-        _maybe_send_on_commit()
+        send_on_commit_if_asked()
     return credit
 
 

@@ -30,7 +30,7 @@ __all__ = [
     "overage_units_sql",
     "record_overage",
     "record_overages",
-    "sent_after_commit",
+    "send_on_commit_if_asked",
 ]
 
 
@@ -41,7 +41,11 @@ def overage_units(balance_before: int, balance_after: int) -> int:
 
 def identifier_for_event(event_id: int) -> str:
     """The meter event identifier of a track's overage: stable, unique per ledger row."""
-    return f"{billing_settings.METER_IDENTIFIER_PREFIX}-usage-{event_id}"
+    return f"{_identifier_prefix()}{event_id}"
+
+
+def _identifier_prefix() -> str:
+    return f"{billing_settings.METER_IDENTIFIER_PREFIX}-usage-"
 
 
 def _report(event: UsageEvent | NewEvent, value: int) -> OverageReport:
@@ -64,7 +68,7 @@ def record_overage(event: UsageEvent) -> OverageReport | None:
         return None
     report = _report(event, value)
     report.save(force_insert=True)
-    _maybe_send_on_commit()
+    send_on_commit_if_asked()
     return report
 
 
@@ -77,7 +81,7 @@ def record_overages(events: Iterable[UsageEvent | NewEvent]) -> list[OverageRepo
             reports.append(_report(event, value))
     if reports:
         OverageReport.objects.bulk_create(reports, batch_size=500)
-        _maybe_send_on_commit()
+        send_on_commit_if_asked()
     return reports
 
 
@@ -95,7 +99,7 @@ def outbox_from_sql(source: str, moment: datetime) -> tuple[str, list[Any]]:
     ``created_at``) and that have overage units, and its parameters. Every column of the
     model is written, as ``save()`` would (its defaults; ``created_at`` is ``moment``)."""
     sql, template = _outbox_template(source)
-    prefix = identifier_for_event(0).removesuffix("0")  # the setting, read each time
+    prefix = _identifier_prefix()  # the setting, read each time
     at = connection.ops.adapt_datetimefield_value(moment)
     return sql, [prefix if p is _PREFIX else at if p is _MOMENT else p for p in template]
 
@@ -137,14 +141,10 @@ def _outbox_template(source: str) -> tuple[str, tuple[Any, ...]]:
     return sql, tuple(params)
 
 
-def sent_after_commit() -> None:
-    """After a statement that wrote outbox rows itself (:func:`outbox_from_sql`)."""
-    _maybe_send_on_commit()
-
-
-def _maybe_send_on_commit() -> None:
+def send_on_commit_if_asked() -> None:
     """The opt-in fast path: send right after the track commits (the sender command
-    still picks up whatever this misses)."""
+    still picks up whatever this misses). A writer of outbox rows calls it once they are
+    written (``record_overage`` does; a statement that wrote them itself, after it)."""
     if not billing_settings.REPORT_USAGE_ON_COMMIT:
         return
 

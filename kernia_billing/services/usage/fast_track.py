@@ -31,7 +31,7 @@ from ...selectors import owner_ref
 from ...types import TrackResult
 from ..entitlements.resets import reset_and_deduct_params, reset_and_deduct_sql
 from ..entitlements.rows import EntitlementRow
-from ..metering.outbox import outbox_from_sql, sent_after_commit
+from ..metering.outbox import outbox_from_sql, send_on_commit_if_asked
 from ..prepared import statement_cursor
 from .ledger import EVENT_COLUMNS, _record_tracked, _track_result, after_recorded, event_params
 from .rollups import upsert_from_sql, utc_day
@@ -167,6 +167,12 @@ def _deduct_by_owner(
     return int(customer_id), int(feature_id), int(usage_after), balance_after, bool(unlimited)
 
 
+def resets_in_one_update(entitlement: EntitlementRow) -> bool:
+    """Whether :func:`track_after_reset_in_one_update` decides the first track after a
+    boundary of ``entitlement`` (PostgreSQL, no rollover: a rollover makes a grant)."""
+    return connection.vendor == "postgresql" and not entitlement.rollover_max
+
+
 def track_after_reset_in_one_update(
     entitlement: EntitlementRow,
     moment: datetime,
@@ -180,7 +186,7 @@ def track_after_reset_in_one_update(
     rollup and the outbox row. None, with nothing written, where that does not decide it
     (a rollover, a refusal, another writer's reset first, a used key): :mod:`.track` goes
     on."""
-    if connection.vendor != "postgresql" or entitlement.rollover_max:
+    if not resets_in_one_update(entitlement):
         return None
     event = _unrecorded(amount, idempotency_key, properties, fingerprint, moment)
     deduction = reset_and_deduct_params(entitlement, amount, moment)
@@ -228,7 +234,7 @@ def _after_statement(
         return None
     unlimited, reported = decided
     if reported:
-        sent_after_commit()
+        send_on_commit_if_asked()
     after_recorded(event, feature=feature, unlimited=unlimited, outbox=False)
     return unlimited
 

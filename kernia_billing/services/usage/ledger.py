@@ -312,7 +312,7 @@ def _events_params(
     columns: list[list[Any]], shared: tuple[bool, ...], count: int, *, deducted: bool = False
 ) -> list[Any]:
     """:func:`_insert_events_sql`'s parameters: the shared values, the table, the arrays."""
-    skip = {EVENT_COLUMNS.index(name) for name in _FROM_DEDUCTION} if deducted else set()
+    skip = {EVENT_COLUMNS.index(name) for name in _DEDUCTED_COLUMNS} if deducted else set()
     params: list[Any] = [
         column[0]
         for n, (column, same) in enumerate(zip(columns, shared, strict=True))
@@ -330,7 +330,7 @@ def _events_params(
 
 
 #: In :func:`insert_deducted_events`, the columns its deduction decides.
-_FROM_DEDUCTION = {
+_DEDUCTED_COLUMNS = {
     "usage_after": "d.base + src.running",
     "balance_after": "d.included - (d.base + src.running - d.grant_usage)",
 }
@@ -402,8 +402,8 @@ def _insert_events_sql(shared: tuple[bool, ...], *, deducted: bool) -> tuple[str
         # JSON travels as text, cast once into the table; the attnames are the columns.
         kind = "text" if isinstance(field, models.JSONField) else field.db_type(connection)
         is_json = isinstance(field, models.JSONField)
-        if deducted and name in _FROM_DEDUCTION:
-            columns.append(_FROM_DEDUCTION[name])
+        if deducted and name in _DEDUCTED_COLUMNS:
+            columns.append(_DEDUCTED_COLUMNS[name])
             continue
         if same:
             values.append(f"%s::{kind} AS {quote(name)}")

@@ -34,7 +34,12 @@ from ..grants.draw import draw
 from ..grants.expiry import expire_due
 from ..reservations.giveback import expire_due_holds
 from .check import _check_result, _load_or_explain, denial_error
-from .fast_track import PLAN_COVERS, track_after_reset_in_one_update, track_in_one_update
+from .fast_track import (
+    PLAN_COVERS,
+    resets_in_one_update,
+    track_after_reset_in_one_update,
+    track_in_one_update,
+)
 from .ledger import _record_tracked, _track_result, keyed_events
 from .pools import Pool, pool_of, track_in_units
 from .validation import (
@@ -137,22 +142,22 @@ def _track(
             # The first track after a boundary: the lazy reset and the deduction in one
             # statement where it can (PostgreSQL, no rollover), else the reset, then the
             # one statement in the new period, in one transaction (one commit to wait
-            # for). Anything that sends it back here (a used key rolls the reset back
-            # too) is redone below.
-            tracked = track_after_reset_in_one_update(
-                entitlement, moment, amount, idempotency_key, properties, fingerprint
-            )
-            if tracked is not None:
-                return tracked
-            tracked = track_in_one_update(
-                owner,
-                feature,
-                amount,
-                idempotency_key,
-                properties,
-                fingerprint,
-                first=partial(reset_if_due, entitlement, moment),
-            )
+            # for). What either leaves undecided (a refusal, another writer's reset, a
+            # used key: nothing kept) is decided below.
+            if resets_in_one_update(entitlement):
+                tracked = track_after_reset_in_one_update(
+                    entitlement, moment, amount, idempotency_key, properties, fingerprint
+                )
+            else:
+                tracked = track_in_one_update(
+                    owner,
+                    feature,
+                    amount,
+                    idempotency_key,
+                    properties,
+                    fingerprint,
+                    first=partial(reset_if_due, entitlement, moment),
+                )
             if tracked is not None:
                 return tracked
         entitlement = reset_if_due(entitlement, moment)
